@@ -177,10 +177,30 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("item"), py::arg("offset") = 0, py::arg("length") = -1,
           "Tokens of one item as int64 (PaddleNLP's get(idx, offset, length)).")
-      .def("count_tokens",
-           [](const Corpus& c, int64_t begin, int64_t end) {
-             return count_tokens(c.view(), begin, end);
-           });
+      .def(
+          "count_tokens",
+          [](const Corpus& c, int64_t begin, int64_t end) {
+            const auto n = static_cast<int64_t>(c.view().num_items);
+            if (end < 0) end = n;
+            if (begin < 0 || begin > end || end > n) {
+              throw py::index_error("item range outside the corpus");
+            }
+            return count_tokens(c.view(), begin, end);
+          },
+          py::arg("begin") = 0, py::arg("end") = -1, "Tokens in items [begin, end).")
+      .def(
+          "max_token",
+          [](const Corpus& c, int64_t begin, int64_t end) {
+            const auto n = static_cast<int64_t>(c.view().num_items);
+            if (end < 0) end = n;
+            if (begin < 0 || begin > end || end > n) {
+              throw py::index_error("item range outside the corpus");
+            }
+            py::gil_scoped_release nogil;
+            return max_token(c.view(), begin, end);
+          },
+          py::arg("begin") = 0, py::arg("end") = -1,
+          "Largest token id in items [begin, end) (-1 if they hold no tokens).");
 
   m.def("split_ranges", &split_ranges, py::arg("split"), py::arg("size"),
         "Item boundaries [0, a, b, size] for a split string like '949,50,1'.");

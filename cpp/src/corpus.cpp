@@ -29,6 +29,16 @@ void copy_as_int64(const void* base, int64_t start, int64_t n, int64_t* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<int64_t>(src[i]);
 }
 
+template <typename T>
+int64_t max_of(const void* base, int64_t start, int64_t n, int64_t best) {
+  const T* src = static_cast<const T*>(base) + start;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t v = static_cast<int64_t>(src[i]);
+    best = v > best ? v : best;
+  }
+  return best;
+}
+
 }  // namespace
 
 bool dtype_code_valid(int code) { return code >= 1 && code <= 10; }
@@ -199,6 +209,27 @@ void validate_view(const CorpusView& v, const std::string& what) {
                       "; the index is corrupt");
     }
   }
+}
+
+int64_t max_token(const CorpusView& v, int64_t begin, int64_t end) {
+  int64_t best = -1;
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t start = v.offset(static_cast<uint64_t>(i));
+    const int64_t n = v.size(static_cast<uint64_t>(i));
+    switch (v.dtype) {
+      case DType::kUInt8: best = max_of<uint8_t>(v.tokens, start, n, best); break;
+      case DType::kInt8: best = max_of<int8_t>(v.tokens, start, n, best); break;
+      case DType::kInt16: best = max_of<int16_t>(v.tokens, start, n, best); break;
+      case DType::kInt32: best = max_of<int32_t>(v.tokens, start, n, best); break;
+      case DType::kInt64: best = max_of<int64_t>(v.tokens, start, n, best); break;
+      case DType::kFloat64: best = max_of<double>(v.tokens, start, n, best); break;
+      case DType::kFloat32: best = max_of<float>(v.tokens, start, n, best); break;
+      case DType::kUInt16: best = max_of<uint16_t>(v.tokens, start, n, best); break;
+      case DType::kUInt32: best = max_of<uint32_t>(v.tokens, start, n, best); break;
+      case DType::kUInt64: best = max_of<uint64_t>(v.tokens, start, n, best); break;
+    }
+  }
+  return best;
 }
 
 MMapCorpus::MMapCorpus(const std::string& prefix)
