@@ -1,0 +1,42 @@
+# Two commands on a fresh machine:
+#   make train   - set up .venv and pretrain llama-tiny on the bundled corpus
+#   make test    - set up .venv and run the test suite
+# Everything installs into .venv (Python >= 3.9 with venv, a C++17 compiler).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CUDA kernels are compiled by `make cuda-build` (or LLMPRE_CUDA=AUTO make setup).
+LLMPRE_CUDA ?= OFF
+CUDA_ARCHS  ?= 80;90
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+
+SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp cuda -type f 2>/dev/null)
+
+.PHONY: setup train test cuda-build clean
+
+$(VENV)/.llmpre-installed: $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "paddlepaddle==3.3.1" "scikit-build-core>=0.10" "pybind11>=2.12" \
+	    cmake ninja "pytest>=7"
+	LLMPRE_CUDA=$(LLMPRE_CUDA) $(PY) -m pip install --quiet --no-build-isolation -e .
+	touch $@
+
+setup: $(VENV)/.llmpre-installed
+
+train: setup
+	$(VENV)/bin/llmpre train --model llama-tiny
+
+test: setup
+	$(PY) -m pytest -q tests
+
+# Compile-only build of the CUDA kernels (needs nvcc; no GPU needed).
+cuda-build: setup
+	$(VENV)/bin/cmake -S . -B build/cuda -G Ninja -DLLMPRE_CUDA=ON \
+	    "-DLLMPRE_CUDA_ARCHS=$(CUDA_ARCHS)" -DPython_EXECUTABLE=$(abspath $(PY)) \
+	    -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir)
+	$(VENV)/bin/cmake --build build/cuda -j $(JOBS)
+
+clean:
+	rm -rf build $(VENV)
