@@ -6,6 +6,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# GPU users: PADDLE_PKG="paddlepaddle-gpu==3.3.1 -i https://www.paddlepaddle.org.cn/packages/stable/cu126/"
+PADDLE_PKG ?= paddlepaddle==3.3.1
 # CUDA kernels are compiled by `make cuda-build` (or LLMPRE_CUDA=AUTO make setup).
 LLMPRE_CUDA ?= OFF
 CUDA_ARCHS  ?= 80;90
@@ -18,8 +20,8 @@ SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp cuda -type f 2>/dev/nu
 $(VENV)/.llmpre-installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "paddlepaddle==3.3.1" "scikit-build-core>=0.10" "pybind11>=2.12" \
-	    cmake ninja "pytest>=7"
+	$(PY) -m pip install --quiet $(PADDLE_PKG)
+	$(PY) -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja "pytest>=7"
 	LLMPRE_CUDA=$(LLMPRE_CUDA) $(PY) -m pip install --quiet --no-build-isolation -e .
 	touch $@
 

@@ -1,0 +1,3 @@
+from llmpre.cli import main
+
+main()

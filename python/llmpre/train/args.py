@@ -1,0 +1,360 @@
+"""Training arguments: typed fields with PaddleNLP's names, and the adapter
+that reads PaddleNLP's flat JSON argument files.
+
+Two sources of defaults:
+
+- With a JSON file (``llmpre train pretrain_argument.json``), keys the file
+  leaves out take PaddleNLP's defaults (the field defaults below), so a
+  PaddleNLP file means what it meant there.
+- Without one (``llmpre train --model llama-tiny``), :data:`QUICKSTART` is
+  applied first: small, fast values for the bundled corpus on a CPU.
+
+Command-line flags override both. Every key PaddleNLP knows but llmpre does
+not implement (yet) is listed in :data:`UNSUPPORTED` with the values that are
+harmless; any other value is refused by name. Unknown keys are refused too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field, fields
+
+from llmpre.errors import ConfigError
+
+__all__ = ["TrainingArguments", "QUICKSTART", "UNSUPPORTED", "ALIASES", "parse_arguments",
+           "argument_help"]
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainingArguments:
+    # ---- model ----
+    model_name_or_path: str = _f("llama-tiny", "Preset name (see `llmpre models`) or a "
+                                 "HuggingFace-format directory (config.json + safetensors).")
+    tokenizer_name_or_path: typing.Optional[str] = _f(
+        None, "tokenizer.json or a directory holding one; from-scratch runs pad the vocabulary "
+        "to a multiple of 128 covering it (PaddleNLP semantics).")
+    continue_training: bool = _f(False, "Load the weights at model_name_or_path instead of "
+                                 "initialising randomly.")
+    num_hidden_layers: typing.Optional[int] = _f(None, "Override the model's number of layers.")
+    # ---- data ----
+    input_dir: typing.Optional[str] = _f(
+        None, "Corpus prefix, a directory holding one, or \"w1 prefix1 w2 prefix2\". "
+        "Default: the bundled English corpus.")
+    split: str = _f("949,50,1", "train,valid,test proportions over corpus items.")
+    max_seq_length: int = _f(1024, "Tokens per training sequence.")
+    data_cache: typing.Optional[str] = _f(None, "Extra index-cache directory (searched after "
+                                          "<data dir>/index-cache/, written when given).")
+    share_folder: bool = _f(False, "Index cache is on a shared filesystem (one builder).")
+    data_impl: str = _f("mmap", "Corpus format; only 'mmap' (.bin/.idx, or legacy .npy/.npz).",
+                        choices=("mmap",))
+    skip_warmup: bool = _f(True, "Kept for PaddleNLP compatibility (mmap pages load lazily).")
+    dataloader_num_workers: int = _f(0, "Background batch prefetch threads (0: load inline).")
+    # ---- optimisation ----
+    output_dir: typing.Optional[str] = _f(None, "Run directory: checkpoints, logs, final "
+                                          "weights. Default: output/<model>.")
+    overwrite_output_dir: bool = _f(False, "Start from scratch even if output_dir has "
+                                    "checkpoints.")
+    resume_from_checkpoint: typing.Optional[str] = _f(
+        None, "A checkpoint directory to resume from (default: the newest in output_dir).")
+    per_device_train_batch_size: int = _f(8, "Micro-batch size (sequences).")
+    per_device_eval_batch_size: int = _f(8, "Evaluation batch size (sequences).")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    learning_rate: float = _f(5e-5, "Peak learning rate.")
+    min_learning_rate: float = _f(1e-5, "Learning rate at the end of the decay.")
+    warmup_steps: int = _f(0, "Linear warmup steps (takes precedence over warmup_ratio).")
+    warmup_ratio: float = _f(0.0, "Warmup as a fraction of max_steps.")
+    lr_scheduler_type: str = _f("linear", "Decay after warmup: cosine, linear or constant.",
+                                choices=("cosine", "linear", "constant"))
+    decay_steps: typing.Optional[int] = _f(None, "Step where the decay reaches "
+                                           "min_learning_rate (default: max_steps).")
+    weight_decay: float = _f(0.0, "AdamW decoupled weight decay (not on biases and norms).")
+    adam_beta1: float = _f(0.9, "AdamW beta1.")
+    adam_beta2: float = _f(0.999, "AdamW beta2.")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = _f(1.0, "Clip the global gradient norm to this (0: no clipping).")
+    max_steps: int = _f(-1, "Optimizer steps to train (required).")
+    seed: int = _f(42, "Seed for initialisation and data sampling.")
+    # ---- evaluation, logging, checkpoints ----
+    do_train: bool = _f(True, "Train.")
+    do_eval: bool = _f(False, "Evaluate on the valid split every eval_steps.")
+    do_predict: bool = _f(False, "Evaluate on the test split after training.")
+    eval_steps: typing.Optional[int] = _f(None, "Evaluate every N steps (default: "
+                                          "logging_steps).")
+    eval_iters: int = _f(10, "Batches per evaluation (PaddleNLP fixes 10); the test pass "
+                         "uses 10x.")
+    logging_steps: int = _f(500, "Log a line every N steps.")
+    save_steps: int = _f(500, "Checkpoint every N steps.")
+    save_total_limit: typing.Optional[int] = _f(None, "Keep only the newest N checkpoints.")
+    disable_tqdm: bool = _f(False, "No progress bar (it is also off when stdout is not a "
+                            "terminal).")
+    num_threads: typing.Optional[int] = _f(None, "CPU threads for Paddle's kernels "
+                                           "(default: all cores available to the process).")
+    # ---- accepted PaddleNLP keys whose only supported value is the default ----
+    bf16: bool = _f(False, "bfloat16 mixed precision (needs a GPU build of Paddle).")
+    fp16: bool = _f(False, "float16 mixed precision (needs a GPU build of Paddle).")
+    fp16_opt_level: str = _f("O1", "AMP level for bf16/fp16.", choices=("O1", "O2"))
+    use_flash_attention: bool = _f(False, "Fused flash attention kernel.")
+    use_fused_rms_norm: bool = _f(False, "Fused RMSNorm kernel.")
+    use_fused_rope: bool = _f(False, "Fused rotary embedding kernel.")
+    recompute: bool = _f(False, "Activation recomputation.")
+    recompute_granularity: str = _f("full", "full, full_attn or core_attn (with recompute).",
+                                    choices=("full", "full_attn", "core_attn"))
+    tensor_parallel_degree: int = _f(-1, "Tensor parallel degree.")
+    pipeline_parallel_degree: int = _f(-1, "Pipeline parallel degree.")
+    virtual_pp_degree: int = _f(1, "Virtual pipeline stages.")
+    sharding_parallel_degree: int = _f(-1, "Sharding group size.")
+    sharding: str = _f("", "Sharding stage: stage1, stage2 or stage3.")
+    sequence_parallel: bool = _f(False, "Megatron sequence parallelism.")
+
+    @property
+    def effective_eval_steps(self) -> int:
+        return self.eval_steps if self.eval_steps else self.logging_steps
+
+    @property
+    def warmup(self) -> float:
+        """Warmup length in steps (PaddleNLP: warmup_steps, else warmup_ratio * max_steps)."""
+        return float(self.warmup_steps) if self.warmup_steps > 0 else self.warmup_ratio * self.max_steps
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Values for a run without a JSON file: the bundled corpus on a 2-core CPU,
+# ~200 steps in a few minutes with a clearly falling loss.
+QUICKSTART: dict = {
+    "max_steps": 200,
+    "max_seq_length": 128,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "learning_rate": 3e-3,
+    "min_learning_rate": 3e-4,
+    "warmup_steps": 20,
+    "lr_scheduler_type": "cosine",
+    "weight_decay": 0.01,
+    "adam_beta2": 0.95,
+    "logging_steps": 10,
+    "do_eval": True,
+    "eval_steps": 50,
+    "eval_iters": 4,
+    "save_steps": 100,
+    "save_total_limit": 2,
+}
+
+# Alternative spellings accepted on the command line and in files.
+ALIASES: dict = {
+    "model": "model_name_or_path",
+    "data": "input_dir",
+    "seq_length": "max_seq_length",
+    "batch_size": "per_device_train_batch_size",
+    "lr": "learning_rate",
+    "threads": "num_threads",
+}
+
+# PaddleNLP keys llmpre does not implement (yet): the values it accepts
+# (the ones that mean "off") and what to do instead.
+_OFF_PARALLEL = "llmpre does not run parallel layouts yet; set it to 1 (or -1)"
+UNSUPPORTED: dict = {
+    "tensor_parallel_degree": ((-1, 0, 1), _OFF_PARALLEL),
+    "pipeline_parallel_degree": ((-1, 0, 1), _OFF_PARALLEL),
+    "sharding_parallel_degree": ((-1, 0, 1), _OFF_PARALLEL),
+    "virtual_pp_degree": ((1,), _OFF_PARALLEL),
+    "sharding": (("",), "sharding is not implemented yet; remove it or set it to \"\""),
+    "sequence_parallel": ((False,), "sequence parallelism is not implemented yet; set it to false"),
+    "recompute": ((False,), "activation recomputation is not implemented yet; set it to false"),
+    "use_flash_attention": ((False,), "fused kernels are not built into llmpre yet; set it to "
+                            "false (the reference attention is used)"),
+    "use_fused_rms_norm": ((False,), "fused kernels are not built into llmpre yet; set it to false"),
+    "use_fused_rope": ((False,), "fused kernels are not built into llmpre yet; set it to false"),
+}
+
+# PaddleNLP keys that are accepted because they cannot change what llmpre
+# computes in the configurations it supports (documented in the README).
+ACCEPTED_NOOP: dict = {
+    "unified_checkpoint": "llmpre checkpoints are always layout-independent safetensors",
+    "unified_checkpoint_config": "see unified_checkpoint",
+    "distributed_dataloader": "single-process runs load data in the one process",
+    "fuse_attention_qkv": "a parameter-layout choice; llmpre keeps q/k/v separate (same math)",
+    "fuse_attention_ffn": "a parameter-layout choice; llmpre keeps gate/up separate (same math)",
+    "recompute_use_reentrant": "only meaningful with recompute",
+    "no_recompute_layers": "only meaningful with recompute",
+    "amp_master_grad": "only meaningful with bf16/fp16",
+    "scale_loss": "only meaningful with fp16",
+    "skip_memory_metrics": "memory is always logged",
+    "dataloader_drop_last": "pretraining datasets are sampled to exact batch multiples",
+    "report_to": "logs go to stdout and <output_dir>/metrics.jsonl",
+}
+
+
+def _field_map() -> dict:
+    return {f.name: f for f in fields(TrainingArguments)}
+
+
+def _coerce(name: str, f, value, where: str):
+    """Convert ``value`` (from JSON or a command-line string) to the field's type."""
+    hint = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    optional = "Optional" in hint
+    base = hint.replace("typing.Optional[", "").replace("Optional[", "").rstrip("]")
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{where}: `{name}` cannot be null")
+    try:
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, (int, float)) and value in (0, 1):
+                return bool(value)
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if base == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base == "str":
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise AssertionError(f"unhandled field type {hint}")
+    kind = "an integer" if base == "int" else f"a {base}"
+    raise ConfigError(f"{where}: `{name}` must be {kind}, got {value!r}")
+
+
+def _canonical(key: str) -> str:
+    key = key.strip().lstrip("-").replace("-", "_")
+    return ALIASES.get(key, key)
+
+
+def _apply(values: dict, raw: dict, where: str) -> None:
+    fmap = _field_map()
+    for key, value in raw.items():
+        name = _canonical(key)
+        if name in ACCEPTED_NOOP:
+            continue
+        if name not in fmap:
+            close = [n for n in fmap if name in n or n in name][:3]
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{where}: unknown argument `{key}`{hint} "
+                              "(`llmpre train --help` lists every accepted key)")
+        values[name] = _coerce(name, fmap[name], value, where)
+
+
+def _validate(args: TrainingArguments, where: str) -> None:
+    fmap = _field_map()
+    for name, f in fmap.items():
+        choices = f.metadata.get("choices")
+        value = getattr(args, name)
+        if choices and value not in choices:
+            raise ConfigError(f"{where}: `{name}` must be one of {', '.join(map(str, choices))}, "
+                              f"got {value!r}")
+    for name, (ok, fix) in UNSUPPORTED.items():
+        if getattr(args, name) not in ok:
+            raise ConfigError(f"{where}: `{name}` = {getattr(args, name)!r} is not supported: {fix}")
+    if args.bf16 or args.fp16:
+        which = "bf16" if args.bf16 else "fp16"
+        raise ConfigError(
+            f"{where}: `{which}` needs Paddle's low-precision kernels, which exist only in a GPU "
+            f"build (paddlepaddle-gpu); llmpre's mixed-precision path is not implemented yet, so "
+            f"set {which} to false")
+    if args.bf16 and args.fp16:
+        raise ConfigError(f"{where}: set only one of bf16 and fp16")
+    if args.max_steps <= 0:
+        raise ConfigError(f"{where}: `max_steps` must be set to a positive number of steps "
+                          "(llmpre trains by steps, not epochs)")
+    positive = ["per_device_train_batch_size", "per_device_eval_batch_size",
+                "gradient_accumulation_steps", "max_seq_length", "logging_steps", "save_steps",
+                "eval_iters"]
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"{where}: `{name}` must be positive, got {getattr(args, name)}")
+    if args.eval_steps is not None and args.eval_steps <= 0:
+        raise ConfigError(f"{where}: `eval_steps` must be positive, got {args.eval_steps}")
+    if args.learning_rate < 0 or args.min_learning_rate < 0:
+        raise ConfigError(f"{where}: learning rates must be >= 0")
+    if args.min_learning_rate > args.learning_rate and args.lr_scheduler_type != "constant":
+        raise ConfigError(f"{where}: `min_learning_rate` ({args.min_learning_rate}) exceeds "
+                          f"`learning_rate` ({args.learning_rate})")
+    if args.save_total_limit is not None and args.save_total_limit < 1:
+        raise ConfigError(f"{where}: `save_total_limit` must be >= 1 (or null for no limit)")
+    if args.decay_steps is not None and args.decay_steps <= 0:
+        raise ConfigError(f"{where}: `decay_steps` must be positive")
+    if args.num_threads is not None and args.num_threads <= 0:
+        raise ConfigError(f"{where}: `num_threads` must be positive")
+    if args.dataloader_num_workers < 0:
+        raise ConfigError(f"{where}: `dataloader_num_workers` must be >= 0")
+
+
+def parse_flag_list(tokens: list[str]) -> dict:
+    """``["--learning_rate", "1e-4", "--do-eval", "false", "--x=y"]`` -> dict of strings."""
+    out: dict = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--"):
+            raise ConfigError(f"unexpected argument `{tok}`: flags look like --key value")
+        if "=" in tok:
+            key, value = tok[2:].split("=", 1)
+            i += 1
+        else:
+            key = tok[2:]
+            if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                value = tokens[i + 1]
+                i += 2
+            else:
+                value = "true"  # a bare flag means true: --do-eval
+                i += 1
+        out[key] = value
+    return out
+
+
+def parse_arguments(json_file: str | None, overrides: dict) -> TrainingArguments:
+    """Build the arguments: defaults (PaddleNLP's, or QUICKSTART without a file),
+    then the JSON file, then command-line ``overrides``."""
+    values: dict = {}
+    if json_file is None:
+        values.update(QUICKSTART)
+    else:
+        try:
+            with open(json_file, encoding="utf-8") as fh:
+                raw = json.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{json_file}: no such argument file") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{json_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{json_file}: must hold one JSON object of argument: value pairs")
+        _apply(values, raw, json_file)
+    _apply(values, overrides, "command line")
+    args = TrainingArguments(**values)
+    _validate(args, json_file or "command line")
+    if args.output_dir is None:
+        name = os.path.basename(os.path.normpath(args.model_name_or_path)) or "model"
+        args.output_dir = os.path.join("output", name.replace("/", "_"))
+    return args
+
+
+def argument_help() -> str:
+    """Every accepted key with its default and meaning, for ``--help``."""
+    lines = []
+    for f in fields(TrainingArguments):
+        quick = f"  [quickstart: {QUICKSTART[f.name]}]" if f.name in QUICKSTART else ""
+        lines.append(f"--{f.name} (default {f.default!r}){quick}\n    {f.metadata['help']}")
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""Checkpoints that are complete or absent, never half-written.
+
+A checkpoint is a directory ``<output_dir>/checkpoint-<step>/``:
+
+    model.safetensors       parameters by structured name (Paddle layout)
+    optimizer.safetensors   optimizer moments by structured name
+    trainer_state.json      step, consumed samples, optimizer scalars, arguments
+    rng_state.pkl           Python, numpy and Paddle RNG states
+    manifest.json           size and sha256 of every file above; written last
+
+It is assembled in a hidden temporary directory next to its final place and
+renamed into place only once every file and the manifest are on disk, so a
+crash leaves either the previous checkpoints or the new one. Loading checks
+the manifest (sizes and checksums) before reading anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+
+from llmpre.errors import LlmpreError
+
+PREFIX = "checkpoint-"
+MANIFEST = "manifest.json"
+FORMAT = "llmpre-checkpoint-1"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+class CheckpointError(LlmpreError):
+    pass
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints (with a manifest) in ``output_dir``, oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        m = _NAME.match(name)
+        path = os.path.join(output_dir, name)
+        if m and os.path.isfile(os.path.join(path, MANIFEST)):
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(output_dir: str, step: int, writers: dict) -> str:
+    """Write ``writers`` (file name -> function(path)) as checkpoint ``step``.
+
+    Returns the final directory. On any error the temporary directory is
+    removed and the existing checkpoints are untouched.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    final = os.path.join(output_dir, f"{PREFIX}{step}")
+    tmp = tempfile.mkdtemp(prefix=f".{PREFIX}{step}.tmp-", dir=output_dir)
+    try:
+        files = {}
+        for name, write in writers.items():
+            path = os.path.join(tmp, name)
+            write(path)
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+        manifest = {"format": FORMAT, "step": step, "files": files}
+        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if os.path.exists(final):
+            # Re-saving a step (e.g. after resuming from it): swap the old one out first.
+            old = tempfile.mkdtemp(prefix=f".{PREFIX}{step}.old-", dir=output_dir)
+            os.rmdir(old)
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(output_dir)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise CheckpointError(
+                f"saving checkpoint {final} failed ({e}); the previous checkpoints are intact"
+            ) from e
+        raise
+    return final
+
+
+def verify_checkpoint(path: str) -> dict:
+    """Check the manifest against the files; returns the manifest."""
+    mpath = os.path.join(path, MANIFEST)
+    try:
+        with open(mpath, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {MANIFEST}; this checkpoint is incomplete, "
+                              "resume from another one") from None
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{mpath}: corrupt manifest") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{mpath}: unknown checkpoint format {manifest.get('format')!r}")
+    for name, meta in manifest["files"].items():
+        fpath = os.path.join(path, name)
+        if not os.path.isfile(fpath):
+            raise CheckpointError(f"{fpath}: missing; the checkpoint is damaged")
+        if os.path.getsize(fpath) != meta["bytes"] or _sha256(fpath) != meta["sha256"]:
+            raise CheckpointError(f"{fpath}: size or checksum differs from the manifest; "
+                                  "the checkpoint is damaged, resume from another one")
+    return manifest
+
+
+def rotate_checkpoints(output_dir: str, keep: int | None) -> list[str]:
+    """Delete the oldest complete checkpoints beyond ``keep``; returns what was removed."""
+    if not keep:
+        return []
+    found = list_checkpoints(output_dir)
+    removed = []
+    for _, path in found[: max(0, len(found) - keep)]:
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed

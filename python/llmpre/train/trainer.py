@@ -1,0 +1,365 @@
+"""The training loop: model, data, AdamW, schedule, evaluation, checkpoints.
+
+Resuming from ``checkpoint-N`` restores the parameters, the optimizer moments
+and step count, the RNG states and the data position (a pure function of the
+step), so the continuation computes exactly what an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import sys
+import time
+
+import numpy as np
+
+from llmpre.errors import ConfigError
+from llmpre.runtime import configure_threads, import_paddle
+from llmpre.train import checkpoint as ckpt
+from llmpre.train.args import TrainingArguments
+from llmpre.train.metrics import flops_per_token, format_log, memory_gb
+from llmpre.train.schedule import schedule_from_args
+
+logger = logging.getLogger("llmpre")
+
+
+def setup_logging() -> None:
+    """PaddleNLP's line format: ``[2024-01-01 12:00:00,123] [    INFO] - message``."""
+    if logger.handlers:
+        return
+    handler = _TqdmAwareHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)8s] - %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+class _TqdmAwareHandler(logging.StreamHandler):
+    """Writes to stdout without tearing an active progress bar."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    def emit(self, record):
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stdout)
+            sys.stdout.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def _model_config(args: TrainingArguments):
+    """The model config after PaddleNLP's adjustments for a from-scratch run:
+    max_position_embeddings >= max_seq_length and the vocabulary padded to a
+    multiple of 128 that covers the tokenizer."""
+    from llmpre.models import get_config
+
+    cfg = get_config(args.model_name_or_path)
+    changes = {}
+    if args.num_hidden_layers is not None:
+        if args.continue_training:
+            raise ConfigError("num_hidden_layers cannot change the depth of a pretrained model "
+                              "loaded with continue_training")
+        changes["num_hidden_layers"] = args.num_hidden_layers
+    if not args.continue_training:
+        changes["max_position_embeddings"] = max(cfg.max_position_embeddings, args.max_seq_length)
+        tok_vocab = _tokenizer_vocab(args.tokenizer_name_or_path)
+        if tok_vocab is not None:
+            changes["vocab_size"] = max(cfg.vocab_size, ((tok_vocab - 1) // 128 + 1) * 128)
+    return cfg.replace(**changes) if changes else cfg
+
+
+def _tokenizer_vocab(path: str | None) -> int | None:
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"tokenizer_name_or_path '{path}': no tokenizer.json there")
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path).get_vocab_size(with_added_tokens=True)
+
+
+class Trainer:
+    def __init__(self, args: TrainingArguments):
+        self.args = args
+        setup_logging()
+        self.threads = configure_threads(args.num_threads)
+        self.paddle = paddle = import_paddle()
+        paddle.set_device("gpu" if paddle.is_compiled_with_cuda() and
+                          paddle.device.cuda.device_count() > 0 else "cpu")
+        self._seed_everything(args.seed)
+
+        self.config = _model_config(args)
+        logger.info("Final pre-training config: %s", json.dumps(self.config.to_hf_dict(), sort_keys=True))
+        from llmpre.models import build_model, causal_lm_loss, from_pretrained
+
+        if args.continue_training:
+            self.model = from_pretrained(args.model_name_or_path)
+        else:
+            self.model = build_model(self.config, seed=args.seed)
+        self.loss_fn = causal_lm_loss
+        self.params = [(n, p) for n, p in self.model.named_parameters() if not p.stop_gradient]
+        num_params = sum(int(np.prod(p.shape)) for _, p in self.params)
+        logger.info("model %s: %s parameters, %d CPU threads, device %s", args.model_name_or_path,
+                    f"{num_params:,}", self.threads, paddle.get_device())
+
+        from llmpre.train.data import TrainData
+
+        self.data = TrainData(args, self.config.vocab_size)
+        logger.info("data %s: %s", self.data.prefix, ", ".join(
+            f"{k} {v.summary()['len']} samples ({v.num_epochs} epochs)"
+            for k, v in self.data.datasets.items() if v is not None))
+
+        from llmpre.train.optim import AdamW
+
+        self.optimizer = AdamW(self.params, betas=(args.adam_beta1, args.adam_beta2),
+                               eps=args.adam_epsilon, weight_decay=args.weight_decay)
+        self.lr_at = schedule_from_args(args)
+        self.global_step = 0
+        self.flops_per_token = flops_per_token(
+            self.config.hidden_size, self.config.intermediate_size,
+            self.config.num_hidden_layers, self.config.vocab_size, args.max_seq_length)
+        self.metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+
+    # ---- state -------------------------------------------------------------
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        self.paddle.seed(seed)
+
+    def _checkpoint_writers(self) -> dict:
+        from safetensors.numpy import save_file
+
+        model_arrays = {n: p.numpy() for n, p in self.model.named_parameters()}
+        opt_arrays, opt_scalars = self.optimizer.state_dict()
+        state = {
+            "global_step": self.global_step,
+            "consumed_samples": self.global_step * self.samples_per_step,
+            "optimizer": opt_scalars,
+            "args": self.args.to_dict(),
+            "model_config": self.config.to_hf_dict(),
+        }
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(),
+               "paddle": self.paddle.get_rng_state()}
+
+        def write_json(obj):
+            return lambda path: open(path, "w", encoding="utf-8").write(json.dumps(obj, indent=1))
+
+        return {
+            "model.safetensors": lambda path: save_file(model_arrays, path),
+            "optimizer.safetensors": lambda path: save_file(opt_arrays, path),
+            "trainer_state.json": write_json(state),
+            "rng_state.pkl": lambda path: open(path, "wb").write(pickle.dumps(rng)),
+        }
+
+    def save(self) -> str:
+        path = ckpt.save_checkpoint(self.args.output_dir, self.global_step, self._checkpoint_writers())
+        removed = ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit)
+        logger.info("Saving checkpoint to %s%s", path,
+                    f" (removed {', '.join(os.path.basename(r) for r in removed)})" if removed else "")
+        return path
+
+    def load(self, path: str) -> None:
+        from safetensors.numpy import load_file
+
+        ckpt.verify_checkpoint(path)
+        model_arrays = load_file(os.path.join(path, "model.safetensors"))
+        own = dict(self.model.named_parameters())
+        missing, unexpected = set(own) - set(model_arrays), set(model_arrays) - set(own)
+        if missing or unexpected:
+            raise ckpt.CheckpointError(
+                f"{path}: parameters do not match this model (missing {sorted(missing)[:4]}, "
+                f"unexpected {sorted(unexpected)[:4]}); it was saved for another configuration")
+        for name, p in own.items():
+            a = model_arrays[name]
+            if tuple(a.shape) != tuple(p.shape):
+                raise ckpt.CheckpointError(f"{path}: {name} has shape {a.shape}, the model "
+                                           f"needs {tuple(p.shape)}")
+            p.set_value(a)
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as fh:
+            state = json.load(fh)
+        self.optimizer.load_state_dict(load_file(os.path.join(path, "optimizer.safetensors")),
+                                       state["optimizer"])
+        with open(os.path.join(path, "rng_state.pkl"), "rb") as fh:
+            rng = pickle.load(fh)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        self.paddle.set_rng_state(rng["paddle"])
+        self.global_step = int(state["global_step"])
+
+    def _resume_point(self) -> str | None:
+        args = self.args
+        if args.resume_from_checkpoint:
+            if not os.path.isdir(args.resume_from_checkpoint):
+                raise ConfigError(f"resume_from_checkpoint '{args.resume_from_checkpoint}': "
+                                  "no such checkpoint directory")
+            return args.resume_from_checkpoint
+        if args.overwrite_output_dir:
+            return None
+        return ckpt.latest_checkpoint(args.output_dir)
+
+    # ---- steps -------------------------------------------------------------
+    @property
+    def samples_per_step(self) -> int:
+        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+
+    def _split(self, tokens: np.ndarray):
+        paddle = self.paddle
+        t = paddle.to_tensor(tokens)
+        return t[:, :-1], t[:, 1:]
+
+    def _eval_loss(self, reader, batches: int) -> float:
+        paddle = self.paddle
+        self.model.eval()
+        total = 0.0
+        with paddle.no_grad():
+            for tokens in reader.iterate(0, batches, self.args.dataloader_num_workers):
+                inputs, labels = self._split(tokens)
+                total += float(self.loss_fn(self.model(inputs), labels).item())
+        self.model.train()
+        return total / batches
+
+    def evaluate(self, split: str = "eval") -> dict:
+        reader = self.data.valid if split == "eval" else self.data.test
+        batches = self.args.eval_iters * (1 if split == "eval" else 10)
+        start = time.time()
+        loss = self._eval_loss(reader, batches)
+        runtime = time.time() - start
+        samples = batches * reader.batch_size
+        result = {f"{split}_loss": round(loss, 8), f"{split}_runtime": round(runtime, 4),
+                  f"{split}_samples_per_second": round(samples / runtime, 4),
+                  f"{split}_steps_per_second": round(batches / runtime, 4)}
+        logger.info(format_log(result))
+        self._record({"type": split, "step": self.global_step, **result})
+        return result
+
+    def _record(self, entry: dict) -> None:
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    def train(self) -> dict:
+        args, paddle = self.args, self.paddle
+        resume = self._resume_point()
+        if resume:
+            self.load(resume)
+            logger.info("Resuming from %s at global_step %d", resume, self.global_step)
+        if self.global_step >= args.max_steps:
+            logger.info("Nothing to do: global_step %d >= max_steps %d", self.global_step,
+                        args.max_steps)
+            return {}
+
+        acc = args.gradient_accumulation_steps
+        seq = args.max_seq_length
+        steps_left = args.max_steps - self.global_step
+        batches = self.data.train.iterate(self.global_step * acc, steps_left * acc,
+                                          args.dataloader_num_workers)
+        bar = _progress(args, self.global_step)
+        train_start = interval_start = time.time()
+        interval_losses: list = []
+        interval_steps = 0
+        start_step = self.global_step
+        eval_steps = args.effective_eval_steps
+        self.model.train()
+        while self.global_step < args.max_steps:
+            lr = self.lr_at(self.global_step)
+            step_loss = None
+            for _ in range(acc):
+                inputs, labels = self._split(next(batches))
+                loss = self.loss_fn(self.model(inputs), labels)
+                (loss / acc).backward()
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+            grad_norm = _clip(self.params, args.max_grad_norm)
+            self.optimizer.step(lr)
+            self.optimizer.zero_grad()
+            self.global_step += 1
+            interval_losses.append(step_loss / acc)
+            interval_steps += 1
+            if bar is not None:
+                bar.update(1)
+
+            if self.global_step % args.logging_steps == 0 or self.global_step == args.max_steps:
+                runtime = time.time() - interval_start
+                loss_value = float(paddle.stack(interval_losses).mean().item())
+                self._log_train(loss_value, grad_norm, runtime, interval_steps, seq)
+                interval_losses, interval_steps = [], 0
+                interval_start = time.time()
+            if not math.isfinite(grad_norm):
+                raise ConfigError(f"step {self.global_step}: the gradient norm is {grad_norm}; "
+                                  "training diverged (lower learning_rate or check the data)")
+            paused = time.time()
+            if args.do_eval and self.global_step % eval_steps == 0:
+                self.evaluate("eval")
+            if self.global_step % args.save_steps == 0:
+                self.save()
+            interval_start += time.time() - paused  # evaluation and saving are not training time
+        if bar is not None:
+            bar.close()
+        runtime = time.time() - train_start
+        trained = (self.global_step - start_step) * self.samples_per_step * seq
+        summary = {"train_runtime": round(runtime, 4),
+                   "train_tokens_per_second": round(trained / runtime, 4) if runtime else 0.0}
+        if args.do_predict and self.data.test is not None:
+            summary.update(self.evaluate("test"))
+        self.save_final()
+        logger.info("Effective Tokens per second: %.2f", summary["train_tokens_per_second"])
+        return summary
+
+    def _log_train(self, loss: float, grad_norm: float, runtime: float, steps: int, seq: int):
+        cur, peak = memory_gb(self.paddle)
+        samples = self.samples_per_step * steps
+        tokens_per_s = samples * seq / runtime  # one device: tokens/s per device
+        consumed = self.global_step * self.samples_per_step
+        values = {
+            "loss": round(loss, 8),
+            "learning_rate": float(f"{self.lr_at(self.global_step):.3e}"),
+            "global_step": self.global_step,
+            "current_memory_allocated": cur,
+            "max_memory_allocated": peak,
+            "interval_runtime": round(runtime, 4),
+            "interval_samples_per_second": round(samples / runtime, 4),
+            "interval_tokens_per_second_per_device": round(tokens_per_s, 4),
+            "interval_hardware_tflops_per_device": round(tokens_per_s * self.flops_per_token / 2 ** 40, 2),
+            "interval_steps_per_second": round(steps / runtime, 4),
+            "progress_or_epoch": round(consumed / len(self.data.datasets["train"]), 4),
+        }
+        logger.info(format_log(values))
+        self._record({"type": "train", "step": self.global_step, "grad_norm": grad_norm,
+                      "time": time.time(), **values})
+
+    def save_final(self) -> None:
+        """Final weights in HuggingFace layout in output_dir (loadable by from_pretrained)."""
+        from llmpre.models import save_pretrained
+
+        save_pretrained(self.model, self.args.output_dir)
+        logger.info("Saved the final model to %s", self.args.output_dir)
+
+
+def _clip(params, max_norm: float) -> float:
+    from llmpre.train.optim import clip_grad_norm_
+
+    return clip_grad_norm_(params, max_norm)
+
+
+def _progress(args: TrainingArguments, initial: int):
+    if args.disable_tqdm or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=args.max_steps, initial=initial, desc="train", unit="step", file=sys.stderr,
+                dynamic_ncols=True, leave=False)
+
+
+def run(args: TrainingArguments) -> dict:
+    """Train with ``args`` (the entry point of ``llmpre train``)."""
+    trainer = Trainer(args)
+    return trainer.train() if args.do_train else {}
