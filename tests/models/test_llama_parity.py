@@ -89,19 +89,19 @@ def test_rope_default_tables():
     inv = _np_inv_freq(16, 1e4)
     np.testing.assert_allclose(rotary.inv_freq(10).numpy(), inv, rtol=1e-6)
     cos, sin = rotary(10)
-    assert cos.shape == [1, 10, 1, 16]
-    angles = np.arange(10)[:, None] * np.concatenate([inv, inv])[None]
-    np.testing.assert_allclose(cos.numpy()[0, :, 0], np.cos(angles), atol=1e-6)
-    np.testing.assert_allclose(sin.numpy()[0, :, 0], np.sin(angles), atol=1e-6)
+    assert cos.shape[1] == 8 and cos.shape[0] >= 10
+    angles = np.arange(10)[:, None] * inv[None]
+    np.testing.assert_allclose(cos.numpy()[:10], np.cos(angles), atol=1e-6)
+    np.testing.assert_allclose(sin.numpy()[:10], np.sin(angles), atol=1e-6)
 
 
 def test_rope_tables_grow_past_the_cache_and_stay_out_of_the_state_dict():
     model = build_model(_rope_config(max_pos=8), seed=0)
-    assert model.rotary.cos.shape[1] == 8
+    assert model.rotary.cos.shape[0] == 8
     model(paddle.zeros([1, 20], dtype="int64"))
-    assert model.rotary.cos.shape[1] == 20
-    angles = 19 * np.concatenate([_np_inv_freq(16, 1e4)] * 2)
-    np.testing.assert_allclose(model.rotary.cos.numpy()[0, 19, 0], np.cos(angles), atol=1e-5)
+    assert model.rotary.cos.shape[0] == 20
+    angles = 19 * _np_inv_freq(16, 1e4)
+    np.testing.assert_allclose(model.rotary.cos.numpy()[19], np.cos(angles), atol=1e-5)
     assert not any("cos" in k or "sin" in k for k in model.state_dict())
 
 

@@ -62,19 +62,78 @@ def test_rms_norm_bf16_input_keeps_dtype_and_computes_in_fp32():
     np.testing.assert_allclose(out.astype("float32").numpy(), want, rtol=2 ** -8, atol=0)
 
 
-def test_rotary_is_rotate_half_rotation():
+def _np_rotary(x, c, s, interleaved):
+    """x [b, s, h, d]; c, s [b or 1, s, 1, r/2]: rotate pairs of the first r features."""
+    r = 2 * c.shape[-1]
+    out = x.copy()
+    if interleaved:
+        a, b = x[..., 0:r:2], x[..., 1:r:2]
+        out[..., 0:r:2], out[..., 1:r:2] = a * c - b * s, b * c + a * s
+    else:
+        a, b = x[..., : r // 2], x[..., r // 2: r]
+        out[..., : r // 2], out[..., r // 2: r] = a * c - b * s, b * c + a * s
+    return out
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("rot_dim", [8, 4])  # full and partial rotary (head_dim 8)
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_rotary_layouts_partial_and_position_ids(interleaved, rot_dim, with_ids):
     rng = np.random.default_rng(2)
-    b, s, h, kv, d = 2, 6, 4, 2, 8
+    b, s, h, kv, d, positions = 2, 6, 4, 2, 8, 20
     q, k = rng.normal(size=(b, s, h, d)), rng.normal(size=(b, s, kv, d))
-    angles = rng.uniform(0, 6, size=(1, s, 1, d // 2))
-    cos, sin = np.cos(np.concatenate([angles] * 2, -1)), np.sin(np.concatenate([angles] * 2, -1))
-    got_q, got_k = R.rotary(_t(q), _t(k), _t(cos), _t(sin))
-    np.testing.assert_allclose(got_q.numpy(), q * cos + _np_rotate_half(q) * sin, atol=ATOL)
-    np.testing.assert_allclose(got_k.numpy(), k * cos + _np_rotate_half(k) * sin, atol=ATOL)
-    # Pairs (i, i + d/2) are rotated by angle i: element i becomes q_i cos - q_{i+d/2} sin.
-    i = 1
-    want_i = q[..., i] * np.cos(angles[..., i]) - q[..., i + d // 2] * np.sin(angles[..., i])
-    np.testing.assert_allclose(got_q.numpy()[..., i], want_i, atol=ATOL)
+    angles = rng.uniform(0, 6, size=(positions, rot_dim // 2))
+    ids = rng.integers(0, positions, size=(b, s)) if with_ids else None
+    rows = angles[ids][:, :, None] if with_ids else angles[None, :s, None]
+    got_q, got_k = R.rotary(_t(q), _t(k), _t(np.cos(angles)), _t(np.sin(angles)),
+                            None if ids is None else paddle.to_tensor(ids), interleaved)
+    np.testing.assert_allclose(got_q.numpy(), _np_rotary(q, np.cos(rows), np.sin(rows), interleaved), atol=ATOL)
+    np.testing.assert_allclose(got_k.numpy(), _np_rotary(k, np.cos(rows), np.sin(rows), interleaved), atol=ATOL)
+
+
+def test_rotary_rotate_half_equals_hf_formula():
+    rng = np.random.default_rng(8)
+    q = rng.normal(size=(1, 5, 2, 8))
+    angles = rng.uniform(0, 6, size=(5, 4))
+    full = np.concatenate([angles, angles], -1)[None, :, None]  # HF's [cos, cos] duplicated table
+    got, _ = R.rotary(_t(q), _t(q), _t(np.cos(angles)), _t(np.sin(angles)))
+    np.testing.assert_allclose(got.numpy(), q * np.cos(full) + _np_rotate_half(q) * np.sin(full), atol=ATOL)
+
+
+def _np_attention_general(q, k, v, causal, window=None, slopes=None, scale=None):
+    b, sq, h, d = q.shape
+    sk, kv = k.shape[1], k.shape[2]
+    scale = 1 / np.sqrt(d) if scale is None else scale
+    out = np.zeros((b, sq, h, v.shape[-1]))
+    pos = np.arange(sq)[:, None] + (sk - sq)
+    j = np.arange(sk)[None, :]
+    visible = np.ones((sq, sk), bool)
+    if causal:
+        visible &= j <= pos
+    if window is not None:
+        visible &= j > pos - window
+    for head in range(h):
+        kh = head // (h // kv)
+        sc = np.einsum("bqd,bkd->bqk", q[:, :, head], k[:, :, kh]) * scale
+        if slopes is not None:
+            sc = sc + slopes[head] * (j - pos)
+        sc = np.where(visible, sc, -np.inf)
+        p = np.exp(sc - sc.max(-1, keepdims=True))
+        out[:, :, head] = np.einsum("bqk,bkd->bqd", p / p.sum(-1, keepdims=True), v[:, :, kh])
+    return out
+
+
+@pytest.mark.parametrize("causal,window,alibi,scale", [
+    (True, 3, False, None), (True, None, True, None), (False, None, True, 0.5), (True, 2, True, None),
+    (False, 4, False, None)])
+def test_attention_windows_alibi_and_scale(causal, window, alibi, scale):
+    rng = np.random.default_rng(9)
+    q, k, v = rng.normal(size=(2, 7, 4, 8)), rng.normal(size=(2, 7, 2, 8)), rng.normal(size=(2, 7, 2, 8))
+    slopes = 2.0 ** -np.arange(1, 5) if alibi else None
+    got = R.attention(_t(q), _t(k), _t(v), causal=causal, window=window,
+                      alibi_slopes=None if slopes is None else _t(slopes), scale=scale)
+    np.testing.assert_allclose(got.numpy(), _np_attention_general(q, k, v, causal, window, slopes, scale),
+                               atol=ATOL)
 
 
 @pytest.mark.parametrize("h,kv,causal", [(4, 4, True), (4, 2, True), (6, 1, True), (4, 2, False)])

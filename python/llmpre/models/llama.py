@@ -35,12 +35,13 @@ class RMSNorm(nn.Layer):
 
 
 class RotaryEmbedding(nn.Layer):
-    """cos/sin tables of RoPE in the rotate_half layout, ``[1, length, 1, head_dim]``.
+    """RoPE angle tables ``cos``, ``sin``: ``[positions, head_dim / 2]`` float32.
 
-    ``inv_freq[i] = theta^(-2i/d)`` (rescaled per ``config.rope_scaling``), angle
-    ``= position * inv_freq``, and the table repeats the ``d/2`` angles twice.
-    Tables are non-persistable buffers, rebuilt when a longer sequence arrives
-    (or, for dynamic NTK, when the sequence length changes which base applies).
+    ``inv_freq[i] = theta^(-2i/d)`` (rescaled per ``config.rope_scaling``) and
+    ``angle[p, i] = p * inv_freq[i]``; :func:`llmpre.ops.reference.rotary`
+    applies them in the rotate_half layout. Tables are non-persistable buffers,
+    rebuilt when a longer sequence arrives (or, for dynamic NTK, when the
+    sequence length changes which base applies).
     """
 
     def __init__(self, config: ModelConfig):
@@ -80,23 +81,17 @@ class RotaryEmbedding(nn.Layer):
     def _build(self, length: int):
         positions = paddle.arange(length, dtype="float32")
         angles = positions.unsqueeze(1) * self.inv_freq(length).unsqueeze(0)  # [length, d/2]
-        emb = paddle.concat([angles, angles], axis=-1)                        # [length, d]
-        self.register_buffer("cos", emb.cos().reshape([1, length, 1, self.dim]), persistable=False)
-        self.register_buffer("sin", emb.sin().reshape([1, length, 1, self.dim]), persistable=False)
+        self.register_buffer("cos", angles.cos(), persistable=False)
+        self.register_buffer("sin", angles.sin(), persistable=False)
         self.base = self._base(length)
 
     def forward(self, seq_len: int, position_ids: Optional[paddle.Tensor] = None):
-        """cos, sin of shape ``[1, seq, 1, d]`` (positions ``0..seq-1``) or
-        ``[batch, seq, 1, d]`` for explicit ``position_ids`` ``[batch, seq]``."""
+        """The ``[positions, head_dim / 2]`` tables, covering ``position_ids``
+        (``[batch, seq]``) or positions ``0..seq_len-1``."""
         needed = seq_len if position_ids is None else int(position_ids.max()) + 1
-        if needed > self.cos.shape[1] or self._base(needed) != self.base:
+        if needed > self.cos.shape[0] or self._base(needed) != self.base:
             self._build(needed)
-        if position_ids is None:
-            return self.cos[:, :seq_len], self.sin[:, :seq_len]
-        position_ids = position_ids.reshape([-1, seq_len])                    # [b, s]
-        cos = paddle.gather(self.cos[0, :, 0], position_ids.reshape([-1]))    # [b*s, d]
-        sin = paddle.gather(self.sin[0, :, 0], position_ids.reshape([-1]))    # [b*s, d]
-        return cos.reshape([-1, seq_len, 1, self.dim]), sin.reshape([-1, seq_len, 1, self.dim])
+        return self.cos, self.sin
 
 
 class Attention(nn.Layer):
@@ -112,12 +107,12 @@ class Attention(nn.Layer):
         self.o_proj = nn.Linear(q_size, h, bias_attr=False)
         self.ops = ops
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, position_ids=None):
         # reshape's 0 keeps that axis: [b, s, heads * d] -> [b, s, heads, d]
         q = self.q_proj(x).reshape([0, 0, self.num_heads, self.head_dim])     # [b, s, heads, d]
         k = self.k_proj(x).reshape([0, 0, self.num_kv_heads, self.head_dim])  # [b, s, kv_heads, d]
         v = self.v_proj(x).reshape([0, 0, self.num_kv_heads, self.head_dim])  # [b, s, kv_heads, d]
-        q, k = self.ops.rotary(q, k, cos, sin)
+        q, k = self.ops.rotary(q, k, cos, sin, position_ids)
         out = self.ops.attention(q, k, v, causal=True)                        # [b, s, heads, d]
         return self.o_proj(out.reshape([0, 0, self.num_heads * self.head_dim]))  # [b, s, hidden]
 
@@ -143,8 +138,8 @@ class DecoderLayer(nn.Layer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.mlp = MLP(config, ops)
 
-    def forward(self, x, cos, sin):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x, cos, sin, position_ids=None):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, position_ids)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -183,9 +178,9 @@ class LlamaForCausalLM(nn.Layer):
     def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         """input_ids ``[batch, seq]`` int -> logits ``[batch, seq, vocab]`` in the model dtype."""
         x = self.embed_tokens(input_ids)                           # [b, s, hidden]
-        cos, sin = self.rotary(input_ids.shape[1], position_ids)   # [1 or b, s, 1, head_dim]
+        cos, sin = self.rotary(input_ids.shape[1], position_ids)   # [positions, head_dim/2]
         for layer in self.layers:
-            x = layer(x, cos, sin)                                 # [b, s, hidden]
+            x = layer(x, cos, sin, position_ids)                   # [b, s, hidden]
         x = self.norm(x)
         if self.lm_head is None:
             return paddle.matmul(x, self.embed_tokens.weight, transpose_y=True)  # [b, s, vocab]

@@ -33,17 +33,49 @@ def rotate_half(x: paddle.Tensor) -> paddle.Tensor:
     return paddle.concat([-x2, x1], axis=-1)
 
 
-def rotary(q: paddle.Tensor, k: paddle.Tensor, cos: paddle.Tensor, sin: paddle.Tensor):
-    """Rotary position embedding in the HF "rotate_half" (non-interleaved) layout.
+def rotary_tables(cos: paddle.Tensor, sin: paddle.Tensor, seq: int,
+                  position_ids: paddle.Tensor | None):
+    """Rows of the ``[positions, r/2]`` tables for a sequence, shaped to broadcast
+    over ``[batch, seq, heads, r/2]``: ``[1, seq, 1, r/2]`` or ``[batch, seq, 1, r/2]``."""
+    if position_ids is None:
+        return cos[:seq].unsqueeze([0, 2]), sin[:seq].unsqueeze([0, 2])
+    ids = position_ids.reshape([-1, seq])                                   # [b, s]
+    c = paddle.gather(cos, ids.reshape([-1])).reshape([ids.shape[0], seq, 1, -1])
+    s = paddle.gather(sin, ids.reshape([-1])).reshape([ids.shape[0], seq, 1, -1])
+    return c, s
 
-    q: ``[batch, seq, heads, head_dim]``; k: ``[batch, seq, kv_heads, head_dim]``;
-    cos, sin: ``[batch or 1, seq, 1, head_dim]`` (fp32 tables, cast to q's dtype).
-    Returns ``(q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin)``
-    with the input shapes.
+
+def _rotate(x: paddle.Tensor, c: paddle.Tensor, s: paddle.Tensor, interleaved: bool):
+    r = 2 * c.shape[-1]
+    rot, rest = (x, None) if r == x.shape[-1] else (x[..., :r], x[..., r:])
+    if interleaved:   # pairs (2i, 2i+1)
+        even, odd = rot[..., 0::2], rot[..., 1::2]                          # [..., r/2]
+        out = paddle.stack([even * c - odd * s, odd * c + even * s], axis=-1)
+        out = out.reshape(rot.shape)                                         # [..., r]
+    else:             # rotate_half: pairs (i, i + r/2)
+        a, b = rot[..., : r // 2], rot[..., r // 2:]
+        out = paddle.concat([a * c - b * s, b * c + a * s], axis=-1)       # [..., r]
+    return out if rest is None else paddle.concat([out, rest], axis=-1)
+
+
+def rotary(q: paddle.Tensor, k: paddle.Tensor, cos: paddle.Tensor, sin: paddle.Tensor,
+           position_ids: paddle.Tensor | None = None, interleaved: bool = False):
+    """Rotary position embedding applied to q and k.
+
+    q: ``[batch, seq, heads, head_dim]``; k: ``[batch, seq, kv_heads, head_dim]``.
+    cos, sin: ``[positions, r/2]`` float32 tables of ``cos(angle)``/``sin(angle)``
+    per rotated pair, with ``r <= head_dim`` the rotary dimension (partial rotary
+    rotates the first ``r`` features and passes the rest through). Any RoPE
+    scaling variant is just different tables. position_ids: ``[batch, seq]``
+    integer positions, default ``0..seq-1``.
+    Layout: ``interleaved=False`` is HF's rotate_half (pair ``i`` is features
+    ``(i, i + r/2)``); ``interleaved=True`` pairs ``(2i, 2i+1)`` (GPT-J/ChatGLM).
+    Each pair ``(a, b)`` becomes ``(a cos - b sin, b cos + a sin)``.
+    Returns ``(q_rotated, k_rotated)`` with the input shapes and dtypes.
     """
-    cos = cos.astype(q.dtype)
-    sin = sin.astype(q.dtype)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    c, s = rotary_tables(cos, sin, q.shape[1], position_ids)
+    c, s = c.astype(q.dtype), s.astype(q.dtype)
+    return _rotate(q, c, s, interleaved), _rotate(k, c, s, interleaved)
 
 
 def repeat_kv(x: paddle.Tensor, groups: int) -> paddle.Tensor:
@@ -51,32 +83,63 @@ def repeat_kv(x: paddle.Tensor, groups: int) -> paddle.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, axis=2)
 
 
-def attention_math(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, causal: bool = True) -> paddle.Tensor:
-    """Scaled dot-product attention written out: ``softmax(q k^T / sqrt(d) + mask) v``.
+def attention_bias(sq: int, sk: int, causal: bool, window: int | None,
+                   alibi_slopes: paddle.Tensor | None) -> paddle.Tensor | None:
+    """Additive fp32 bias ``[heads or 1, sq, sk]`` for masks and ALiBi, or None.
+
+    Query ``i`` sits at key position ``i + sk - sq`` (queries are the last ``sq``
+    positions). Causal hides keys after it; ``window`` keeps only the ``window``
+    most recent keys (``pos - window < j <= pos``, Mistral's sliding window);
+    ALiBi adds ``slope_h * (j - pos)`` (PaddleNLP/Baichuan/Bloom add
+    ``slope_h * j``, which gives the same softmax since it differs per row by a
+    constant).
+    """
+    if not causal and window is None and alibi_slopes is None:
+        return None
+    pos = paddle.arange(sq, dtype="int64").unsqueeze(1) + (sk - sq)         # [sq, 1]
+    j = paddle.arange(sk, dtype="int64").unsqueeze(0)                       # [1, sk]
+    visible = paddle.ones([sq, sk], dtype="bool")
+    if causal:
+        visible = visible & (j <= pos)
+    if window is not None:
+        visible = visible & (j > pos - window)
+    bias = paddle.where(visible, paddle.zeros([sq, sk]), paddle.full([sq, sk], float("-inf")))
+    bias = bias.unsqueeze(0)                                                # [1, sq, sk]
+    if alibi_slopes is not None:
+        dist = (j - pos).astype("float32").unsqueeze(0)                    # [1, sq, sk]
+        bias = bias + alibi_slopes.astype("float32").reshape([-1, 1, 1]) * dist  # [h, sq, sk]
+    return bias
+
+
+def attention_math(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, causal: bool = True,
+                   window: int | None = None, alibi_slopes: paddle.Tensor | None = None,
+                   scale: float | None = None) -> paddle.Tensor:
+    """Scaled dot-product attention written out: ``softmax(scale * q k^T + bias) v``.
 
     q: ``[batch, seq_q, heads, head_dim]``; k, v: ``[batch, seq_k, kv_heads, head_dim]``
-    with ``heads % kv_heads == 0`` (grouped-query attention: query head h uses KV
-    head ``h // (heads / kv_heads)``).  Scores and softmax are fp32.  With
-    ``causal``, query i attends to keys ``j <= i + seq_k - seq_q``.
-    Returns ``[batch, seq_q, heads, head_dim]`` in q's dtype.
+    (v may have its own head_dim) with ``heads % kv_heads == 0`` (grouped-query
+    attention: query head h uses KV head ``h // (heads / kv_heads)``). Scores and
+    softmax are fp32. ``scale`` defaults to ``1/sqrt(head_dim)``; ``window`` and
+    ``alibi_slopes`` (``[heads]`` fp32) as in :func:`attention_bias`. A query
+    that sees no key (possible only with a window shorter than nothing) gets 0.
+    Returns ``[batch, seq_q, heads, v_head_dim]`` in q's dtype.
     """
     groups = q.shape[2] // k.shape[2]
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     qt = (q * scale).transpose([0, 2, 1, 3])                # [b, h, sq, d]
     kt = repeat_kv(k, groups).transpose([0, 2, 1, 3])       # [b, h, sk, d]
-    vt = repeat_kv(v, groups).transpose([0, 2, 1, 3])       # [b, h, sk, d]
+    vt = repeat_kv(v, groups).transpose([0, 2, 1, 3])       # [b, h, sk, dv]
     scores = paddle.matmul(qt, kt, transpose_y=True).astype("float32")  # [b, h, sq, sk]
-    if causal:
-        sq, sk = q.shape[1], k.shape[1]
-        # 0 on and below the (shifted) diagonal, -inf above it.
-        scores = scores + paddle.triu(paddle.full([sq, sk], float("-inf"), "float32"), diagonal=sk - sq + 1)  # [sq, sk]
+    bias = attention_bias(q.shape[1], k.shape[1], causal, window, alibi_slopes)
+    if bias is not None:
+        scores = scores + bias                              # [b, h, sq, sk]
     probs = F.softmax(scores, axis=-1).astype(q.dtype)     # [b, h, sq, sk]
-    return paddle.matmul(probs, vt).transpose([0, 2, 1, 3])  # [b, sq, h, d]
+    return paddle.matmul(probs, vt).transpose([0, 2, 1, 3])  # [b, sq, h, dv]
 
 
 def attention_sdpa(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, causal: bool = True) -> paddle.Tensor:
-    """The same contract as :func:`attention_math`, through Paddle's
-    ``scaled_dot_product_attention`` (which reads GQA natively)."""
+    """:func:`attention_math`'s contract for the plain case (no window, no ALiBi,
+    default scale), through Paddle's ``scaled_dot_product_attention``."""
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, training=False)
 
 
@@ -84,7 +147,8 @@ def attention_sdpa(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, causal:
 # (Paddle 3.3.1, fp32, OMP_NUM_THREADS=1, the other core busy), llama-tiny training
 # shape q [8, 256, 4, 64], k/v [8, 256, 2, 64], forward + backward, 3 runs of 22 calls:
 # attention_math median 184-233 ms (min 168-195), attention_sdpa median 220-262 ms
-# (min 182-202).  Outputs agree to 0.0 in fp32.  The written-out version wins by ~10%.
+# (min 182-202).  Outputs agree to 0.0 in fp32.  The written-out version wins by ~10%
+# and covers windows, ALiBi and custom scales.
 attention = attention_math
 
 
