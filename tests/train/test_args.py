@@ -51,7 +51,7 @@ def test_aliases_and_types():
     ({"learnin_rate": "1"}, "unknown argument `learnin_rate`"),
     ({"tensor_parallel_degree": "2"}, "tensor_parallel_degree"),
     ({"use_flash_attention": "true"}, "use_flash_attention"),
-    ({"bf16": "true"}, "GPU build"),
+    ({"bf16": "true", "fp16": "true"}, "only one of bf16 and fp16"),
     ({"lr_scheduler_type": "poly"}, "lr_scheduler_type"),
     ({"min_learning_rate": "1", "learning_rate": "0.1"}, "exceeds"),
     ({"per_device_train_batch_size": "0"}, "positive"),

@@ -35,6 +35,7 @@ def main():
     llmpre train pretrain_argument.json        PaddleNLP-style argument file
     llmpre data fingerprint PREFIX             hash exactly what training sees
     llmpre models                              list the model presets
+    llmpre report RUN_DIR                      plots and a summary of a run
     """
 
 
@@ -44,6 +45,9 @@ def _register() -> None:
     main.add_command(data_cmds.data)
     main.add_command(train_cmd.train)
     main.add_command(models_cmd.models)
+    from llmpre.cli import report_cmd
+
+    main.add_command(report_cmd.report)
 
 
 _register()

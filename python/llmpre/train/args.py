@@ -96,10 +96,21 @@ class TrainingArguments:
                             "terminal).")
     num_threads: typing.Optional[int] = _f(None, "CPU threads for Paddle's kernels "
                                            "(default: all cores available to the process).")
+    report_to: str = _f("auto", "Scalar logger: visualdl, tensorboard, none, or auto (VisualDL "
+                        "if installed, else TensorBoard if installed).",
+                        choices=("auto", "visualdl", "tensorboard", "none"))
+    logging_dir: typing.Optional[str] = _f(None, "Directory for VisualDL/TensorBoard logs "
+                                           "(default: <output_dir>/runs).")
+    max_nonfinite_skips: int = _f(0, "Steps with a non-finite loss or gradient norm that may be "
+                                  "skipped in total before training stops (0: stop at the first).")
+    scale_loss: float = _f(2.0 ** 15, "Initial dynamic loss scale for fp16.")
+    amp_master_grad: bool = _f(True, "fp32 gradients for clipping and the update under O2 (llmpre "
+                               "always does this).")
     # ---- accepted PaddleNLP keys whose only supported value is the default ----
     bf16: bool = _f(False, "bfloat16 mixed precision (needs a GPU build of Paddle).")
-    fp16: bool = _f(False, "float16 mixed precision (needs a GPU build of Paddle).")
-    fp16_opt_level: str = _f("O1", "AMP level for bf16/fp16.", choices=("O1", "O2"))
+    fp16: bool = _f(False, "float16 mixed precision with dynamic loss scaling (GPU build).")
+    fp16_opt_level: str = _f("O1", "AMP level for bf16/fp16: O1 autocast with fp32 weights, O2 "
+                             "low-precision weights with fp32 master weights.", choices=("O1", "O2"))
     use_flash_attention: bool = _f(False, "Fused flash attention kernel.")
     use_fused_rms_norm: bool = _f(False, "Fused RMSNorm kernel.")
     use_fused_rope: bool = _f(False, "Fused rotary embedding kernel.")
@@ -184,11 +195,8 @@ ACCEPTED_NOOP: dict = {
     "fuse_attention_ffn": "a parameter-layout choice; llmpre keeps gate/up separate (same math)",
     "recompute_use_reentrant": "only meaningful with recompute",
     "no_recompute_layers": "only meaningful with recompute",
-    "amp_master_grad": "only meaningful with bf16/fp16",
-    "scale_loss": "only meaningful with fp16",
     "skip_memory_metrics": "memory is always logged",
     "dataloader_drop_last": "pretraining datasets are sampled to exact batch multiples",
-    "report_to": "logs go to stdout and <output_dir>/metrics.jsonl",
 }
 
 
@@ -268,12 +276,6 @@ def _validate(args: TrainingArguments, where: str) -> None:
     for name, (ok, fix) in UNSUPPORTED.items():
         if getattr(args, name) not in ok:
             raise ConfigError(f"{where}: `{name}` = {getattr(args, name)!r} is not supported: {fix}")
-    if args.bf16 or args.fp16:
-        which = "bf16" if args.bf16 else "fp16"
-        raise ConfigError(
-            f"{where}: `{which}` needs Paddle's low-precision kernels, which exist only in a GPU "
-            f"build (paddlepaddle-gpu); llmpre's mixed-precision path is not implemented yet, so "
-            f"set {which} to false")
     if args.bf16 and args.fp16:
         raise ConfigError(f"{where}: set only one of bf16 and fp16")
     if args.max_steps <= 0:
@@ -298,6 +300,10 @@ def _validate(args: TrainingArguments, where: str) -> None:
         raise ConfigError(f"{where}: `decay_steps` must be positive")
     if args.num_threads is not None and args.num_threads <= 0:
         raise ConfigError(f"{where}: `num_threads` must be positive")
+    if args.max_nonfinite_skips < 0:
+        raise ConfigError(f"{where}: `max_nonfinite_skips` must be >= 0")
+    if args.scale_loss <= 0:
+        raise ConfigError(f"{where}: `scale_loss` must be positive")
     if args.dataloader_num_workers < 0:
         raise ConfigError(f"{where}: `dataloader_num_workers` must be >= 0")
 

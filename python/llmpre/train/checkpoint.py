@@ -12,6 +12,9 @@ It is assembled in a hidden temporary directory next to its final place and
 renamed into place only once every file and the manifest are on disk, so a
 crash leaves either the previous checkpoints or the new one. Loading checks
 the manifest (sizes and checksums) before reading anything.
+
+Fault injection for tests: ``LLMPRE_FAULT_SAVE_DELAY=<seconds>`` sleeps after
+each file of a save, so a test can kill the process in the middle of one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
 from llmpre.errors import LlmpreError
 
@@ -80,9 +84,12 @@ def save_checkpoint(output_dir: str, step: int, writers: dict) -> str:
     tmp = tempfile.mkdtemp(prefix=f".{PREFIX}{step}.tmp-", dir=output_dir)
     try:
         files = {}
+        delay = float(os.environ.get("LLMPRE_FAULT_SAVE_DELAY", "0") or 0)
         for name, write in writers.items():
             path = os.path.join(tmp, name)
             write(path)
+            if delay > 0:
+                time.sleep(delay)
             with open(path, "rb+") as fh:
                 os.fsync(fh.fileno())
             files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}

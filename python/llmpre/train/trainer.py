@@ -1,8 +1,12 @@
 """The training loop: model, data, AdamW, schedule, evaluation, checkpoints.
 
 Resuming from ``checkpoint-N`` restores the parameters, the optimizer moments
-and step count, the RNG states and the data position (a pure function of the
-step), so the continuation computes exactly what an uninterrupted run would.
+(and master weights), the loss scale, the RNG states and the data position (a
+pure function of the step), so the continuation computes exactly what an
+uninterrupted run would. A step whose loss or gradient norm is not finite is
+skipped under fp16 loss scaling (the scale drops), skipped up to
+``max_nonfinite_skips`` times otherwise, and then stops training with the
+step and the last good checkpoint in the message.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ import numpy as np
 from llmpre.errors import ConfigError
 from llmpre.runtime import configure_threads, import_paddle
 from llmpre.train import checkpoint as ckpt
+from llmpre.train import guards
 from llmpre.train.args import TrainingArguments
 from llmpre.train.metrics import flops_per_token, format_log, memory_gb
+from llmpre.train.monitor import Monitor
+from llmpre.train.precision import DynamicLossScaler, Precision
 from llmpre.train.schedule import schedule_from_args
 
 logger = logging.getLogger("llmpre")
@@ -94,6 +101,8 @@ class Trainer:
         setup_logging()
         self.threads = configure_threads(args.num_threads)
         self.paddle = paddle = import_paddle()
+        self.precision = Precision.from_args(args)
+        self.precision.check_available(paddle)
         paddle.set_device("gpu" if paddle.is_compiled_with_cuda() and
                           paddle.device.cuda.device_count() > 0 else "cpu")
         self._seed_everything(args.seed)
@@ -106,11 +115,14 @@ class Trainer:
             self.model = from_pretrained(args.model_name_or_path)
         else:
             self.model = build_model(self.config, seed=args.seed)
+        self.precision.prepare_model(self.model)
         self.loss_fn = causal_lm_loss
         self.params = [(n, p) for n, p in self.model.named_parameters() if not p.stop_gradient]
         num_params = sum(int(np.prod(p.shape)) for _, p in self.params)
-        logger.info("model %s: %s parameters, %d CPU threads, device %s", args.model_name_or_path,
-                    f"{num_params:,}", self.threads, paddle.get_device())
+        logger.info("model %s: %s parameters, %s, %d CPU threads, device %s",
+                    args.model_name_or_path, f"{num_params:,}",
+                    self.precision.dtype + (f" {self.precision.level}" if self.precision.low else ""),
+                    self.threads, paddle.get_device())
 
         from llmpre.train.data import TrainData
 
@@ -123,12 +135,14 @@ class Trainer:
 
         self.optimizer = AdamW(self.params, betas=(args.adam_beta1, args.adam_beta2),
                                eps=args.adam_epsilon, weight_decay=args.weight_decay)
+        self.scaler = DynamicLossScaler(args.scale_loss, enabled=self.precision.loss_scaling)
         self.lr_at = schedule_from_args(args)
         self.global_step = 0
+        self.skipped_steps = 0
         self.flops_per_token = flops_per_token(
             self.config.hidden_size, self.config.intermediate_size,
             self.config.num_hidden_layers, self.config.vocab_size, args.max_seq_length)
-        self.metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+        self.monitor = Monitor(args.output_dir, enabled=False)  # opened by train()
 
     # ---- state -------------------------------------------------------------
     def _seed_everything(self, seed: int) -> None:
@@ -139,12 +153,14 @@ class Trainer:
     def _checkpoint_writers(self) -> dict:
         from safetensors.numpy import save_file
 
-        model_arrays = {n: p.numpy() for n, p in self.model.named_parameters()}
+        model_arrays = {n: _to_numpy(p) for n, p in self.model.named_parameters()}
         opt_arrays, opt_scalars = self.optimizer.state_dict()
         state = {
             "global_step": self.global_step,
             "consumed_samples": self.global_step * self.samples_per_step,
+            "skipped_steps": self.skipped_steps,
             "optimizer": opt_scalars,
+            "loss_scaler": self.scaler.state_dict(),
             "args": self.args.to_dict(),
             "model_config": self.config.to_hf_dict(),
         }
@@ -184,27 +200,41 @@ class Trainer:
             if tuple(a.shape) != tuple(p.shape):
                 raise ckpt.CheckpointError(f"{path}: {name} has shape {a.shape}, the model "
                                            f"needs {tuple(p.shape)}")
-            p.set_value(a)
+            p.set_value(self.paddle.to_tensor(a).astype(p.dtype))
         with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as fh:
             state = json.load(fh)
         self.optimizer.load_state_dict(load_file(os.path.join(path, "optimizer.safetensors")),
                                        state["optimizer"])
+        self.scaler.load_state_dict(state["loss_scaler"])
         with open(os.path.join(path, "rng_state.pkl"), "rb") as fh:
             rng = pickle.load(fh)
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         self.paddle.set_rng_state(rng["paddle"])
         self.global_step = int(state["global_step"])
+        self.skipped_steps = int(state["skipped_steps"])
 
-    def _resume_point(self) -> str | None:
+    def _prepare_run_directory(self) -> str | None:
+        """Check the run directory's identity, clear or tidy it; returns the
+        checkpoint to resume from (None to start fresh)."""
         args = self.args
+        identity = guards.run_identity(args, self.config.to_hf_dict())
         if args.resume_from_checkpoint:
             if not os.path.isdir(args.resume_from_checkpoint):
                 raise ConfigError(f"resume_from_checkpoint '{args.resume_from_checkpoint}': "
                                   "no such checkpoint directory")
+            # An explicit resume may change settings on purpose (e.g. a lower learning rate
+            # after a divergence): record the new identity instead of refusing it.
+            diffs = guards.replace_identity(args.output_dir, identity)
+            if diffs:
+                logger.warning("resume_from_checkpoint with changed settings: %s", "; ".join(diffs))
             return args.resume_from_checkpoint
-        if args.overwrite_output_dir:
-            return None
+        has_checkpoints = bool(ckpt.list_checkpoints(args.output_dir))
+        guards.check_run_directory(args.output_dir, identity, args.overwrite_output_dir, has_checkpoints)
+        debris = guards.remove_debris(args.output_dir)
+        if debris:
+            logger.info("Removed %d incomplete checkpoint(s) left by an interrupted save: %s",
+                        len(debris), ", ".join(debris))
         return ckpt.latest_checkpoint(args.output_dir)
 
     # ---- steps -------------------------------------------------------------
@@ -213,9 +243,14 @@ class Trainer:
         return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
 
     def _split(self, tokens: np.ndarray):
-        paddle = self.paddle
-        t = paddle.to_tensor(tokens)
+        t = self.paddle.to_tensor(tokens)
         return t[:, :-1], t[:, 1:]
+
+    def _loss(self, tokens: np.ndarray):
+        inputs, labels = self._split(tokens)
+        with self.precision.autocast(self.paddle):
+            logits = self.model(inputs)
+            return self.loss_fn(logits, labels)
 
     def _eval_loss(self, reader, batches: int) -> float:
         paddle = self.paddle
@@ -223,8 +258,7 @@ class Trainer:
         total = 0.0
         with paddle.no_grad():
             for tokens in reader.iterate(0, batches, self.args.dataloader_num_workers):
-                inputs, labels = self._split(tokens)
-                total += float(self.loss_fn(self.model(inputs), labels).item())
+                total += float(self._loss(tokens).item())
         self.model.train()
         return total / batches
 
@@ -239,17 +273,59 @@ class Trainer:
                   f"{split}_samples_per_second": round(samples / runtime, 4),
                   f"{split}_steps_per_second": round(batches / runtime, 4)}
         logger.info(format_log(result))
-        self._record({"type": split, "step": self.global_step, **result})
+        self.monitor.log(split, self.global_step, result)
         return result
 
-    def _record(self, entry: dict) -> None:
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(self.metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
+    def _train_step(self, batches):
+        """One optimizer step. Returns (loss tensor, gradient norm, status) with
+        status "ok", "overflow" (fp16 scale lowered) or "skipped" (non-finite)."""
+        acc = self.args.gradient_accumulation_steps
+        lr = self.lr_at(self.global_step)
+        loss_sum = None
+        for _ in range(acc):
+            loss = self._loss(next(batches))
+            (loss * (self.scaler.scale / acc)).backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        step_loss = loss_sum / acc
+
+        from llmpre.train.optim import clip_coefficient, global_grad_norm
+
+        inv_scale = 1.0 / self.scaler.scale
+        norm = global_grad_norm(self.params) * inv_scale
+        loss_value = float(step_loss.item())
+        if math.isfinite(norm) and math.isfinite(loss_value):
+            coef = clip_coefficient(norm, self.args.max_grad_norm)
+            self.optimizer.step(lr, grad_scale=inv_scale * coef)
+            status = "ok"
+        elif self.scaler.enabled:
+            status = "overflow"
+        elif self.skipped_steps < self.args.max_nonfinite_skips:
+            self.skipped_steps += 1
+            status = "skipped"
+        else:
+            last = ckpt.latest_checkpoint(self.args.output_dir)
+            where = (f"the last good checkpoint is {last}; the next run resumes from it (lower "
+                     "learning_rate or check the data first: resume_from_checkpoint accepts "
+                     "changed settings)") if last else "no checkpoint was saved yet"
+            raise guards.NonFiniteError(
+                f"step {self.global_step + 1}: the loss is {loss_value} and the gradient norm is "
+                f"{norm}; training stopped ({where}; max_nonfinite_skips allows skipping such steps)")
+        self.scaler.update(found_inf=status == "overflow")
+        self.optimizer.zero_grad()
+        self.global_step += 1
+        return step_loss, norm, status
 
     def train(self) -> dict:
+        args = self.args
+        resume = self._prepare_run_directory()
+        self.monitor = Monitor(args.output_dir, args.report_to, args.logging_dir)
+        try:
+            return self._train(resume)
+        finally:
+            self.monitor.close()
+
+    def _train(self, resume: str | None) -> dict:
         args, paddle = self.args, self.paddle
-        resume = self._resume_point()
         if resume:
             self.load(resume)
             logger.info("Resuming from %s at global_step %d", resume, self.global_step)
@@ -271,31 +347,27 @@ class Trainer:
         eval_steps = args.effective_eval_steps
         self.model.train()
         while self.global_step < args.max_steps:
-            lr = self.lr_at(self.global_step)
-            step_loss = None
-            for _ in range(acc):
-                inputs, labels = self._split(next(batches))
-                loss = self.loss_fn(self.model(inputs), labels)
-                (loss / acc).backward()
-                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
-            grad_norm = _clip(self.params, args.max_grad_norm)
-            self.optimizer.step(lr)
-            self.optimizer.zero_grad()
-            self.global_step += 1
-            interval_losses.append(step_loss / acc)
+            step_loss, grad_norm, status = self._train_step(batches)
             interval_steps += 1
+            if status == "ok":
+                interval_losses.append(step_loss)
+            else:
+                logger.warning("step %d: non-finite loss or gradients; %s", self.global_step,
+                               f"step skipped, loss scale now {self.scaler.scale:g}"
+                               if status == "overflow" else
+                               f"step skipped ({self.skipped_steps} of {args.max_nonfinite_skips} allowed)")
+                self.monitor.log("skip", self.global_step, {"reason": status, "grad_norm": grad_norm,
+                                                            "loss_scale": self.scaler.scale})
             if bar is not None:
                 bar.update(1)
 
             if self.global_step % args.logging_steps == 0 or self.global_step == args.max_steps:
                 runtime = time.time() - interval_start
-                loss_value = float(paddle.stack(interval_losses).mean().item())
+                loss_value = (float(paddle.stack(interval_losses).mean().item())
+                              if interval_losses else 0.0)
                 self._log_train(loss_value, grad_norm, runtime, interval_steps, seq)
                 interval_losses, interval_steps = [], 0
                 interval_start = time.time()
-            if not math.isfinite(grad_norm):
-                raise ConfigError(f"step {self.global_step}: the gradient norm is {grad_norm}; "
-                                  "training diverged (lower learning_rate or check the data)")
             paused = time.time()
             if args.do_eval and self.global_step % eval_steps == 0:
                 self.evaluate("eval")
@@ -333,8 +405,10 @@ class Trainer:
             "progress_or_epoch": round(consumed / len(self.data.datasets["train"]), 4),
         }
         logger.info(format_log(values))
-        self._record({"type": "train", "step": self.global_step, "grad_norm": grad_norm,
-                      "time": time.time(), **values})
+        self.monitor.log("train", self.global_step, {
+            **values, "grad_norm": grad_norm, "loss_scale": self.scaler.scale,
+            "skipped_steps": self.skipped_steps, "consumed_tokens": consumed * seq,
+            "time": time.time()})
 
     def save_final(self) -> None:
         """Final weights in HuggingFace layout in output_dir (loadable by from_pretrained)."""
@@ -344,10 +418,11 @@ class Trainer:
         logger.info("Saved the final model to %s", self.args.output_dir)
 
 
-def _clip(params, max_norm: float) -> float:
-    from llmpre.train.optim import clip_grad_norm_
-
-    return clip_grad_norm_(params, max_norm)
+def _to_numpy(p) -> np.ndarray:
+    """Parameters as numpy for safetensors; bf16 (which numpy lacks) is saved as fp32."""
+    if str(p.dtype).endswith("bfloat16"):
+        return p.astype("float32").numpy()
+    return p.numpy()
 
 
 def _progress(args: TrainingArguments, initial: int):
