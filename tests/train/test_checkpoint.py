@@ -56,3 +56,31 @@ def test_resaving_a_step_replaces_it(tmp_path):
     path = ckpt.save_checkpoint(str(tmp_path), 3, writers(b"new"))
     assert open(os.path.join(path, "model.safetensors"), "rb").read() == b"newmodel.safetensors"
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-3"]
+
+
+def test_rotation_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(str(tmp_path), step, writers(b"x"))
+    import shutil
+
+    def killed_midway(path, ignore_errors=False):
+        os.unlink(os.path.join(path, "model.safetensors"))  # partly deleted, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.rotate_checkpoints(str(tmp_path), 2)
+    monkeypatch.undo()
+    # the half-deleted one was renamed out of the way first: only complete checkpoints are listed
+    assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path))] == [2, 3]
+    for _, path in ckpt.list_checkpoints(str(tmp_path)):
+        ckpt.verify_checkpoint(path)
+
+
+def test_latest_valid_checkpoint_skips_damaged_ones(tmp_path):
+    for step in (1, 2):
+        ckpt.save_checkpoint(str(tmp_path), step, writers(b"y"))
+    os.unlink(tmp_path / "checkpoint-2" / "trainer_state.json")
+    warnings = []
+    assert ckpt.latest_valid_checkpoint(str(tmp_path), warnings.append).endswith("checkpoint-1")
+    assert "checkpoint-2" in warnings[0]

@@ -36,17 +36,18 @@ def main():
     llmpre data fingerprint PREFIX             hash exactly what training sees
     llmpre models                              list the model presets
     llmpre report RUN_DIR                      plots and a summary of a run
+    llmpre plan --model llama2-7b --seq-length 4096 --micro-batch 1 --tp 2 --bf16
+                                               memory per device of a layout
     """
 
 
 def _register() -> None:
-    from llmpre.cli import data_cmds, models_cmd, train_cmd
+    from llmpre.cli import data_cmds, models_cmd, plan_cmd, report_cmd, train_cmd
 
     main.add_command(data_cmds.data)
     main.add_command(train_cmd.train)
     main.add_command(models_cmd.models)
-    from llmpre.cli import report_cmd
-
+    main.add_command(plan_cmd.plan)
     main.add_command(report_cmd.report)
 
 

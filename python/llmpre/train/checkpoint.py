@@ -109,12 +109,14 @@ def save_checkpoint(output_dir: str, step: int, writers: dict) -> str:
         else:
             os.rename(tmp, final)
         _fsync_dir(output_dir)
-    except BaseException as e:
+    except Exception as e:
+        # Disk full, quota, I/O errors (safetensors reports them as its own error type).
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise CheckpointError(
-                f"saving checkpoint {final} failed ({e}); the previous checkpoints are intact"
-            ) from e
+        raise CheckpointError(
+            f"saving checkpoint {final} failed ({e}); the previous checkpoints are intact"
+        ) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
 
@@ -143,12 +145,31 @@ def verify_checkpoint(path: str) -> dict:
 
 
 def rotate_checkpoints(output_dir: str, keep: int | None) -> list[str]:
-    """Delete the oldest complete checkpoints beyond ``keep``; returns what was removed."""
+    """Delete the oldest complete checkpoints beyond ``keep``; returns what was removed.
+
+    Each is first renamed to a hidden name (atomic), then deleted, so a crash
+    in the middle never leaves a half-deleted directory that looks complete."""
     if not keep:
         return []
     found = list_checkpoints(output_dir)
     removed = []
-    for _, path in found[: max(0, len(found) - keep)]:
-        shutil.rmtree(path, ignore_errors=True)
+    for step, path in found[: max(0, len(found) - keep)]:
+        trash = tempfile.mkdtemp(prefix=f".{PREFIX}{step}.trash-", dir=output_dir)
+        os.rmdir(trash)
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
         removed.append(path)
     return removed
+
+
+def latest_valid_checkpoint(output_dir: str, warn=None) -> str | None:
+    """The newest checkpoint whose files match its manifest (damaged ones are
+    reported through ``warn`` and skipped)."""
+    for _, path in reversed(list_checkpoints(output_dir)):
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as e:
+            if warn is not None:
+                warn(f"skipping damaged checkpoint: {e}")
+    return None

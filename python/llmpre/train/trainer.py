@@ -11,6 +11,7 @@ step and the last good checkpoint in the message.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -109,14 +110,18 @@ class Trainer:
 
         self.config = _model_config(args)
         logger.info("Final pre-training config: %s", json.dumps(self.config.to_hf_dict(), sort_keys=True))
-        from llmpre.models import build_model, causal_lm_loss, from_pretrained
+        from llmpre.models import build_model, from_pretrained
+        from llmpre.ops.select import describe, flags_from_args, select_ops
 
+        self.ops = select_ops(**flags_from_args(args))  # the one kernel choice (llmpre.ops.select)
+        logger.info("ops: %s", describe(self.ops))
         if args.continue_training:
             self.model = from_pretrained(args.model_name_or_path)
         else:
-            self.model = build_model(self.config, seed=args.seed)
+            self.model = build_model(self.config, seed=args.seed, ops=self.ops)
         self.precision.prepare_model(self.model)
-        self.loss_fn = causal_lm_loss
+        # causal_lm_loss with the selected cross-entropy (mean over labels != -100)
+        self.loss_fn = functools.partial(self.ops.cross_entropy, ignore_index=-100)
         self.params = [(n, p) for n, p in self.model.named_parameters() if not p.stop_gradient]
         num_params = sum(int(np.prod(p.shape)) for _, p in self.params)
         logger.info("model %s: %s parameters, %s, %d CPU threads, device %s",
@@ -184,10 +189,11 @@ class Trainer:
                     f" (removed {', '.join(os.path.basename(r) for r in removed)})" if removed else "")
         return path
 
-    def load(self, path: str) -> None:
+    def load(self, path: str, verified: bool = False) -> None:
         from safetensors.numpy import load_file
 
-        ckpt.verify_checkpoint(path)
+        if not verified:
+            ckpt.verify_checkpoint(path)
         model_arrays = load_file(os.path.join(path, "model.safetensors"))
         own = dict(self.model.named_parameters())
         missing, unexpected = set(own) - set(model_arrays), set(model_arrays) - set(own)
@@ -235,7 +241,7 @@ class Trainer:
         if debris:
             logger.info("Removed %d incomplete checkpoint(s) left by an interrupted save: %s",
                         len(debris), ", ".join(debris))
-        return ckpt.latest_checkpoint(args.output_dir)
+        return ckpt.latest_valid_checkpoint(args.output_dir, warn=logger.warning)
 
     # ---- steps -------------------------------------------------------------
     @property
@@ -327,7 +333,8 @@ class Trainer:
     def _train(self, resume: str | None) -> dict:
         args, paddle = self.args, self.paddle
         if resume:
-            self.load(resume)
+            # an automatic resume point was verified when it was chosen
+            self.load(resume, verified=not self.args.resume_from_checkpoint)
             logger.info("Resuming from %s at global_step %d", resume, self.global_step)
         if self.global_step >= args.max_steps:
             logger.info("Nothing to do: global_step %d >= max_steps %d", self.global_step,

@@ -1,0 +1,369 @@
+"""The memory model: parameters, weights, gradients, optimizer states and
+activations per device, and the peak.  Pure arithmetic on a
+:class:`~llmpre.plan.settings.PlanSettings`; every rule is listed in the
+package docstring (:mod:`llmpre.plan`) and in ``docs/plan.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+from llmpre.errors import ConfigError
+from llmpre.plan.settings import PlanSettings
+
+GIB = 2 ** 30
+MIB = 2 ** 20
+
+# Constants (see the package docstring for where each comes from).
+ALLOCATOR_OVERHEAD = 0.10      # reserved / allocated - 1 for Paddle's auto-growth allocator
+RUNTIME_BYTES = 1.5 * GIB      # CUDA context, NCCL buffers, library workspaces: outside the allocator
+STAGE3_GATHERED_LAYERS = 2     # stage 3 holds the layer in use plus one prefetched, unsharded
+ADAM_STATE_BYTES = 8           # AdamW: two fp32 moments per parameter
+MASTER_BYTES = 4               # fp32 master weight per parameter under O2
+INDEX_BYTES = 8                # int64 token ids kept by the embedding for its backward
+
+
+def _model_field(m, name, default):
+    return getattr(m, name, default)
+
+
+# ------------------------------------------------------------------ parameters
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameters one device holds, by part (elements, not bytes)."""
+
+    layer: int                 # one decoder layer's share on this device
+    embedding: int             # token (+ position) embeddings and any norm right after them
+    head: int                  # final norm + output projection (0 when tied and on one stage)
+    layer_replicated: int      # the part of `layer` every tp rank holds in full (norms, row biases)
+
+
+def _check_supported(m) -> None:
+    unsupported = [name for name, on in (
+        ("mixture-of-experts layers (moe)", _model_field(m, "moe", None) is not None),
+        ("multi-head latent attention (mla)", _model_field(m, "mla", None) is not None),
+        ("Yuan localized filtering", _model_field(m, "localized_filtering", False)),
+        ("projected word embeddings (word_embed_proj_dim)", _model_field(m, "word_embed_proj_dim", None)),
+    ) if on]
+    if unsupported:
+        raise ConfigError(f"plan: the memory planner does not model {', '.join(unsupported)} yet; "
+                          "it covers dense decoder layers")
+
+
+def kv_heads_per_rank(m, tp: int) -> int:
+    """KV heads on one tensor-parallel rank: split when tp divides them, else each
+    rank keeps the one KV head its query heads read (replicated tp/kv times)."""
+    kv = m.num_key_value_heads
+    return kv // tp if kv % tp == 0 else 1
+
+
+def vocab_per_rank(m, tp: int) -> int:
+    """Vocabulary rows per rank: split when tp divides the vocabulary, else replicated
+    (PaddleNLP keeps a plain embedding and head when vocab % tp != 0)."""
+    return m.vocab_size // tp if m.vocab_size % tp == 0 else m.vocab_size
+
+
+def param_counts(s: PlanSettings) -> ParamCounts:
+    m, tp = s.model, s.tp
+    _check_supported(m)
+    h, d = m.hidden_size, m.head_dim
+    q = m.num_attention_heads * d // tp
+    kv = kv_heads_per_rank(m, tp) * d
+    inter = m.intermediate_size // tp
+    qkv_bias = _model_field(m, "attention_bias", False)
+    out_bias = _model_field(m, "attention_out_bias", False)
+    mlp_bias = _model_field(m, "mlp_bias", False)
+    gated = _model_field(m, "mlp_type", "gated") == "gated"
+    norm = (2 if _model_field(m, "norm_type", "rmsnorm") == "layernorm" else 1) * h
+
+    attention = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if qkv_bias else 0) + (h if out_bias else 0)
+    n_in = 2 if gated else 1
+    mlp = n_in * h * inter + inter * h + ((n_in * inter + h) if mlp_bias else 0)
+    replicated = 2 * norm + (h if out_bias else 0) + (h if mlp_bias else 0)
+    layer = attention + mlp + 2 * norm
+
+    v = vocab_per_rank(m, tp)
+    embedding = v * h
+    if _model_field(m, "position", "rope") == "learned":
+        embedding += (m.max_position_embeddings + _model_field(m, "position_offset", 0)) * h
+    if _model_field(m, "embedding_norm", False):
+        embedding += norm
+    head = (norm if _model_field(m, "final_norm", True) else 0)
+    if not m.tie_word_embeddings or s.pp > 1:   # tied across stages: the last stage keeps its own copy
+        head += v * h
+    return ParamCounts(layer=layer, embedding=embedding, head=head, layer_replicated=replicated)
+
+
+def stage_layers(s: PlanSettings, rank: int) -> List[int]:
+    """Global indices of the decoder layers pipeline rank ``rank`` holds (chunk
+    ``c`` of rank ``p`` is virtual stage ``c * pp + p``)."""
+    per_chunk = s.model.num_hidden_layers // (s.pp * s.vpp)
+    out = []
+    for c in range(s.vpp):
+        first = (c * s.pp + rank) * per_chunk
+        out.extend(range(first, first + per_chunk))
+    return out
+
+
+def stage_params(s: PlanSettings, rank: int) -> int:
+    c = param_counts(s)
+    n = len(stage_layers(s, rank)) * c.layer
+    if rank == 0:
+        n += c.embedding
+    if rank == s.pp - 1:
+        n += c.head
+    return n
+
+
+# ------------------------------------------------------------------ activations
+@dataclass(frozen=True)
+class Dtypes:
+    """Bytes per element of each kind of tensor under the settings' precision."""
+
+    weight: int        # parameters as stored
+    grad: int          # gradients
+    act: int           # tensors saved by matmuls / attention (autocast dtype under O1)
+    resid: int         # the residual stream and norm inputs (fp32 under O1)
+    weight_cast: int   # per-forward low-precision weight copies kept by O1 autocast (0 otherwise)
+
+
+def dtypes(s: PlanSettings) -> Dtypes:
+    if not s.low_precision:
+        return Dtypes(weight=4, grad=4, act=4, resid=4, weight_cast=0)
+    if s.opt_level == "O1":
+        return Dtypes(weight=4, grad=4, act=2, resid=4, weight_cast=2)
+    return Dtypes(weight=2, grad=4 if s.amp_master_grad else 2, act=2, resid=2, weight_cast=0)
+
+
+def _norm_saved(s: PlanSettings, dt: Dtypes, width: float) -> float:
+    """Bytes per token a norm keeps for its backward: a fused kernel keeps its
+    input and an fp32 1/rms; the reference op keeps an fp32 copy of the input and
+    the normalised result in the weight dtype (plus the fp32 1/rms)."""
+    if s.fused_rms_norm:
+        return dt.resid * width + 4
+    return 4 * width + dt.resid * width + 4
+
+
+def layer_inventory(s: PlanSettings) -> Dict[str, float]:
+    """Bytes per token one decoder layer keeps for its backward (one micro-batch,
+    no recompute), by tensor.  Tensors of width ``hidden`` that tensor
+    parallelism does not split are divided by tp under sequence parallelism."""
+    m, tp, dt = s.model, s.tp, dtypes(s)
+    h, d, seq = m.hidden_size, m.head_dim, s.seq_length
+    heads = m.num_attention_heads // tp
+    q = heads * d
+    kv = kv_heads_per_rank(m, tp) * d
+    inter = m.intermediate_size // tp
+    sp = tp if s.sequence_parallel else 1
+    gated = _model_field(m, "mlp_type", "gated") == "gated"
+    rope = _model_field(m, "position", "rope") == "rope"
+    alibi = _model_field(m, "position", "rope") == "alibi"
+    rotary = q + kv if rope else 0
+    rotary *= _model_field(m, "partial_rotary_factor", 1.0)
+
+    def column_inputs(n: int) -> float:
+        # tp == 1 (O2/fp32): one normalised tensor shared by the projections.
+        # tp > 1: each column-parallel linear keeps its own copy (Paddle's c_identity
+        # copies its input; under sequence parallelism each keeps its all-gathered input).
+        # O1: autocast keeps a low-precision cast per linear.
+        shared = tp == 1 and not dt.weight_cast
+        return dt.act * h * (1 if shared else n)
+
+    inv: Dict[str, float] = {}
+    inv["norm 1 (layer input)"] = _norm_saved(s, dt, h / sp)
+    inv["q/k/v inputs"] = column_inputs(1 if s.fuse_attention_qkv else 3)
+    if rope and not s.fused_rope:
+        inv["rotary (reference op: q, k before rotation)"] = dt.act * rotary
+    if s.flash_attention:
+        inv["attention q, k, v, out"] = dt.act * (2 * q + 2 * kv)
+        inv["attention softmax stats (fp32)"] = 4 * heads
+        if alibi:
+            inv["ALiBi bias [heads, s, s] (flash path)"] = dt.act * heads * seq
+    else:
+        # written-out attention: scaled q, k and v expanded to every query head,
+        # fp32 softmax output and its low-precision copy, context for o_proj
+        inv["attention q, k, v (expanded)"] = dt.act * 3 * q
+        inv["attention probabilities [heads, s, s]"] = (4 + dt.act) * heads * seq
+        inv["attention context (o_proj input)"] = dt.act * q
+    inv["norm 2 (residual)"] = _norm_saved(s, dt, h / sp)
+    if gated:
+        inv["gate/up inputs"] = column_inputs(1 if s.fuse_attention_ffn else 2)
+        inv["SwiGLU gate, act(gate), up"] = dt.act * 3 * inter
+    else:
+        inv["up input"] = column_inputs(1)
+        inv["activation input"] = dt.act * inter
+    inv["down input"] = dt.act * inter
+    return inv
+
+
+def _core_only(inv: Dict[str, float]) -> float:
+    """Bytes per token of the attention core a ``core_attn`` recompute drops."""
+    return sum(v for k, v in inv.items() if k.startswith("attention") or k.startswith("ALiBi"))
+
+
+def layer_bytes(s: PlanSettings, recomputed: bool) -> float:
+    """Bytes one layer keeps for one micro-batch, with or without recompute."""
+    inv = layer_inventory(s)
+    dt, m = dtypes(s), s.model
+    tokens = s.micro_batch * s.seq_length
+    sp = s.tp if s.sequence_parallel else 1
+    cast = dt.weight_cast * param_counts(s).layer        # O1: the per-forward weight casts matmuls keep
+    full = sum(inv.values()) * tokens + cast
+    if not (s.recompute and recomputed):
+        return full
+    h = m.hidden_size
+    if s.granularity == "full":
+        return dt.resid * h / sp * tokens                # the layer input is the checkpoint
+    attn_keys = [k for k in inv if k.startswith(("q/k/v", "rotary", "attention", "ALiBi"))]
+    if s.granularity == "full_attn":
+        kept = sum(v for k, v in inv.items() if k not in attn_keys)
+        return (kept + dt.act * h / sp) * tokens + cast  # + the attention block's input
+    # core_attn: q, k, v are the checkpoint, the context stays as o_proj's input
+    q = m.num_attention_heads // s.tp * m.head_dim
+    kv = kv_heads_per_rank(m, s.tp) * m.head_dim
+    kept = sum(inv.values()) - _core_only(inv) + dt.act * (2 * q + 2 * kv)
+    return kept * tokens + cast
+
+
+def recompute_working_bytes(s: PlanSettings) -> float:
+    """What one layer's recomputation rebuilds during its backward."""
+    if not s.recompute:
+        return 0.0
+    full = layer_bytes(s.replace(recompute=False), recomputed=False)
+    return full - layer_bytes(s, recomputed=True)
+
+
+def logits_bytes(s: PlanSettings) -> float:
+    """Peak of the output layer and loss for one micro-batch: the logits, their
+    fp32 copy and the fp32 softmax the cross-entropy keeps (8 bytes per logit in
+    fp32 training, where no copy is made)."""
+    per = 8 if not s.low_precision else 10
+    return per * s.micro_batch * s.seq_length * vocab_per_rank(s.model, s.tp)
+
+
+def head_bytes(s: PlanSettings) -> float:
+    """Final norm and output-projection input of one micro-batch (last stage),
+    plus Baichuan2's normalised output weight when the model has a NormHead."""
+    m, dt = s.model, dtypes(s)
+    sp = s.tp if s.sequence_parallel else 1
+    tokens = s.micro_batch * s.seq_length
+    b = (_norm_saved(s, dt, m.hidden_size / sp) + dt.act * m.hidden_size) * tokens
+    if _model_field(m, "lm_head_norm", False):
+        b += dt.act * vocab_per_rank(m, s.tp) * m.hidden_size
+    return b
+
+
+def in_flight(s: PlanSettings, rank: int) -> float:
+    """Micro-batches whose activations pipeline rank ``rank`` holds at its peak
+    (fractional with virtual stages: chunk-forwards / chunks per rank)."""
+    if s.pp == 1:
+        return 1.0
+    if s.vpp == 1:
+        return float(min(s.pp - rank, s.grad_accum))                        # 1F1B warm-up
+    chunks = min((s.pp - rank - 1) * 2 + (s.vpp - 1) * s.pp + 1, s.grad_accum * s.vpp)  # interleaved
+    return chunks / s.vpp
+
+
+# ------------------------------------------------------------------ the plan
+@dataclass(frozen=True)
+class StageMemory:
+    rank: int
+    params: int
+    layers: int
+    weights: float
+    gradients: float           # kept between micro-batches
+    gradients_full: float      # all of this stage's gradients, as produced by a backward
+    optimizer: float
+    stage3_gathered: float
+    activations: float         # everything in flight at the end of the forward
+    layer_activation: float    # one layer, one micro-batch, as kept
+    micro_batches: float
+    head: float
+    logits: float
+    backward_working: float
+    phases: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def peak(self) -> float:
+        return max(self.phases.values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.phases.get)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    settings: PlanSettings
+    stages: Tuple[StageMemory, ...]
+    total_params: int
+
+    @property
+    def worst(self) -> StageMemory:
+        return max(self.stages, key=lambda st: st.peak)
+
+    @property
+    def peak_allocated(self) -> float:
+        return self.worst.peak
+
+    @property
+    def peak_reserved(self) -> float:
+        return self.peak_allocated * (1 + ALLOCATOR_OVERHEAD)
+
+    @property
+    def device_total(self) -> float:
+        """What the device must have: reserved peak plus the runtime outside the allocator."""
+        return self.peak_reserved + RUNTIME_BYTES
+
+    def fits(self, gpu_bytes: float) -> bool:
+        return self.device_total <= gpu_bytes
+
+
+def plan_memory(s: PlanSettings) -> MemoryPlan:
+    """The per-device memory of ``s``, stage by stage."""
+    m, dt = s.model, dtypes(s)
+    counts = param_counts(s)
+    total = m.num_parameters()
+    single = s.replace(tp=1, pp=1, vpp=1, sequence_parallel=False, sources={})
+    n1 = stage_params(single, 0)
+    if n1 != total:
+        raise ConfigError(f"plan: the planner counts {n1:,} parameters for this model but its config says "
+                          f"{total:,}; it has a feature the planner does not model")
+    shard = s.sharding if s.stage >= 1 else 1
+    stages = []
+    for rank in range(s.pp):
+        n = stage_params(s, rank)
+        layers = stage_layers(s, rank)
+        weights = n * dt.weight
+        gathered = 0.0
+        if s.stage >= 3:
+            weights /= s.sharding
+            gathered = STAGE3_GATHERED_LAYERS * counts.layer * dt.weight
+        grads_full = n * dt.grad
+        grads_kept = grads_full / s.sharding if s.stage >= 2 else grads_full
+        optimizer = n * (ADAM_STATE_BYTES + (MASTER_BYTES if s.o2 else 0)) / shard
+        keep = set(s.no_recompute_layers)
+        per_mb = sum(layer_bytes(s, recomputed=i not in keep) for i in layers)
+        mb = in_flight(s, rank)
+        acts = per_mb * mb
+        if rank == 0:
+            acts += INDEX_BYTES * s.micro_batch * s.seq_length * mb
+        last = rank == s.pp - 1
+        head = head_bytes(s) if last else 0.0
+        logits = logits_bytes(s) if last else 0.0
+        one_layer = layer_bytes(s.replace(recompute=False), recomputed=False)
+        working = recompute_working_bytes(s) + one_layer     # rebuilt layer + its gradients
+        static = weights + gathered + optimizer
+        phases = {
+            "end of forward (loss)": static + grads_kept + acts + head + logits,
+            "backward of a layer": static + grads_kept + acts + head + working,
+        }
+        if s.stage >= 2:
+            phases["end of backward (all gradients before reduce)"] = static + grads_full
+        stages.append(StageMemory(
+            rank=rank, params=n, layers=len(layers), weights=weights, gradients=grads_kept,
+            gradients_full=grads_full, optimizer=optimizer, stage3_gathered=gathered, activations=acts,
+            layer_activation=layer_bytes(s, recomputed=True) if s.recompute else one_layer,
+            micro_batches=mb, head=head, logits=logits, backward_working=working, phases=phases))
+    return MemoryPlan(settings=s, stages=tuple(stages), total_params=total)

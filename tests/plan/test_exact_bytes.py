@@ -1,0 +1,53 @@
+"""The planner's parameter, gradient and optimizer-state bytes equal what a built
+model and llmpre's AdamW allocate on the CPU (fp32: 4 + 4 + 8 bytes a parameter)."""
+
+from __future__ import annotations
+
+import pytest
+
+paddle = pytest.importorskip("paddle")
+
+from llmpre.models import build_model, causal_lm_loss, get_config  # noqa: E402
+from llmpre.plan import PlanSettings, plan_memory  # noqa: E402
+from llmpre.train.optim import AdamW  # noqa: E402
+
+
+def _bytes(tensors) -> int:
+    return sum(int(t.numel().item()) * t.element_size() for t in tensors)
+
+
+def _small(**changes):
+    base = get_config("llama-tiny").replace(num_hidden_layers=2, vocab_size=384, hidden_size=64,
+                                            intermediate_size=176, num_attention_heads=4, num_key_value_heads=2)
+    return base.replace(**changes)
+
+
+CONFIGS = {
+    "llama-tiny preset": get_config("llama-tiny"),
+    "gqa, untied": _small(),
+    "tied embeddings": _small(tie_word_embeddings=True),
+    "multi-head, 3 layers": _small(num_key_value_heads=4, num_hidden_layers=3),
+    "qwen2-style q/k/v biases": _small(attention_bias=True, model_type="qwen2"),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_planned_bytes_equal_allocated_bytes(name):
+    cfg = CONFIGS[name]
+    model = build_model(cfg, seed=0)
+    ids = paddle.randint(0, cfg.vocab_size, [2, 9])
+    loss = causal_lm_loss(model(ids[:, :-1]), ids[:, 1:])
+    loss.backward()
+    optimizer = AdamW(model.named_parameters())
+
+    params = [p for p in model.parameters() if not p.stop_gradient]
+    grads = [p.grad for p in params]
+    assert all(g is not None for g in grads), "every parameter should have a gradient after a backward"
+    states = [t for pair in optimizer.state.values() for t in pair]
+
+    plan = plan_memory(PlanSettings(model=cfg, seq_length=8, micro_batch=2))
+    stage = plan.stages[0]
+    assert stage.params == sum(int(p.numel().item()) for p in params)
+    assert stage.weights == _bytes(params)
+    assert stage.gradients == _bytes(grads)
+    assert stage.optimizer == _bytes(states)
