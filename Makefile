@@ -21,7 +21,8 @@ $(VENV)/.llmpre-installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PADDLE_PKG)
-	$(PY) -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja "pytest>=7"
+	$(PY) -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja "pytest>=7" \
+	    visualdl matplotlib tensorboardX
 	LLMPRE_CUDA=$(LLMPRE_CUDA) $(PY) -m pip install --quiet --no-build-isolation -e .
 	touch $@
 
