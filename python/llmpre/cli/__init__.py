@@ -42,13 +42,14 @@ def main():
 
 
 def _register() -> None:
-    from llmpre.cli import data_cmds, models_cmd, plan_cmd, report_cmd, train_cmd
+    from llmpre.cli import data_cmds, export_cmd, models_cmd, plan_cmd, report_cmd, train_cmd
 
     main.add_command(data_cmds.data)
     main.add_command(train_cmd.train)
     main.add_command(models_cmd.models)
     main.add_command(plan_cmd.plan)
     main.add_command(report_cmd.report)
+    main.add_command(export_cmd.export_hf)
 
 
 _register()

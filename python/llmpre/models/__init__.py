@@ -1,10 +1,15 @@
-"""LLaMA-family models: config, presets, the Paddle decoder, HF checkpoints, loss.
+"""Decoder models: config, presets, the Paddle models, HF checkpoints, loss.
 
     cfg = get_config("llama-tiny")            # preset, HF repo id, or HF checkpoint dir
     model = build_model(cfg, seed=1234)       # random init (PaddleNLP scheme)
-    model = from_pretrained("ckpt/")          # config.json + model.safetensors
+    model = from_pretrained("ckpt/")          # config.json + model.safetensors (or sharded)
     save_pretrained(model, "out/")
-    loss = causal_lm_loss(model(input_ids), labels)
+    logits = model(input_ids)
+    loss = causal_lm_loss(logits, labels, aux_loss=model.aux_loss)   # aux_loss: MoE router loss or None
+
+Families: LLaMA 1/2/3.x, Mistral, Mixtral, Qwen v1/1.5/2/2.5 (+MoE), Baichuan/Baichuan2,
+Gemma, ChatGLM2/3, Yuan2, DeepSeek-V2/V3 (``llmpre.models.llama``) and GPT-2/3, OPT,
+Bloom (``llmpre.models.gpt``).
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from llmpre.models.config import ModelConfig, RopeScaling
+from llmpre.models.config import MLAConfig, ModelConfig, MoEConfig, RopeScaling
 from llmpre.models.presets import PRESETS, get_preset
 
-__all__ = ["ModelConfig", "RopeScaling", "PRESETS", "get_config", "get_preset", "build_model",
-           "from_pretrained", "save_pretrained", "causal_lm_loss", "LlamaForCausalLM"]
+__all__ = ["ModelConfig", "RopeScaling", "MoEConfig", "MLAConfig", "PRESETS", "get_config", "get_preset",
+           "build_model", "from_pretrained", "save_pretrained", "causal_lm_loss", "LlamaForCausalLM",
+           "GPTForCausalLM"]
 
 
 def get_config(name_or_path: Union[str, os.PathLike, ModelConfig]) -> ModelConfig:
@@ -33,37 +39,43 @@ def get_config(name_or_path: Union[str, os.PathLike, ModelConfig]) -> ModelConfi
 
 
 def build_model(config_or_name: Union[str, os.PathLike, ModelConfig], seed: Optional[int] = None, ops=None):
-    """A randomly initialised :class:`LlamaForCausalLM`; ``seed`` calls ``paddle.seed`` first.
-    ``ops`` is a :func:`llmpre.ops.select_ops` namespace (default: the reference ops)."""
+    """A randomly initialised model of the config's family (:class:`LlamaForCausalLM` or
+    :class:`GPTForCausalLM`); ``seed`` calls ``paddle.seed`` first.  ``ops`` is a
+    :func:`llmpre.ops.select_ops` namespace (default: the reference ops)."""
     import paddle
 
-    from llmpre.models.llama import LlamaForCausalLM
+    from llmpre.models.hf import model_class
 
     config = get_config(config_or_name)
     if seed is not None:
         paddle.seed(seed)
-    return LlamaForCausalLM(config, ops=ops)
+    return model_class(config)(config, ops=ops)
 
 
-def from_pretrained(path: Union[str, os.PathLike], dtype: str = "float32"):
-    """Load an HF checkpoint directory (LLaMA, Qwen2, Mistral without sliding window)."""
+def from_pretrained(path: Union[str, os.PathLike], dtype: str = "float32", ops=None):
+    """Load an HF checkpoint directory of any supported family (single or sharded safetensors);
+    ``ops`` as for :func:`build_model`."""
     from llmpre.models.hf import from_pretrained as _from_pretrained
 
-    return _from_pretrained(path, dtype=dtype)
+    return _from_pretrained(path, dtype=dtype, ops=ops)
 
 
-def save_pretrained(model, path: Union[str, os.PathLike], style: str = "v4") -> None:
-    """Write ``model`` as an HF checkpoint directory (config.json + model.safetensors)."""
+def save_pretrained(model, path: Union[str, os.PathLike], style: str = "v4",
+                    max_shard_bytes: Optional[int] = None) -> None:
+    """Write ``model`` as an HF checkpoint directory (config.json + model.safetensors, or
+    shards + index when the weights exceed ``max_shard_bytes``)."""
     from llmpre.models.hf import save_pretrained as _save_pretrained
 
-    _save_pretrained(model, path, style=style)
+    _save_pretrained(model, path, style=style, max_shard_bytes=max_shard_bytes)
 
 
-def causal_lm_loss(logits, labels, ignore_index: int = -100):
-    """Mean cross-entropy over non-ignored, already-shifted labels (see :mod:`llmpre.models.loss`)."""
+def causal_lm_loss(logits, labels, ignore_index: int = -100, aux_loss=None):
+    """Mean cross-entropy over non-ignored, already-shifted labels, plus ``aux_loss``
+    (``model.aux_loss``: the MoE router loss with its coefficient) when given
+    (see :mod:`llmpre.models.loss`)."""
     from llmpre.models.loss import causal_lm_loss as _loss
 
-    return _loss(logits, labels, ignore_index=ignore_index)
+    return _loss(logits, labels, ignore_index=ignore_index, aux_loss=aux_loss)
 
 
 def __getattr__(name):  # lazy: importing llmpre.models must not import Paddle
@@ -71,4 +83,8 @@ def __getattr__(name):  # lazy: importing llmpre.models must not import Paddle
         from llmpre.models.llama import LlamaForCausalLM
 
         return LlamaForCausalLM
+    if name == "GPTForCausalLM":
+        from llmpre.models.gpt import GPTForCausalLM
+
+        return GPTForCausalLM
     raise AttributeError(f"module 'llmpre.models' has no attribute {name!r}")

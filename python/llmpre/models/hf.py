@@ -1,17 +1,19 @@
 """HuggingFace checkpoints in and out: ``config.json`` + ``model.safetensors``
-(or sharded ``model.safetensors.index.json``).
+(or sharded ``model.safetensors.index.json``), for every ``model_type``.
 
-Names: HF's are llmpre's with a leading ``model.`` (except ``lm_head``).
-Layout: HF ``nn.Linear`` weights are ``[out, in]``; Paddle's are ``[in, out]``, so
-linear weights are transposed both ways.  Tied models have no ``lm_head.weight``.
+Names and layouts come from :mod:`llmpre.models.hf_names` (fused q/k/v and
+gate/up tensors are split on load and fused again on save, Linear weights are
+transposed both ways), config keys from :mod:`llmpre.models.hf_config`.
+A round trip ``save_pretrained`` -> ``from_pretrained`` is bit-identical.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 import paddle
 import paddle.nn as nn
@@ -20,7 +22,7 @@ from safetensors.paddle import save_file
 
 from llmpre.errors import ConfigError
 from llmpre.models.config import ModelConfig
-from llmpre.models.llama import LlamaForCausalLM
+from llmpre.models.hf_names import IGNORABLE_SUFFIXES, checkpoint_rules, from_hf, hf_shapes, to_hf
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -29,14 +31,15 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 PathLike = Union[str, os.PathLike]
 
 
-def hf_name(name: str) -> str:
-    """llmpre parameter name -> HF tensor name."""
-    return name if name.startswith("lm_head.") else "model." + name
+def model_class(config: ModelConfig):
+    """The Paddle model class that builds ``config``."""
+    if config.is_gpt:
+        from llmpre.models.gpt import GPTForCausalLM
 
+        return GPTForCausalLM
+    from llmpre.models.llama import LlamaForCausalLM
 
-def _linear_weights(model: nn.Layer) -> set:
-    """Names of the parameters stored transposed on disk (Linear weights)."""
-    return {f"{name}.weight" for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
+    return LlamaForCausalLM
 
 
 def load_hf_config(path: PathLike) -> ModelConfig:
@@ -78,60 +81,76 @@ def _weight_files(path: Path) -> List[Path]:
 
 
 def _ignorable(name: str, config: ModelConfig) -> bool:
-    """Tensors some HF checkpoints carry that this model does not need."""
-    return name.endswith("rotary_emb.inv_freq") or (config.tie_word_embeddings and name == "lm_head.weight")
+    """Tensors some HF checkpoints carry that this model does not need: rotary caches,
+    GPT-2 mask buffers, a tied model's copy of ``lm_head``, DeepSeek-V3's
+    multi-token-prediction layer (layers past ``num_hidden_layers``)."""
+    if name.endswith(IGNORABLE_SUFFIXES):
+        return True
+    if config.tie_word_embeddings and name == "lm_head.weight":
+        return True
+    if config.model_type == "deepseek_v3" and name.startswith("model.layers."):
+        return int(name.split(".")[2]) >= config.num_hidden_layers
+    return False
 
 
-def load_hf_weights(model: LlamaForCausalLM, path: PathLike) -> None:
+def load_hf_weights(model: nn.Layer, path: PathLike) -> None:
     """Copy an HF checkpoint's tensors into ``model`` (cast to each parameter's dtype).
 
     Checks everything before copying anything: missing, unexpected and
     mis-shaped tensors are all listed, by HF name, in one ConfigError.
     """
     path = Path(path)
-    params = {hf_name(n): p for n, p in model.named_parameters()}
-    transposed = {hf_name(n) for n in _linear_weights(model)}
+    config = model.config
+    params = dict(model.named_parameters())
+    rules = checkpoint_rules(config)
+    expected: Dict[str, List[int]] = {}
+    for rule in rules:
+        for name, shape in zip(rule.hf, hf_shapes(rule, [params[o].shape for o in rule.ours])):
+            expected[name] = shape
     where: Dict[str, Path] = {}
     problems = []
     for file in _weight_files(path):
         with safe_open(str(file), framework="paddle") as f:
             for name in f.keys():
                 where[name] = file
-                if name not in params:
-                    if not _ignorable(name, model.config):
+                if name not in expected:
+                    if not _ignorable(name, config):
                         problems.append(f"unexpected tensor {name}")
                     continue
                 disk = list(f.get_slice(name).get_shape())
-                want = list(params[name].shape)
-                if name in transposed:
-                    want = want[::-1]                        # compare in HF layout [out, in]
-                if disk != want:
-                    problems.append(f"shape mismatch {name}: checkpoint {disk}, config expects {want}")
-    problems += [f"missing tensor {name}" for name in params if name not in where]
+                if disk != expected[name]:
+                    problems.append(f"shape mismatch {name}: checkpoint {disk}, config expects {expected[name]}")
+    problems += [f"missing tensor {name}" for name in expected if name not in where]
     if problems:
         raise ConfigError(f"{path}: checkpoint does not match its config.json ({len(problems)} problem(s)): "
                           + "; ".join(sorted(problems)))
-    with paddle.no_grad():
-        for file in sorted(set(where[n] for n in params), key=str):
-            with safe_open(str(file), framework="paddle") as f:
-                for name in (n for n in params if where[n] == file):
-                    tensor = f.get_tensor(name)
-                    if name in transposed:
-                        tensor = tensor.transpose([1, 0])    # HF [out, in] -> Paddle [in, out]
-                    params[name].set_value(tensor.astype(params[name].dtype))
+    with contextlib.ExitStack() as stack, paddle.no_grad():
+        handles = {file: stack.enter_context(safe_open(str(file), framework="paddle"))
+                   for file in set(where[n] for n in expected)}
+        for rule in rules:
+            hf = [handles[where[n]].get_tensor(n) for n in rule.hf]
+            for name, value in zip(rule.ours, from_hf(rule, hf, config)):
+                params[name].set_value(value.astype(params[name].dtype))
 
 
-def from_pretrained(path: PathLike, dtype: str = "float32") -> LlamaForCausalLM:
-    """Build the model described by ``path/config.json`` and load its weights as ``dtype``."""
+def build(config: ModelConfig, dtype: str = "float32", ops=None):
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
+    model = model_class(config)(config, ops=ops)
+    if dtype != "float32":
+        model.to(dtype=dtype)
+    return model
+
+
+def from_pretrained(path: PathLike, dtype: str = "float32", ops=None):
+    """Build the model described by ``path/config.json`` and load its weights as ``dtype``;
+    ``ops`` is a :func:`llmpre.ops.select_ops` namespace (default: the reference ops)."""
     if dtype not in DTYPES:
         raise ConfigError(f"from_pretrained(dtype={dtype!r}): use one of {', '.join(DTYPES)}")
     if not Path(path).is_dir():
         raise ConfigError(f"{path}: not a directory; from_pretrained needs a checkpoint directory "
                           f"holding {CONFIG_NAME} and {WEIGHTS_NAME}")
-    config = load_hf_config(path)
-    model = LlamaForCausalLM(config)
-    if dtype != "float32":
-        model.to(dtype=dtype)
+    model = build(load_hf_config(path), dtype, ops=ops)
     load_hf_weights(model, path)
     return model
 
@@ -141,32 +160,69 @@ def _dtype_name(model: nn.Layer) -> str:
     return str(dtype).replace("paddle.", "")
 
 
-def save_pretrained(model: LlamaForCausalLM, path: PathLike, style: str = "v4") -> None:
-    """Write ``path/config.json`` and ``path/model.safetensors`` in HF layout.
+def hf_state_dict(model: nn.Layer) -> Dict[str, paddle.Tensor]:
+    """The model's parameters under HF names and layouts."""
+    params = dict(model.named_parameters())
+    out = {}
+    for rule in checkpoint_rules(model.config):
+        for name, value in zip(rule.hf, to_hf(rule, [params[o].detach() for o in rule.ours], model.config)):
+            out[name] = value.contiguous()
+    return out
+
+
+def _shards(tensors: Dict[str, paddle.Tensor], max_bytes: Optional[int]) -> List[List[str]]:
+    if not max_bytes:
+        return [list(tensors)]
+    shards, current, size = [], [], 0
+    for name, t in tensors.items():
+        n = int(t.numel()) * t.element_size()
+        if current and size + n > max_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += n
+    return shards + [current]
+
+
+def save_pretrained(model: nn.Layer, path: PathLike, style: str = "v4", max_shard_bytes: Optional[int] = None) -> None:
+    """Write ``path/config.json`` and the weights in HF layout: ``model.safetensors``, or
+    ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json`` when the
+    weights exceed ``max_shard_bytes``.
 
     Each file is written to a temporary name in ``path`` and renamed into place,
-    weights first, so a reader never sees a half-written checkpoint.
+    weights first and config last, so a reader never sees a half-written checkpoint.
     ``style`` picks the config keys (see :meth:`ModelConfig.to_hf_dict`).
     """
     path = Path(path)
     config = model.config.to_hf_dict(style=style)  # validates before anything is written
     config["dtype" if style == "v5" else "torch_dtype"] = _dtype_name(model)
     path.mkdir(parents=True, exist_ok=True)
-    transposed = _linear_weights(model)
-    tensors = {}
-    for name, p in model.named_parameters():
-        t = p.detach()
-        if name in transposed:
-            t = t.transpose([1, 0])                          # Paddle [in, out] -> HF [out, in]
-        tensors[hf_name(name)] = t.contiguous()
-    tmp_weights = path / f".{WEIGHTS_NAME}.tmp{os.getpid()}"
-    tmp_config = path / f".{CONFIG_NAME}.tmp{os.getpid()}"
+    tensors = hf_state_dict(model)
+    shards = _shards(tensors, max_bytes=max_shard_bytes)
+    names = [WEIGHTS_NAME] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    files = {name: json.dumps(config, indent=2, sort_keys=True) + "\n" for name in [CONFIG_NAME]}
+    if len(shards) > 1:
+        weight_map = {t: name for name, keys in zip(names, shards) for t in keys}
+        total = sum(int(t.numel()) * t.element_size() for t in tensors.values())
+        files[INDEX_NAME] = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+    temps = []
     try:
-        save_file(tensors, str(tmp_weights), metadata={"format": "pt"})  # HF loaders require format=pt
-        tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp_weights, path / WEIGHTS_NAME)
-        os.replace(tmp_config, path / CONFIG_NAME)
+        for name, keys in zip(names, shards):
+            tmp = path / f".{name}.tmp{os.getpid()}"
+            temps.append((tmp, path / name))
+            save_file({k: tensors[k] for k in keys}, str(tmp), metadata={"format": "pt"})  # HF needs format=pt
+        for name in sorted(files, key=lambda n: n == CONFIG_NAME):   # index before config
+            tmp = path / f".{name}.tmp{os.getpid()}"
+            temps.append((tmp, path / name))
+            tmp.write_text(files[name])
+        stale = [WEIGHTS_NAME, INDEX_NAME] + [p.name for p in path.glob("model-*-of-*.safetensors")]
+        for tmp, final in temps:
+            os.replace(tmp, final)
+        for old in stale:  # a previous save with another sharding
+            if (path / old).exists() and old not in names and old not in files:
+                (path / old).unlink()
     finally:
-        for tmp in (tmp_weights, tmp_config):
+        for tmp, _ in temps:
             if tmp.exists():
                 tmp.unlink()

@@ -1,14 +1,22 @@
-"""A LLaMA-family decoder (LLaMA 1/2/3, Qwen2, Mistral without sliding windows).
+"""The LLaMA-family decoder: LLaMA 1/2/3.x, Mistral, Qwen v1/1.5/2/2.5, Baichuan/Baichuan2,
+Gemma, ChatGLM2/3, Yuan2, and -- with MoE feed-forwards and/or latent attention --
+Mixtral, Qwen-MoE and DeepSeek-V2/V3.
 
-    x_0   = embed(ids)
-    h_l   = x_l + Attention(RMSNorm(x_l))          attention: GQA, RoPE on q and k
-    x_l+1 = h_l + MLP(RMSNorm(h_l))                MLP: down(silu(gate(x)) * up(x))
-    logits = RMSNorm(x_L) @ W_out                  W_out = embed^T when tied
+    x_0    = embed(ids)                    (* sqrt(hidden) for Gemma)
+    h_l    = x_l + Attention(Norm(x_l))    GQA; RoPE (full / partial / interleaved, scaled) or ALiBi;
+                                           optional sliding window; DeepSeek: latent attention
+    x_l+1  = h_l + FFN(Norm(h_l))          FFN: gated MLP, or a mixture of experts on sparse layers
+    logits = Norm(x_L) @ W_out             W_out = embed^T when tied; Baichuan2: rows of W_out normalised
 
-Parameter names are HF's without the leading ``model.`` (``embed_tokens``,
-``layers.{i}.self_attn.q_proj``, ..., ``norm``, ``lm_head``); Paddle ``Linear``
-weights are ``[in, out]``, the transpose of HF's.  The hot ops come from
-:func:`llmpre.ops.select_ops`; nothing here branches on device or kernel.
+Norm is RMSNorm (Gemma: ``(1 + w)`` RMSNorm).  Every choice above comes from
+:class:`ModelConfig`; nothing branches on device or kernel (hot ops come from
+:func:`llmpre.ops.select_ops`).  Parameter names are llmpre's canonical ones
+(``embed_tokens``, ``layers.{i}.self_attn.q_proj``, ``mlp.gate_proj``, ``norm``,
+``lm_head``); :mod:`llmpre.models.hf_names` maps them to each HF layout.
+Paddle ``Linear`` weights are ``[in, out]``.
+
+MoE models set ``self.aux_loss`` on every forward (None for dense models): the
+router auxiliary loss times its coefficient, to be added to the LM loss when training.
 """
 
 from __future__ import annotations
@@ -18,129 +26,30 @@ from typing import Optional
 
 import paddle
 import paddle.nn as nn
-from paddle.nn.initializer import Constant, Normal
+import paddle.nn.functional as F
 
 from llmpre.models.config import ModelConfig
+from llmpre.models.deepseek import MLAttention
+from llmpre.models.layers import MLP, Attention, RotaryEmbedding, alibi_slopes, init_weights, make_norm
+from llmpre.models.moe import MoE, seq_aux_loss, switch_aux_loss
 from llmpre.ops.select import Ops, select_ops
 
 
-class RMSNorm(nn.Layer):
-    def __init__(self, hidden_size: int, eps: float, ops: Ops):
-        super().__init__()
-        self.weight = self.create_parameter([hidden_size], default_initializer=Constant(1.0))
-        self.eps, self.ops = eps, ops
-
-    def forward(self, x):
-        return self.ops.rms_norm(x, self.weight, self.eps)
-
-
-class RotaryEmbedding(nn.Layer):
-    """RoPE angle tables ``cos``, ``sin``: ``[positions, head_dim / 2]`` float32.
-
-    ``inv_freq[i] = theta^(-2i/d)`` (rescaled per ``config.rope_scaling``) and
-    ``angle[p, i] = p * inv_freq[i]``; :func:`llmpre.ops.reference.rotary`
-    applies them in the rotate_half layout. Tables are non-persistable buffers,
-    rebuilt when a longer sequence arrives (or, for dynamic NTK, when the
-    sequence length changes which base applies).
-    """
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.dim, self.theta, self.scaling = config.head_dim, config.rope_theta, config.rope_scaling
-        self.original_length = config.max_position_embeddings
-        if self.scaling is not None and self.scaling.original_max_position_embeddings:
-            self.original_length = self.scaling.original_max_position_embeddings
-        length = min(config.max_position_embeddings, 4096)  # grows on demand
-        self._build(length)
-
-    def _base(self, length: int) -> float:
-        """The RoPE base; only dynamic NTK changes it, and only past the trained length."""
-        s = self.scaling
-        if s is None or s.rope_type != "dynamic" or length <= self.original_length:
-            return self.theta
-        alpha = s.factor * length / self.original_length - (s.factor - 1)
-        return self.theta * alpha ** (self.dim / (self.dim - 2))
-
-    def inv_freq(self, length: int) -> paddle.Tensor:
-        """``[head_dim / 2]`` float32 rotation frequencies for sequences of ``length``."""
-        exponent = paddle.arange(0, self.dim, 2, dtype="float32") / self.dim   # [d/2]
-        inv_freq = 1.0 / (self._base(length) ** exponent)                      # [d/2]
-        s = self.scaling
-        if s is not None and s.rope_type == "linear":
-            inv_freq = inv_freq / s.factor
-        elif s is not None and s.rope_type == "llama3":
-            wavelen = 2 * math.pi / inv_freq
-            long_wave = self.original_length / s.low_freq_factor    # longer: slow down by factor
-            short_wave = self.original_length / s.high_freq_factor  # shorter: keep
-            smooth = (self.original_length / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
-            blended = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
-            inv_freq = paddle.where(wavelen > long_wave, inv_freq / s.factor,
-                                    paddle.where(wavelen < short_wave, inv_freq, blended))
-        return inv_freq
-
-    def _build(self, length: int):
-        positions = paddle.arange(length, dtype="float32")
-        angles = positions.unsqueeze(1) * self.inv_freq(length).unsqueeze(0)  # [length, d/2]
-        self.register_buffer("cos", angles.cos(), persistable=False)
-        self.register_buffer("sin", angles.sin(), persistable=False)
-        self.base = self._base(length)
-
-    def forward(self, seq_len: int, position_ids: Optional[paddle.Tensor] = None):
-        """The ``[positions, head_dim / 2]`` tables, covering ``position_ids``
-        (``[batch, seq]``) or positions ``0..seq_len-1``."""
-        needed = seq_len if position_ids is None else int(position_ids.max()) + 1
-        if needed > self.cos.shape[0] or self._base(needed) != self.base:
-            self._build(needed)
-        return self.cos, self.sin
-
-
-class Attention(nn.Layer):
-    def __init__(self, config: ModelConfig, ops: Ops):
-        super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = (
-            config.num_attention_heads, config.num_key_value_heads, config.head_dim)
-        h, q_size, kv_size = config.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        bias = None if config.attention_bias else False  # None: Paddle's default bias
-        self.q_proj = nn.Linear(h, q_size, bias_attr=bias)
-        self.k_proj = nn.Linear(h, kv_size, bias_attr=bias)
-        self.v_proj = nn.Linear(h, kv_size, bias_attr=bias)
-        self.o_proj = nn.Linear(q_size, h, bias_attr=False)
-        self.ops = ops
-
-    def forward(self, x, cos, sin, position_ids=None):
-        # reshape's 0 keeps that axis: [b, s, heads * d] -> [b, s, heads, d]
-        q = self.q_proj(x).reshape([0, 0, self.num_heads, self.head_dim])     # [b, s, heads, d]
-        k = self.k_proj(x).reshape([0, 0, self.num_kv_heads, self.head_dim])  # [b, s, kv_heads, d]
-        v = self.v_proj(x).reshape([0, 0, self.num_kv_heads, self.head_dim])  # [b, s, kv_heads, d]
-        q, k = self.ops.rotary(q, k, cos, sin, position_ids)
-        out = self.ops.attention(q, k, v, causal=True)                        # [b, s, heads, d]
-        return self.o_proj(out.reshape([0, 0, self.num_heads * self.head_dim]))  # [b, s, hidden]
-
-
-class MLP(nn.Layer):
-    def __init__(self, config: ModelConfig, ops: Ops):
-        super().__init__()
-        h, i = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(h, i, bias_attr=False)
-        self.up_proj = nn.Linear(h, i, bias_attr=False)
-        self.down_proj = nn.Linear(i, h, bias_attr=False)
-        self.ops = ops
-
-    def forward(self, x):
-        return self.down_proj(self.ops.swiglu(self.gate_proj(x), self.up_proj(x)))
-
-
 class DecoderLayer(nn.Layer):
-    def __init__(self, config: ModelConfig, ops: Ops):
+    def __init__(self, config: ModelConfig, index: int, ops: Ops):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
-        self.self_attn = Attention(config, ops)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
-        self.mlp = MLP(config, ops)
+        self.input_layernorm = make_norm(config, ops)
+        self.self_attn = MLAttention(config, ops) if config.mla else Attention(config, ops)
+        self.post_attention_layernorm = make_norm(config, ops)
+        self.sparse = config.moe is not None and config.moe.is_sparse(index)
+        self.mlp = MoE(config, ops) if self.sparse else MLP(config, ops)
 
-    def forward(self, x, cos, sin, position_ids=None):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, position_ids)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, x, cos, sin, position_ids, alibi):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, position_ids, alibi)
+        if not self.sparse:
+            return h + self.mlp(self.post_attention_layernorm(h)), None
+        y, router_stats = self.mlp(self.post_attention_layernorm(h))
+        return h + y, router_stats
 
 
 class LlamaForCausalLM(nn.Layer):
@@ -149,39 +58,44 @@ class LlamaForCausalLM(nn.Layer):
         self.config = config
         self.ops = ops if ops is not None else select_ops()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.rotary = RotaryEmbedding(config)
-        self.layers = nn.LayerList([DecoderLayer(config, self.ops) for _ in range(config.num_hidden_layers)])
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, self.ops)
+        self.rotary = RotaryEmbedding(config) if config.position == "rope" else None
+        if config.position == "alibi":
+            self.register_buffer("alibi", alibi_slopes(config.num_attention_heads), persistable=False)
+        else:
+            self.alibi = None
+        self.layers = nn.LayerList([DecoderLayer(config, i, self.ops) for i in range(config.num_hidden_layers)])
+        self.norm = make_norm(config, self.ops)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias_attr=False)
-        self.init_weights()
-
-    def init_weights(self):
-        """PaddleNLP's initialisation: N(0, initializer_range) for linear and embedding
-        weights, zero biases, unit norms; then o_proj and down_proj weights (the two
-        projections writing into the residual stream) scaled by 1/sqrt(2 * layers).
-        Deterministic given ``paddle.seed``."""
-        normal = Normal(0.0, self.config.initializer_range)
-        for name, p in self.named_parameters():
-            if name.endswith("norm.weight"):
-                Constant(1.0)(p)
-            elif name.endswith(".bias"):
-                Constant(0.0)(p)
-            else:
-                normal(p)
-        scale = 1.0 / math.sqrt(2 * self.config.num_hidden_layers)
-        with paddle.no_grad():
-            for layer in self.layers:
-                for w in (layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight):
-                    w.set_value(w * scale)
+        self.aux_loss: Optional[paddle.Tensor] = None
+        init_weights(self, config)
 
     def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         """input_ids ``[batch, seq]`` int -> logits ``[batch, seq, vocab]`` in the model dtype."""
-        x = self.embed_tokens(input_ids)                           # [b, s, hidden]
-        cos, sin = self.rotary(input_ids.shape[1], position_ids)   # [positions, head_dim/2]
+        c = self.config
+        x = self.embed_tokens(input_ids)                                  # [b, s, hidden]
+        if c.scale_embeddings:
+            x = x * paddle.to_tensor(math.sqrt(c.hidden_size), dtype=x.dtype)
+        cos = sin = None
+        if self.rotary is not None:
+            cos, sin = self.rotary(input_ids.shape[1], position_ids)      # [positions, rotary_dim/2]
+        stats = []
         for layer in self.layers:
-            x = layer(x, cos, sin, position_ids)                   # [b, s, hidden]
+            x, router_stats = layer(x, cos, sin, position_ids, self.alibi)  # [b, s, hidden]
+            if router_stats is not None:
+                stats.append(router_stats)
+        self.aux_loss = self._aux_loss(stats, input_ids.shape[0])
         x = self.norm(x)
         if self.lm_head is None:
-            return paddle.matmul(x, self.embed_tokens.weight, transpose_y=True)  # [b, s, vocab]
-        return self.lm_head(x)                                     # [b, s, vocab]
+            return paddle.matmul(x, self.embed_tokens.weight, transpose_y=True)   # [b, s, vocab]
+        if c.lm_head_norm:                       # NormHead: unit-norm output embedding per token
+            return paddle.matmul(x, F.normalize(self.lm_head.weight, axis=0))    # [b, s, vocab]
+        return self.lm_head(x)                                                    # [b, s, vocab]
+
+    def _aux_loss(self, stats, batch: int) -> Optional[paddle.Tensor]:
+        moe = self.config.moe
+        if not stats or not moe.router_aux_loss_coef:
+            return None
+        if moe.aux_loss_type == "switch":
+            return moe.router_aux_loss_coef * switch_aux_loss(stats, moe.num_experts)
+        return moe.router_aux_loss_coef * seq_aux_loss(stats, moe.num_experts, batch)

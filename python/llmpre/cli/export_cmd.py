@@ -1,0 +1,88 @@
+"""``llmpre export-hf``: write a model as an HF checkpoint directory."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+
+from llmpre.errors import ConfigError
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB' or a byte count -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ConfigError(f"--max-shard-size {text!r}: give a size such as 5GB, 500MB or 2GiB")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+
+
+def load_llmpre_checkpoint(path: Path, dtype: str):
+    """A model from a training checkpoint (``checkpoint-N/``: llmpre-named weights plus
+    ``trainer_state.json`` holding the model config), after checking its manifest."""
+    import paddle
+    from safetensors import safe_open
+
+    from llmpre.models import ModelConfig
+    from llmpre.models.hf import build
+    from llmpre.train.checkpoint import verify_checkpoint
+
+    verify_checkpoint(str(path))
+    state = json.loads((path / "trainer_state.json").read_text())
+    if "model_config" not in state:
+        raise ConfigError(f"{path / 'trainer_state.json'}: no model_config; not an llmpre checkpoint")
+    model = build(ModelConfig.from_hf_dict(state["model_config"]), dtype)
+    params = dict(model.named_parameters())
+    with safe_open(str(path / "model.safetensors"), framework="paddle") as f:
+        names = set(f.keys())
+        problems = [f"missing tensor {n}" for n in params if n not in names]
+        problems += [f"unexpected tensor {n}" for n in names if n not in params]
+        problems += [f"shape mismatch {n}: checkpoint {list(f.get_slice(n).get_shape())}, model {params[n].shape}"
+                     for n in names & set(params) if list(f.get_slice(n).get_shape()) != list(params[n].shape)]
+        if problems:
+            raise ConfigError(f"{path}: weights do not match the checkpoint's model_config: " + "; ".join(problems))
+        with paddle.no_grad():
+            for n, p in params.items():
+                p.set_value(f.get_tensor(n).astype(p.dtype))
+    return model
+
+
+@click.command("export-hf")
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--style", type=click.Choice(["v4", "v5"]), default="v4", show_default=True,
+              help="config.json keys: v4 (rope_theta/rope_scaling/torch_dtype, read by transformers 4 and 5) "
+                   "or v5 (rope_parameters/dtype).")
+@click.option("--max-shard-size", default=None,
+              help="Split the weights into model-0000i-of-0000n.safetensors shards of at most this size "
+                   "(e.g. 5GB) with a model.safetensors.index.json; default: one file.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="Dtype of the written weights.")
+def export_hf(source, out_dir, style, max_shard_size, dtype):
+    """Export SOURCE as an HF checkpoint in OUT_DIR (config.json + safetensors, the layout
+    and tensor names transformers / PaddleNLP load for the model's family).
+
+    \b
+    SOURCE is a training checkpoint (OUTPUT_DIR/checkpoint-N) or an HF checkpoint
+    directory (to re-shard it, change its dtype or its config key style).
+    """
+    from llmpre.models import from_pretrained, save_pretrained
+
+    src = Path(source)
+    if (src / "trainer_state.json").is_file():
+        model = load_llmpre_checkpoint(src, dtype)
+    elif (src / "config.json").is_file():
+        model = from_pretrained(src, dtype=dtype)
+    else:
+        raise ConfigError(f"{src}: neither a training checkpoint (trainer_state.json) nor an HF checkpoint "
+                          "(config.json); pass OUTPUT_DIR/checkpoint-N or an HF model directory")
+    if Path(out_dir).resolve() == src.resolve():
+        raise ConfigError(f"{out_dir}: choose an output directory other than SOURCE")
+    save_pretrained(model, out_dir, style=style,
+                    max_shard_bytes=parse_size(max_shard_size) if max_shard_size else None)
+    n = sum(int(p.numel()) for p in model.parameters())
+    click.echo(f"wrote {out_dir}: {model.config.model_type}, {n:,} parameters, {dtype}, config keys {style}")

@@ -1,0 +1,93 @@
+"""GPT-style decoders: GPT-2/GPT-3, OPT and Bloom.
+
+    x_0    = embed(ids) [@ P_in]  + pos(p)        learned positions (OPT: row p + 2); Bloom: ALiBi instead,
+                                                  and a LayerNorm on the embedding
+    pre-norm (GPT, OPT, Bloom):   h = x + Attn(LN(x));     x' = h + MLP(LN(h))
+    post-norm (OPT-350m):         h = LN(x + Attn(x));     x' = LN(h + MLP(h))
+    logits = [LN](x_L) [@ P_out] @ embed^T         tied output embedding
+
+Attention has q/k/v/o biases, the MLP is ``down(act(up x))`` with biases (GELU for
+GPT/Bloom, ReLU for OPT); norms are LayerNorms.  Parameter names follow
+:mod:`llmpre.models.llama` (``embed_tokens``, ``layers.{i}.self_attn.q_proj``,
+``mlp.up_proj``/``mlp.down_proj``, ``norm``) plus ``embed_positions``,
+``embed_norm`` and OPT-350m's ``project_in``/``project_out``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import paddle
+import paddle.nn as nn
+
+from llmpre.errors import ConfigError
+from llmpre.models.config import ModelConfig
+from llmpre.models.layers import MLP, Attention, alibi_slopes, init_weights, make_norm
+from llmpre.ops.select import Ops, select_ops
+
+
+class Block(nn.Layer):
+    def __init__(self, config: ModelConfig, ops: Ops):
+        super().__init__()
+        self.input_layernorm = make_norm(config, ops)
+        self.self_attn = Attention(config, ops)
+        self.post_attention_layernorm = make_norm(config, ops)
+        self.mlp = MLP(config, ops)
+        self.pre_norm = config.pre_norm
+
+    def forward(self, x, alibi):
+        if self.pre_norm:
+            h = x + self.self_attn(self.input_layernorm(x), alibi=alibi)
+            return h + self.mlp(self.post_attention_layernorm(h))
+        h = self.input_layernorm(x + self.self_attn(x, alibi=alibi))
+        return self.post_attention_layernorm(h + self.mlp(h))
+
+
+class GPTForCausalLM(nn.Layer):
+    def __init__(self, config: ModelConfig, ops: Optional[Ops] = None):
+        super().__init__()
+        self.config = config
+        self.ops = ops if ops is not None else select_ops()
+        h, e = config.hidden_size, config.word_embed_proj_dim or config.hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, e)
+        self.project_in = nn.Linear(e, h, bias_attr=False) if e != h else None
+        self.project_out = nn.Linear(h, e, bias_attr=False) if e != h else None
+        self.embed_positions = None
+        if config.position == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings + config.position_offset, h)
+        self.embed_norm = make_norm(config, self.ops) if config.embedding_norm else None
+        if config.position == "alibi":
+            self.register_buffer("alibi", alibi_slopes(config.num_attention_heads), persistable=False)
+        else:
+            self.alibi = None
+        self.layers = nn.LayerList([Block(config, self.ops) for _ in range(config.num_hidden_layers)])
+        self.norm = make_norm(config, self.ops) if config.final_norm else None
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(e, config.vocab_size, bias_attr=False)
+        self.aux_loss = None
+        init_weights(self, config)
+
+    def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        """input_ids ``[batch, seq]`` int -> logits ``[batch, seq, vocab]`` in the model dtype."""
+        c = self.config
+        x = self.embed_tokens(input_ids)                                   # [b, s, e]
+        if self.project_in is not None:
+            x = self.project_in(x)                                         # [b, s, hidden]
+        if self.embed_positions is not None:
+            if position_ids is None:
+                position_ids = paddle.arange(input_ids.shape[1], dtype="int64").unsqueeze(0)  # [1, s]
+            if int(position_ids.max()) >= c.max_position_embeddings:
+                raise ConfigError(f"position {int(position_ids.max())} is past max_position_embeddings="
+                                  f"{c.max_position_embeddings} of this learned-position model; use sequences of "
+                                  "at most that length (from scratch, the trainer raises it to max_seq_length)")
+            x = x + self.embed_positions(position_ids + c.position_offset)  # [b, s, hidden]
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        for layer in self.layers:
+            x = layer(x, self.alibi)                                       # [b, s, hidden]
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.project_out is not None:
+            x = self.project_out(x)                                        # [b, s, e]
+        if self.lm_head is None:
+            return paddle.matmul(x, self.embed_tokens.weight, transpose_y=True)  # [b, s, vocab]
+        return self.lm_head(x)
