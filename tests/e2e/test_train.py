@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -160,3 +161,22 @@ def test_help_on_every_command():
         r = cli(*argv)
         assert r.returncode == 0 and "Usage:" in r.stdout, argv
     assert "sha256_requested" in cli("data", "fingerprint", "--help").stdout
+
+
+def test_moe_model_trains_with_its_auxiliary_loss(tmp_path):
+    """A tiny Mixtral (the HF fixture's config), vocabulary padded to the bundled tokenizer."""
+    from llmpre.data.default import default_tokenizer_path
+    from llmpre.train.trainer import Trainer
+
+    fixture = os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf", "mixtral")
+    args = args_for(tmp_path, model=fixture, num_hidden_layers=None, tokenizer_name_or_path=default_tokenizer_path(),
+                    max_steps=3, logging_steps=1, save_steps=100, do_eval="false")
+    trainer = Trainer(args)
+    assert trainer.config.vocab_size == 8192
+    tokens = trainer.data.train.batch(0)
+    with_aux = float(trainer._loss(tokens).item())
+    lm_only = float(trainer._loss(tokens, training=False).item())
+    assert trainer.model.aux_loss is not None and with_aux > lm_only
+    trainer.train()
+    losses = train_losses(args.output_dir)
+    assert sorted(losses) == [1, 2, 3] and all(math.isfinite(v) for v in losses.values())

@@ -252,11 +252,15 @@ class Trainer:
         t = self.paddle.to_tensor(tokens)
         return t[:, :-1], t[:, 1:]
 
-    def _loss(self, tokens: np.ndarray):
+    def _loss(self, tokens: np.ndarray, training: bool = True):
+        """LM loss of a batch; in training, plus the MoE router's auxiliary loss
+        (already scaled by its coefficient) when the model has one."""
         inputs, labels = self._split(tokens)
         with self.precision.autocast(self.paddle):
             logits = self.model(inputs)
-            return self.loss_fn(logits, labels)
+            loss = self.loss_fn(logits, labels)
+        aux = getattr(self.model, "aux_loss", None)
+        return loss + aux if training and aux is not None else loss
 
     def _eval_loss(self, reader, batches: int) -> float:
         paddle = self.paddle
@@ -264,7 +268,7 @@ class Trainer:
         total = 0.0
         with paddle.no_grad():
             for tokens in reader.iterate(0, batches, self.args.dataloader_num_workers):
-                total += float(self._loss(tokens).item())
+                total += float(self._loss(tokens, training=False).item())
         self.model.train()
         return total / batches
 
