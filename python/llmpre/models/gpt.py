@@ -22,7 +22,7 @@ import paddle.nn as nn
 
 from llmpre.errors import ConfigError
 from llmpre.models.config import ModelConfig
-from llmpre.models.layers import MLP, Attention, alibi_slopes, init_weights, make_norm
+from llmpre.models.layers import MLP, Attention, LMHead, alibi_slopes, init_weights, make_norm
 from llmpre.ops.select import Ops, select_ops
 
 
@@ -62,32 +62,46 @@ class GPTForCausalLM(nn.Layer):
             self.alibi = None
         self.layers = nn.LayerList([Block(config, self.ops) for _ in range(config.num_hidden_layers)])
         self.norm = make_norm(config, self.ops) if config.final_norm else None
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(e, config.vocab_size, bias_attr=False)
+        self.lm_head = LMHead(config, self.embed_tokens, in_features=e)
         self.aux_loss = None
         init_weights(self, config)
 
     def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         """input_ids ``[batch, seq]`` int -> logits ``[batch, seq, vocab]`` in the model dtype."""
+        ctx = self.context(input_ids.shape[0], input_ids.shape[1], position_ids)
+        x = self.embed(input_ids, ctx)                                     # [b, s, hidden]
+        for layer in self.layers:
+            x = self.run_layer(layer, x, ctx)                              # [b, s, hidden]
+        return self.head(x)                                                # [b, s, vocab]
+
+    # The three pieces of forward, used on their own by pipeline stages.
+    def context(self, batch: int, seq: int, position_ids: Optional[paddle.Tensor] = None) -> dict:
         c = self.config
-        x = self.embed_tokens(input_ids)                                   # [b, s, e]
-        if self.project_in is not None:
-            x = self.project_in(x)                                         # [b, s, hidden]
         if self.embed_positions is not None:
             if position_ids is None:
-                position_ids = paddle.arange(input_ids.shape[1], dtype="int64").unsqueeze(0)  # [1, s]
+                position_ids = paddle.arange(seq, dtype="int64").unsqueeze(0)   # [1, s]
             if int(position_ids.max()) >= c.max_position_embeddings:
                 raise ConfigError(f"position {int(position_ids.max())} is past max_position_embeddings="
                                   f"{c.max_position_embeddings} of this learned-position model; use sequences of "
                                   "at most that length (from scratch, the trainer raises it to max_seq_length)")
-            x = x + self.embed_positions(position_ids + c.position_offset)  # [b, s, hidden]
+        return {"position_ids": position_ids, "alibi": self.alibi, "router_stats": []}
+
+    def embed(self, input_ids: paddle.Tensor, ctx: dict) -> paddle.Tensor:
+        x = self.embed_tokens(input_ids)                                   # [b, s, e]
+        if self.project_in is not None:
+            x = self.project_in(x)                                         # [b, s, hidden]
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(ctx["position_ids"] + self.config.position_offset)  # [b, s, hidden]
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        for layer in self.layers:
-            x = layer(x, self.alibi)                                       # [b, s, hidden]
+        return x
+
+    def run_layer(self, layer, x: paddle.Tensor, ctx: dict) -> paddle.Tensor:
+        return layer(x, ctx["alibi"])
+
+    def head(self, x: paddle.Tensor) -> paddle.Tensor:
         if self.norm is not None:
             x = self.norm(x)
         if self.project_out is not None:
             x = self.project_out(x)                                        # [b, s, e]
-        if self.lm_head is None:
-            return paddle.matmul(x, self.embed_tokens.weight, transpose_y=True)  # [b, s, vocab]
-        return self.lm_head(x)
+        return self.lm_head(x)                                             # [b, s, vocab]

@@ -233,6 +233,26 @@ class MLP(nn.Layer):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
+# ----------------------------------------------------------------------------- output head
+class LMHead(nn.Layer):
+    """``logits = x @ W_out``: the head's own ``[in, vocab]`` matrix (its columns
+    unit-normalised for Baichuan2's NormHead) or, when tied, the input embedding's
+    ``[vocab, in]`` rows transposed (held by reference, not as a parameter)."""
+
+    def __init__(self, config: ModelConfig, embedding: nn.Embedding, in_features: Optional[int] = None):
+        super().__init__()
+        self.normalize = config.lm_head_norm
+        self.tied = [embedding] if config.tie_word_embeddings else None  # a list: not a sublayer
+        if self.tied is None:
+            self.weight = self.create_parameter([in_features or config.hidden_size, config.vocab_size])
+
+    def forward(self, x):
+        if self.tied is not None:
+            return paddle.matmul(x, self.tied[0].weight, transpose_y=True)   # [..., vocab]
+        w = F.normalize(self.weight, axis=0) if self.normalize else self.weight
+        return paddle.matmul(x, w)                                           # [..., vocab]
+
+
 # ----------------------------------------------------------------------------- init
 RESIDUAL_OUTPUTS = ("o_proj.weight", "down_proj.weight")
 
@@ -246,7 +266,7 @@ def init_weights(model: nn.Layer, config: ModelConfig) -> None:
     normal = Normal(0.0, config.initializer_range)
     scale = 1.0 / math.sqrt(2 * config.num_hidden_layers)
     for _, layer in model.named_sublayers(include_self=True):
-        if isinstance(layer, (nn.Linear, nn.Embedding)):
+        if isinstance(layer, (nn.Linear, nn.Embedding)) or (isinstance(layer, LMHead) and layer.tied is None):
             normal(layer.weight)
             if getattr(layer, "bias", None) is not None:
                 Constant(0.0)(layer.bias)

@@ -30,7 +30,7 @@ import paddle.nn.functional as F
 
 from llmpre.models.config import ModelConfig
 from llmpre.models.deepseek import MLAttention
-from llmpre.models.layers import MLP, Attention, RotaryEmbedding, alibi_slopes, init_weights, make_norm
+from llmpre.models.layers import MLP, Attention, LMHead, RotaryEmbedding, alibi_slopes, init_weights, make_norm
 from llmpre.models.moe import MoE, seq_aux_loss, switch_aux_loss
 from llmpre.ops.select import Ops, select_ops
 
@@ -65,32 +65,43 @@ class LlamaForCausalLM(nn.Layer):
             self.alibi = None
         self.layers = nn.LayerList([DecoderLayer(config, i, self.ops) for i in range(config.num_hidden_layers)])
         self.norm = make_norm(config, self.ops)
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
-            config.hidden_size, config.vocab_size, bias_attr=False)
+        self.lm_head = LMHead(config, self.embed_tokens)
         self.aux_loss: Optional[paddle.Tensor] = None
         init_weights(self, config)
 
     def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         """input_ids ``[batch, seq]`` int -> logits ``[batch, seq, vocab]`` in the model dtype."""
-        c = self.config
-        x = self.embed_tokens(input_ids)                                  # [b, s, hidden]
-        if c.scale_embeddings:
-            x = x * paddle.to_tensor(math.sqrt(c.hidden_size), dtype=x.dtype)
+        ctx = self.context(input_ids.shape[0], input_ids.shape[1], position_ids)
+        x = self.embed(input_ids)                                 # [b, s, hidden]
+        for layer in self.layers:
+            x = self.run_layer(layer, x, ctx)                     # [b, s, hidden]
+        self.aux_loss = self._aux_loss(ctx["router_stats"], input_ids.shape[0])
+        return self.head(x)                                       # [b, s, vocab]
+
+    # The three pieces of forward, used on their own by pipeline stages.
+    def context(self, batch: int, seq: int, position_ids: Optional[paddle.Tensor] = None) -> dict:
+        """What every layer reads besides the hidden states: RoPE tables
+        (``[positions, rotary_dim/2]``), position ids, ALiBi slopes."""
         cos = sin = None
         if self.rotary is not None:
-            cos, sin = self.rotary(input_ids.shape[1], position_ids)      # [positions, rotary_dim/2]
-        stats = []
-        for layer in self.layers:
-            x, router_stats = layer(x, cos, sin, position_ids, self.alibi)  # [b, s, hidden]
-            if router_stats is not None:
-                stats.append(router_stats)
-        self.aux_loss = self._aux_loss(stats, input_ids.shape[0])
-        x = self.norm(x)
-        if self.lm_head is None:
-            return paddle.matmul(x, self.embed_tokens.weight, transpose_y=True)   # [b, s, vocab]
-        if c.lm_head_norm:                       # NormHead: unit-norm output embedding per token
-            return paddle.matmul(x, F.normalize(self.lm_head.weight, axis=0))    # [b, s, vocab]
-        return self.lm_head(x)                                                    # [b, s, vocab]
+            cos, sin = self.rotary(seq, position_ids)
+        return {"cos": cos, "sin": sin, "position_ids": position_ids, "alibi": self.alibi,
+                "router_stats": []}
+
+    def embed(self, input_ids: paddle.Tensor) -> paddle.Tensor:
+        x = self.embed_tokens(input_ids)                          # [b, s, hidden]
+        if self.config.scale_embeddings:
+            x = x * paddle.to_tensor(math.sqrt(self.config.hidden_size), dtype=x.dtype)
+        return x
+
+    def run_layer(self, layer, x: paddle.Tensor, ctx: dict) -> paddle.Tensor:
+        x, router_stats = layer(x, ctx["cos"], ctx["sin"], ctx["position_ids"], ctx["alibi"])
+        if router_stats is not None:
+            ctx["router_stats"].append(router_stats)
+        return x
+
+    def head(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.lm_head(self.norm(x))                         # [b, s, vocab]
 
     def _aux_loss(self, stats, batch: int) -> Optional[paddle.Tensor]:
         moe = self.config.moe
