@@ -32,12 +32,12 @@ def poison_step(monkeypatch, bad_steps):
 
     def step(self, batches):
         if self.global_step + 1 in bad_steps:
-            fn = self.loss_fn
-            self.loss_fn = lambda logits, labels: fn(logits, labels) * float("nan")
+            fn = self.engine.loss_fn
+            self.engine.loss_fn = lambda logits, labels: fn(logits, labels) * float("nan")
             try:
                 return real(self, batches)
             finally:
-                self.loss_fn = fn
+                self.engine.loss_fn = fn
         return real(self, batches)
 
     monkeypatch.setattr(trainer_mod.Trainer, "_train_step", step)

@@ -174,8 +174,8 @@ def test_moe_model_trains_with_its_auxiliary_loss(tmp_path):
     trainer = Trainer(args)
     assert trainer.config.vocab_size == 8192
     tokens = trainer.data.train.batch(0)
-    with_aux = float(trainer._loss(tokens).item())
-    lm_only = float(trainer._loss(tokens, training=False).item())
+    with_aux = float(trainer.engine.loss(tokens).item())
+    lm_only = float(trainer.engine.loss(tokens, training=False).item())
     assert trainer.model.aux_loss is not None and with_aux > lm_only
     trainer.train()
     losses = train_losses(args.output_dir)

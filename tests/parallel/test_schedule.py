@@ -31,6 +31,13 @@ def test_schedules_complete_without_deadlock(kind, pp, m, v):
         assert len({s for s, _ in r}) == len(r)
 
 
+@pytest.mark.parametrize("pp,m,v", [(2, 3, 1), (3, 4, 2), (4, 1, 3)])
+def test_forward_only_schedule(pp, m, v):
+    rounds = timeline("forward", pp, m, v)
+    assert sum(len(r) for r in rounds) == pp * m * v
+    assert all(op == "F" for r in rounds for _, (op, _, _) in r)
+
+
 def test_1f1b_shape():
     # stage 0 of 4 with 8 microbatches: 3 warm-up forwards, then alternate, then drain
     plan = pipeline_schedule("1f1b", 4, 8, 0)

@@ -167,7 +167,7 @@ def dims_from_args(args, world_size: int) -> ParallelDims:
         raise ConfigError(
             f"{world_size} ranks cannot be split into tp {tp} x pp {pp} x sharding {sharding} x dp; "
             "change the degrees or the number of processes")
-    no_recompute = tuple(int(i) for i in (args.no_recompute_layers or ()))
+    no_recompute = tuple(int(i) for i in str(args.no_recompute_layers or "").split(",") if i.strip())
     return ParallelDims(dp=rest // sharding, sharding=sharding, sharding_stage=stage, tp=tp, pp=pp,
                         vpp=max(1, args.virtual_pp_degree), sequence_parallel=bool(args.sequence_parallel),
                         recompute=bool(args.recompute), recompute_granularity=args.recompute_granularity,

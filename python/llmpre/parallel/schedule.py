@@ -20,6 +20,7 @@ microbatch forward then backward through every chunk exactly once.
 - ``interleaved`` (Megatron's virtual pipeline, ``vpp`` chunks per rank):
   microbatches go through the chunks in groups of ``pp``; warm-up is
   ``(pp - s - 1) * 2 + (vpp - 1) * pp`` forwards; needs ``m % pp == 0``.
+- ``forward``: forwards only (evaluation), microbatch by microbatch.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def pipeline_schedule(kind: str, num_stages: int, num_microbatches: int, stage: 
         raise ValueError(f"stage {stage} outside 0..{pp - 1}")
     if m < 1:
         raise ValueError("need at least one microbatch")
+    if kind == "forward":   # evaluation: every microbatch through every chunk, no backward
+        return [("F", i, c) for i in range(m) for c in range(num_chunks)]
     if kind == "1f1b":
         if num_chunks != 1:
             raise ValueError("1f1b has one chunk per rank; use 'interleaved' for virtual stages")

@@ -73,6 +73,49 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return found[-1][1] if found else None
 
 
+def write_files(directory: str, writers: dict) -> None:
+    """Run ``writers`` (file name -> function(path)) into ``directory``, fsyncing each."""
+    delay = float(os.environ.get("LLMPRE_FAULT_SAVE_DELAY", "0") or 0)
+    for name, write in writers.items():
+        path = os.path.join(directory, name)
+        write(path)
+        if delay > 0:
+            time.sleep(delay)
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+
+
+def finalize(tmp: str, output_dir: str, step: int) -> str:
+    """Write the manifest of every file in ``tmp`` and rename it to ``checkpoint-<step>``."""
+    final = os.path.join(output_dir, f"{PREFIX}{step}")
+    files = {}
+    for name in sorted(os.listdir(tmp)):
+        path = os.path.join(tmp, name)
+        files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+    manifest = {"format": FORMAT, "step": step, "files": files}
+    with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if os.path.exists(final):
+        # Re-saving a step (e.g. after resuming from it): swap the old one out first.
+        old = tempfile.mkdtemp(prefix=f".{PREFIX}{step}.old-", dir=output_dir)
+        os.rmdir(old)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(output_dir)
+    return final
+
+
+def save_failed(final: str, error: BaseException) -> CheckpointError:
+    return CheckpointError(f"saving checkpoint {final} failed ({error}); the previous "
+                           "checkpoints are intact")
+
+
 def save_checkpoint(output_dir: str, step: int, writers: dict) -> str:
     """Write ``writers`` (file name -> function(path)) as checkpoint ``step``.
 
@@ -83,42 +126,15 @@ def save_checkpoint(output_dir: str, step: int, writers: dict) -> str:
     final = os.path.join(output_dir, f"{PREFIX}{step}")
     tmp = tempfile.mkdtemp(prefix=f".{PREFIX}{step}.tmp-", dir=output_dir)
     try:
-        files = {}
-        delay = float(os.environ.get("LLMPRE_FAULT_SAVE_DELAY", "0") or 0)
-        for name, write in writers.items():
-            path = os.path.join(tmp, name)
-            write(path)
-            if delay > 0:
-                time.sleep(delay)
-            with open(path, "rb+") as fh:
-                os.fsync(fh.fileno())
-            files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
-        manifest = {"format": FORMAT, "step": step, "files": files}
-        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        if os.path.exists(final):
-            # Re-saving a step (e.g. after resuming from it): swap the old one out first.
-            old = tempfile.mkdtemp(prefix=f".{PREFIX}{step}.old-", dir=output_dir)
-            os.rmdir(old)
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-        _fsync_dir(output_dir)
+        write_files(tmp, writers)
+        return finalize(tmp, output_dir, step)
     except Exception as e:
         # Disk full, quota, I/O errors (safetensors reports them as its own error type).
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(
-            f"saving checkpoint {final} failed ({e}); the previous checkpoints are intact"
-        ) from e
+        raise save_failed(final, e) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
 
 
 def verify_checkpoint(path: str) -> dict:

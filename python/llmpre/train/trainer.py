@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import random
 import sys
 import time
@@ -104,11 +103,20 @@ class Trainer:
         self.paddle = paddle = import_paddle()
         self.precision = Precision.from_args(args)
         self.precision.check_available(paddle)
-        paddle.set_device("gpu" if paddle.is_compiled_with_cuda() and
-                          paddle.device.cuda.device_count() > 0 else "cpu")
+        from llmpre.parallel.dims import dims_from_args
+        from llmpre.parallel.env import world_info
+
+        rank, world = world_info()
+        self.dims = dims_from_args(args, world)
+        gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+        paddle.set_device(f"gpu:{int(os.environ.get('FLAGS_selected_gpus', '0').split(',')[0])}"
+                          if gpu and world > 1 else ("gpu" if gpu else "cpu"))
+        if rank != 0:
+            logger.setLevel(logging.WARNING)   # one rank reports
         self._seed_everything(args.seed)
 
         self.config = _model_config(args)
+        self.dims.validate(world, self.config, args.gradient_accumulation_steps)
         logger.info("Final pre-training config: %s", json.dumps(self.config.to_hf_dict(), sort_keys=True))
         from llmpre.models import build_model, from_pretrained
         from llmpre.ops.select import describe, flags_from_args, select_ops
@@ -116,30 +124,40 @@ class Trainer:
         self.ops = select_ops(**flags_from_args(args))  # the one kernel choice (llmpre.ops.select)
         logger.info("ops: %s", describe(self.ops))
         if args.continue_training:
-            self.model = from_pretrained(args.model_name_or_path)
+            model = from_pretrained(args.model_name_or_path)
         else:
-            self.model = build_model(self.config, seed=args.seed, ops=self.ops)
-        self.precision.prepare_model(self.model)
+            model = build_model(self.config, seed=args.seed, ops=self.ops)
+        self.precision.prepare_model(model)
         # causal_lm_loss with the selected cross-entropy (mean over labels != -100)
-        self.loss_fn = functools.partial(self.ops.cross_entropy, ignore_index=-100)
-        self.params = [(n, p) for n, p in self.model.named_parameters() if not p.stop_gradient]
-        num_params = sum(int(np.prod(p.shape)) for _, p in self.params)
+        loss_fn = functools.partial(self.ops.cross_entropy, ignore_index=-100)
+        num_params = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
         logger.info("model %s: %s parameters, %s, %d CPU threads, device %s",
                     args.model_name_or_path, f"{num_params:,}",
                     self.precision.dtype + (f" {self.precision.level}" if self.precision.low else ""),
                     self.threads, paddle.get_device())
+        if world > 1 or self.dims.world_size > 1 or self.dims.recompute:
+            from llmpre.parallel.engine import ParallelEngine
+            from llmpre.parallel.env import init_parallel
+
+            self.env = init_parallel(self.dims)
+            logger.info("layout: %s", self.dims.describe())
+            self.engine = ParallelEngine(paddle, model, self.precision, args, self.env, loss_fn)
+            data_world, data_rank = self.dims.data_parallel_size, self.dims.data_rank(rank)
+        else:
+            from llmpre.train.engine import LocalEngine
+
+            self.env = None
+            self.engine = LocalEngine(paddle, model, loss_fn, self.precision, args)
+            data_world, data_rank = 1, 0
+        self.model = self.engine.model
 
         from llmpre.train.data import TrainData
 
-        self.data = TrainData(args, self.config.vocab_size)
+        self.data = TrainData(args, self.config.vocab_size, world=data_world, rank=data_rank)
         logger.info("data %s: %s", self.data.prefix, ", ".join(
             f"{k} {v.summary()['len']} samples ({v.num_epochs} epochs)"
             for k, v in self.data.datasets.items() if v is not None))
 
-        from llmpre.train.optim import AdamW
-
-        self.optimizer = AdamW(self.params, betas=(args.adam_beta1, args.adam_beta2),
-                               eps=args.adam_epsilon, weight_decay=args.weight_decay)
         self.scaler = DynamicLossScaler(args.scale_loss, enabled=self.precision.loss_scaling)
         self.lr_at = schedule_from_args(args)
         self.global_step = 0
@@ -155,68 +173,29 @@ class Trainer:
         np.random.seed(seed)
         self.paddle.seed(seed)
 
-    def _checkpoint_writers(self) -> dict:
-        from safetensors.numpy import save_file
-
-        model_arrays = {n: _to_numpy(p) for n, p in self.model.named_parameters()}
-        opt_arrays, opt_scalars = self.optimizer.state_dict()
-        state = {
+    def _state(self) -> dict:
+        return {
             "global_step": self.global_step,
-            "consumed_samples": self.global_step * self.samples_per_step,
+            "consumed_samples": self.global_step * self.samples_per_step * self.dims.data_parallel_size,
             "skipped_steps": self.skipped_steps,
-            "optimizer": opt_scalars,
             "loss_scaler": self.scaler.state_dict(),
             "args": self.args.to_dict(),
             "model_config": self.config.to_hf_dict(),
         }
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(),
-               "paddle": self.paddle.get_rng_state()}
-
-        def write_json(obj):
-            return lambda path: open(path, "w", encoding="utf-8").write(json.dumps(obj, indent=1))
-
-        return {
-            "model.safetensors": lambda path: save_file(model_arrays, path),
-            "optimizer.safetensors": lambda path: save_file(opt_arrays, path),
-            "trainer_state.json": write_json(state),
-            "rng_state.pkl": lambda path: open(path, "wb").write(pickle.dumps(rng)),
-        }
 
     def save(self) -> str:
-        path = ckpt.save_checkpoint(self.args.output_dir, self.global_step, self._checkpoint_writers())
-        removed = ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit)
+        path = self.engine.save(self.args.output_dir, self.global_step, self._state())
+        removed = ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit) \
+            if self.engine.is_main else []
         logger.info("Saving checkpoint to %s%s", path,
                     f" (removed {', '.join(os.path.basename(r) for r in removed)})" if removed else "")
         return path
 
     def load(self, path: str, verified: bool = False) -> None:
-        from safetensors.numpy import load_file
-
         if not verified:
             ckpt.verify_checkpoint(path)
-        model_arrays = load_file(os.path.join(path, "model.safetensors"))
-        own = dict(self.model.named_parameters())
-        missing, unexpected = set(own) - set(model_arrays), set(model_arrays) - set(own)
-        if missing or unexpected:
-            raise ckpt.CheckpointError(
-                f"{path}: parameters do not match this model (missing {sorted(missing)[:4]}, "
-                f"unexpected {sorted(unexpected)[:4]}); it was saved for another configuration")
-        for name, p in own.items():
-            a = model_arrays[name]
-            if tuple(a.shape) != tuple(p.shape):
-                raise ckpt.CheckpointError(f"{path}: {name} has shape {a.shape}, the model "
-                                           f"needs {tuple(p.shape)}")
-            p.set_value(self.paddle.to_tensor(a).astype(p.dtype))
-        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as fh:
-            state = json.load(fh)
-        self.optimizer.load_state_dict(load_file(os.path.join(path, "optimizer.safetensors")),
-                                       state["optimizer"])
+        state = self.engine.load(path)
         self.scaler.load_state_dict(state["loss_scaler"])
-        with open(os.path.join(path, "rng_state.pkl"), "rb") as fh:
-            rng = pickle.load(fh)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        self.paddle.set_rng_state(rng["paddle"])
         self.global_step = int(state["global_step"])
         self.skipped_steps = int(state["skipped_steps"])
 
@@ -248,28 +227,12 @@ class Trainer:
     def samples_per_step(self) -> int:
         return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
 
-    def _split(self, tokens: np.ndarray):
-        t = self.paddle.to_tensor(tokens)
-        return t[:, :-1], t[:, 1:]
-
-    def _loss(self, tokens: np.ndarray, training: bool = True):
-        """LM loss of a batch; in training, plus the MoE router's auxiliary loss
-        (already scaled by its coefficient) when the model has one."""
-        inputs, labels = self._split(tokens)
-        with self.precision.autocast(self.paddle):
-            logits = self.model(inputs)
-            loss = self.loss_fn(logits, labels)
-        aux = getattr(self.model, "aux_loss", None)
-        return loss + aux if training and aux is not None else loss
-
     def _eval_loss(self, reader, batches: int) -> float:
-        paddle = self.paddle
-        self.model.eval()
+        self.engine.train_mode(False)
         total = 0.0
-        with paddle.no_grad():
-            for tokens in reader.iterate(0, batches, self.args.dataloader_num_workers):
-                total += float(self._loss(tokens, training=False).item())
-        self.model.train()
+        for tokens in reader.iterate(0, batches, self.args.dataloader_num_workers):
+            total += self.engine.eval_loss(tokens)
+        self.engine.train_mode(True)
         return total / batches
 
     def evaluate(self, split: str = "eval") -> dict:
@@ -287,25 +250,20 @@ class Trainer:
         return result
 
     def _train_step(self, batches):
-        """One optimizer step. Returns (loss tensor, gradient norm, status) with
-        status "ok", "overflow" (fp16 scale lowered) or "skipped" (non-finite)."""
-        acc = self.args.gradient_accumulation_steps
+        """One optimizer step. Returns (loss, gradient norm, status) with status
+        "ok", "overflow" (fp16 scale lowered) or "skipped" (non-finite)."""
+        from llmpre.train.optim import clip_coefficient
+
         lr = self.lr_at(self.global_step)
-        loss_sum = None
-        for _ in range(acc):
-            loss = self._loss(next(batches))
-            (loss * (self.scaler.scale / acc)).backward()
-            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-        step_loss = loss_sum / acc
-
-        from llmpre.train.optim import clip_coefficient, global_grad_norm
-
+        loss_value = self.engine.forward_backward(lambda: next(batches),
+                                                  self.args.gradient_accumulation_steps,
+                                                  self.scaler.scale)
+        self.engine.reduce()
         inv_scale = 1.0 / self.scaler.scale
-        norm = global_grad_norm(self.params) * inv_scale
-        loss_value = float(step_loss.item())
+        norm = self.engine.grad_norm() * inv_scale
         if math.isfinite(norm) and math.isfinite(loss_value):
             coef = clip_coefficient(norm, self.args.max_grad_norm)
-            self.optimizer.step(lr, grad_scale=inv_scale * coef)
+            self.engine.step(lr, grad_scale=inv_scale * coef)
             status = "ok"
         elif self.scaler.enabled:
             status = "overflow"
@@ -321,14 +279,26 @@ class Trainer:
                 f"step {self.global_step + 1}: the loss is {loss_value} and the gradient norm is "
                 f"{norm}; training stopped ({where}; max_nonfinite_skips allows skipping such steps)")
         self.scaler.update(found_inf=status == "overflow")
-        self.optimizer.zero_grad()
+        self.engine.zero_grad()
         self.global_step += 1
-        return step_loss, norm, status
+        return loss_value, norm, status
 
     def train(self) -> dict:
         args = self.args
-        resume = self._prepare_run_directory()
-        self.monitor = Monitor(args.output_dir, args.report_to, args.logging_dir)
+        if self.env is None or self.env.world_size == 1:
+            resume = self._prepare_run_directory()
+        else:   # rank 0 checks and tidies the run directory; every rank resumes from its choice
+            message = None
+            try:
+                resume = self._prepare_run_directory() if self.engine.is_main else None
+            except (ConfigError, guards.RunMismatchError, ckpt.CheckpointError) as e:
+                resume, message = None, f"error:{e}"
+            reply = _broadcast_text(self.paddle, message or resume)
+            if reply and reply.startswith("error:"):
+                raise ConfigError(reply[len("error:"):])
+            resume = reply
+        self.monitor = Monitor(args.output_dir, args.report_to, args.logging_dir,
+                               enabled=self.engine.is_main)
         try:
             return self._train(resume)
         finally:
@@ -356,7 +326,7 @@ class Trainer:
         interval_steps = 0
         start_step = self.global_step
         eval_steps = args.effective_eval_steps
-        self.model.train()
+        self.engine.train_mode(True)
         while self.global_step < args.max_steps:
             step_loss, grad_norm, status = self._train_step(batches)
             interval_steps += 1
@@ -374,8 +344,7 @@ class Trainer:
 
             if self.global_step % args.logging_steps == 0 or self.global_step == args.max_steps:
                 runtime = time.time() - interval_start
-                loss_value = (float(paddle.stack(interval_losses).mean().item())
-                              if interval_losses else 0.0)
+                loss_value = sum(interval_losses) / len(interval_losses) if interval_losses else 0.0
                 self._log_train(loss_value, grad_norm, runtime, interval_steps, seq)
                 interval_losses, interval_steps = [], 0
                 interval_start = time.time()
@@ -399,9 +368,9 @@ class Trainer:
 
     def _log_train(self, loss: float, grad_norm: float, runtime: float, steps: int, seq: int):
         cur, peak = memory_gb(self.paddle)
-        samples = self.samples_per_step * steps
-        tokens_per_s = samples * seq / runtime  # one device: tokens/s per device
-        consumed = self.global_step * self.samples_per_step
+        samples = self.samples_per_step * steps * self.dims.data_parallel_size   # global
+        tokens_per_s = samples * seq / runtime / max(1, self.dims.world_size)  # per device
+        consumed = self.global_step * self.samples_per_step * self.dims.data_parallel_size
         values = {
             "loss": round(loss, 8),
             "learning_rate": float(f"{self.lr_at(self.global_step):.3e}"),
@@ -422,18 +391,39 @@ class Trainer:
             "time": time.time()})
 
     def save_final(self) -> None:
-        """Final weights in HuggingFace layout in output_dir (loadable by from_pretrained)."""
+        """Final weights in HuggingFace layout in output_dir (loadable by from_pretrained);
+        a parallel run assembles them from its final checkpoint."""
         from llmpre.models import save_pretrained
 
-        save_pretrained(self.model, self.args.output_dir)
+        if self.env is None:
+            save_pretrained(self.model, self.args.output_dir)
+        else:
+            path = os.path.join(self.args.output_dir, f"{ckpt.PREFIX}{self.global_step}")
+            if not os.path.isdir(path):
+                self.save()
+            if self.engine.is_main:
+                from llmpre.models import build_model
+                from llmpre.parallel.ckpt import GlobalTensors
+
+                full = build_model(self.config, seed=self.args.seed)
+                tensors = GlobalTensors(path)
+                for name, p in full.named_parameters():
+                    p.set_value(self.paddle.to_tensor(tensors.param(name)).astype(p.dtype))
+                save_pretrained(full, self.args.output_dir)
+            self.env.barrier()
         logger.info("Saved the final model to %s", self.args.output_dir)
 
 
-def _to_numpy(p) -> np.ndarray:
-    """Parameters as numpy for safetensors; bf16 (which numpy lacks) is saved as fp32."""
-    if str(p.dtype).endswith("bfloat16"):
-        return p.astype("float32").numpy()
-    return p.numpy()
+def _broadcast_text(paddle, text: str | None) -> str | None:
+    """Rank 0's string (or None) on every rank."""
+    data = (text or "").encode()
+    length = paddle.to_tensor([len(data)], dtype="int64")
+    paddle.distributed.broadcast(length, src=0)
+    buf = paddle.to_tensor(np.frombuffer(data.ljust(int(length.item()), b" "), dtype=np.uint8).copy()
+                           if int(length.item()) else np.zeros(1, np.uint8))
+    paddle.distributed.broadcast(buf, src=0)
+    out = bytes(buf.numpy()[: int(length.item())]).decode()
+    return out or None
 
 
 def _progress(args: TrainingArguments, initial: int):

@@ -1,0 +1,177 @@
+"""Process groups and the collectives llmpre's parallel layers use.
+
+Groups are Paddle process groups (NCCL on GPUs, gloo on CPUs, picked by
+``paddle.distributed.launch``); the same code runs on both. Where a backend
+lacks an operation, :class:`Group` composes it from ones it has, chosen by
+probing the backend once (capability, not device name): gloo has no
+reduce_scatter, so it becomes all-reduce + slice there.
+
+Autograd pairs (forward | backward), Megatron's mappings:
+
+    copy_to(x)            identity        | all-reduce      (input of column-parallel)
+    reduce_from(x)        all-reduce      | identity        (output of row-parallel)
+    scatter_seq(x)        keep own slice  | all-gather      (enter sequence parallel)
+    gather_seq(x)         all-gather      | keep own slice  (leave sequence parallel)
+    all_gather_seq(x)     all-gather      | reduce-scatter  (input of column-parallel, SP)
+    reduce_scatter_seq(x) reduce-scatter  | all-gather      (output of row-parallel, SP)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import paddle
+import paddle.distributed as dist
+from paddle.autograd import PyLayer
+
+logger = logging.getLogger("llmpre")
+
+
+class Group:
+    """A process group plus this rank's position in it. Size-1 groups do nothing."""
+
+    def __init__(self, ranks: list[int], handle, rank: int):
+        self.ranks = list(ranks)
+        self.handle = handle          # paddle group, or None when size 1
+        self.size = len(ranks)
+        self.index = self.ranks.index(rank) if rank in self.ranks else -1
+        self.native_reduce_scatter = False
+
+    def probe(self) -> None:
+        """Find out whether the backend has reduce_scatter (gloo does not)."""
+        if self.size == 1:
+            return
+        try:
+            out = paddle.zeros([1])
+            dist.reduce_scatter(out, [paddle.ones([1]) for _ in range(self.size)], group=self.handle)
+            self.native_reduce_scatter = True
+        except (NotImplementedError, RuntimeError, ValueError):
+            self.native_reduce_scatter = False
+
+    # -- plain collectives (no autograd) ---------------------------------------
+    def all_reduce(self, x: paddle.Tensor, op=None) -> paddle.Tensor:
+        """Sum (or ``op``) over the group, in place; returns x."""
+        if self.size > 1:
+            dist.all_reduce(x, op=op if op is not None else dist.ReduceOp.SUM, group=self.handle)
+        return x
+
+    def all_gather(self, x: paddle.Tensor, axis: int = 0) -> paddle.Tensor:
+        """Concatenation of every rank's ``x`` along ``axis`` (rank order)."""
+        if self.size == 1:
+            return x
+        parts: list = []
+        dist.all_gather(parts, x.contiguous() if hasattr(x, "contiguous") else x, group=self.handle)
+        return paddle.concat(parts, axis=axis)
+
+    def reduce_scatter(self, x: paddle.Tensor, axis: int = 0) -> paddle.Tensor:
+        """This rank's slice (along ``axis``, equal parts) of the group sum of ``x``."""
+        if self.size == 1:
+            return x
+        if self.native_reduce_scatter:
+            parts = [p.contiguous() if hasattr(p, "contiguous") else p
+                     for p in paddle.split(x, self.size, axis=axis)]
+            out = paddle.empty_like(parts[0])
+            dist.reduce_scatter(out, parts, group=self.handle)
+            return out
+        total = x.clone()
+        dist.all_reduce(total, group=self.handle)
+        return paddle.split(total, self.size, axis=axis)[self.index]
+
+    def broadcast(self, x: paddle.Tensor, src_index: int = 0) -> paddle.Tensor:
+        if self.size > 1:
+            dist.broadcast(x, src=self.ranks[src_index], group=self.handle)
+        return x
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier(group=self.handle)
+
+
+# -- autograd pairs -------------------------------------------------------------
+class _CopyTo(PyLayer):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.group.all_reduce(g.clone())
+
+
+class _ReduceFrom(PyLayer):
+    @staticmethod
+    def forward(ctx, x, group):
+        return group.all_reduce(x.clone())
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class _ScatterSeq(PyLayer):
+    @staticmethod
+    def forward(ctx, x, group, axis):
+        ctx.group, ctx.axis = group, axis
+        return paddle.split(x, group.size, axis=axis)[group.index].clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.group.all_gather(g, ctx.axis)
+
+
+class _GatherSeq(PyLayer):
+    @staticmethod
+    def forward(ctx, x, group, axis):
+        ctx.group, ctx.axis = group, axis
+        return group.all_gather(x, axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return paddle.split(g, ctx.group.size, axis=ctx.axis)[ctx.group.index].clone()
+
+
+class _AllGatherSeq(PyLayer):
+    @staticmethod
+    def forward(ctx, x, group, axis):
+        ctx.group, ctx.axis = group, axis
+        return group.all_gather(x, axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.group.reduce_scatter(g, ctx.axis)
+
+
+class _ReduceScatterSeq(PyLayer):
+    @staticmethod
+    def forward(ctx, x, group, axis):
+        ctx.group, ctx.axis = group, axis
+        return group.reduce_scatter(x, axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.group.all_gather(g, ctx.axis)
+
+
+def copy_to(x, group: Group):
+    return x if group.size == 1 else _CopyTo.apply(x, group)
+
+
+def reduce_from(x, group: Group):
+    return x if group.size == 1 else _ReduceFrom.apply(x, group)
+
+
+def scatter_seq(x, group: Group, axis: int = 1):
+    return x if group.size == 1 else _ScatterSeq.apply(x, group, axis)
+
+
+def gather_seq(x, group: Group, axis: int = 1):
+    return x if group.size == 1 else _GatherSeq.apply(x, group, axis)
+
+
+def all_gather_seq(x, group: Group, axis: int = 1):
+    return x if group.size == 1 else _AllGatherSeq.apply(x, group, axis)
+
+
+def reduce_scatter_seq(x, group: Group, axis: int = 1):
+    return x if group.size == 1 else _ReduceScatterSeq.apply(x, group, axis)

@@ -1,0 +1,187 @@
+"""Tensor-parallel layers (Megatron style) on llmpre's comm pairs.
+
+Weights are built by slicing the full, identically initialised layer, so a
+tensor-parallel run starts from exactly the parameters of a single-process
+run with the same seed. With ``sequence_parallel`` the activations between
+tensor-parallel regions are split along the sequence axis (axis 1 of
+``[batch, seq, hidden]``): a column-parallel layer all-gathers its input and a
+row-parallel layer reduce-scatters its output instead of all-reducing it.
+"""
+
+from __future__ import annotations
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddle.autograd import PyLayer
+
+from llmpre.parallel import comm
+from llmpre.parallel.comm import Group
+
+# Parameter attributes read by the gradient synchroniser and the checkpointer.
+TP_SPLIT = "_llmpre_tp_split"        # (axis, full_size) of a sliced parameter
+TP_GRAD_SUM = "_llmpre_tp_grad_sum"  # replicated across tp, gradients must be summed over tp
+NORM_SKIP = "_llmpre_norm_skip"      # a second copy (tied embedding on the last pipeline stage)
+
+
+def _param(value: paddle.Tensor, split=None, grad_sum=False) -> paddle.Tensor:
+    p = paddle.create_parameter(list(value.shape), str(value.dtype).split(".")[-1])
+    p.set_value(value)
+    if split is not None:
+        setattr(p, TP_SPLIT, split)
+    if grad_sum:
+        setattr(p, TP_GRAD_SUM, True)
+    return p
+
+
+def _columns(w: paddle.Tensor, index) -> paddle.Tensor:
+    return paddle.gather(w, paddle.to_tensor(index, dtype="int64"), axis=w.ndim - 1)
+
+
+class ColumnParallelLinear(nn.Layer):
+    """y[..., local out] = x @ W[:, cols] (+ b[cols]); input all-gathered along the
+    sequence (SP) or copied to the group (its gradient all-reduced)."""
+
+    def __init__(self, linear: nn.Linear, cols: list[int], group: Group, sequence_parallel: bool,
+                 full_out: int | None = None):
+        super().__init__()
+        self.group, self.sp = group, sequence_parallel
+        full_out = full_out if full_out is not None else linear.weight.shape[1]
+        self.weight = _param(_columns(linear.weight, cols), split=(1, full_out))
+        self.bias = (_param(_columns(linear.bias, cols), split=(0, full_out))
+                     if linear.bias is not None else None)
+
+    def forward(self, x):
+        x = comm.all_gather_seq(x, self.group) if self.sp else comm.copy_to(x, self.group)
+        return F.linear(x, self.weight, self.bias)
+
+
+class RowParallelLinear(nn.Layer):
+    """y = sum over ranks of x[..., local in] @ W[rows, :] (+ b, replicated); the sum is an
+    all-reduce, or a reduce-scatter along the sequence (SP)."""
+
+    def __init__(self, linear: nn.Linear, rows: list[int], group: Group, sequence_parallel: bool):
+        super().__init__()
+        self.group, self.sp = group, sequence_parallel
+        full_in = linear.weight.shape[0]
+        self.weight = _param(paddle.gather(linear.weight, paddle.to_tensor(rows, dtype="int64"), axis=0),
+                             split=(0, full_in))
+        self.bias = (_param(linear.bias, grad_sum=sequence_parallel)
+                     if linear.bias is not None else None)
+
+    def forward(self, x):
+        y = paddle.matmul(x, self.weight)
+        y = comm.reduce_scatter_seq(y, self.group) if self.sp else comm.reduce_from(y, self.group)
+        return y + self.bias if self.bias is not None else y
+
+
+class ReplicatedKVProjection(nn.Layer):
+    """K or V projection when there are fewer KV heads than tensor-parallel ranks:
+    every rank keeps the whole projection and uses the KV head(s) its query heads
+    read; the gradients of the replicated weight are summed over the group."""
+
+    def __init__(self, linear: nn.Linear, heads: list[int], head_dim: int, group: Group,
+                 sequence_parallel: bool):
+        super().__init__()
+        self.group, self.sp = group, sequence_parallel
+        self.cols = paddle.to_tensor([h * head_dim + d for h in heads for d in range(head_dim)], dtype="int64")
+        self.weight = _param(linear.weight, grad_sum=True)
+        self.bias = _param(linear.bias, grad_sum=True) if linear.bias is not None else None
+
+    def forward(self, x):
+        x = comm.all_gather_seq(x, self.group) if self.sp else comm.copy_to(x, self.group)
+        w = paddle.gather(self.weight, self.cols, axis=1)
+        b = paddle.gather(self.bias, self.cols, axis=0) if self.bias is not None else None
+        return F.linear(x, w, b)
+
+
+class VocabParallelEmbedding(nn.Layer):
+    """Rows ``[start, end)`` of the embedding on each rank; ids outside give 0 and the
+    ranks' outputs are summed (all-reduce, or reduce-scatter along the sequence)."""
+
+    def __init__(self, embedding: nn.Embedding, group: Group, sequence_parallel: bool):
+        super().__init__()
+        self.group, self.sp = group, sequence_parallel
+        vocab = embedding.weight.shape[0]
+        per = vocab // group.size
+        self.start, self.end = group.index * per, (group.index + 1) * per
+        self.weight = _param(embedding.weight[self.start:self.end], split=(0, vocab))
+
+    def forward(self, ids):
+        inside = (ids >= self.start) & (ids < self.end)
+        local = paddle.where(inside, ids - self.start, paddle.zeros_like(ids))
+        out = F.embedding(local, self.weight) * inside.unsqueeze(-1).astype(self.weight.dtype)
+        return comm.reduce_scatter_seq(out, self.group) if self.sp else comm.reduce_from(out, self.group)
+
+
+class ParallelLMHead(nn.Layer):
+    """Logits for this rank's vocabulary slice. Untied: the head's own ``[hidden,
+    vocab/tp]`` columns (``x @ W``, the Linear layout, columns unit-normalised for
+    Baichuan2's NormHead); tied: the vocab-parallel embedding's ``[vocab/tp, hidden]``
+    rows (``x @ E^T``). Input all-gathered (SP) or copied to the group."""
+
+    def __init__(self, group: Group, sequence_parallel: bool, tied_to: VocabParallelEmbedding | None = None,
+                 linear: nn.Linear | None = None, normalize: bool = False):
+        super().__init__()
+        self.group, self.sp, self.normalize = group, sequence_parallel, normalize
+        self.tied_to = [tied_to] if tied_to is not None else None  # a list: not a sublayer
+        if tied_to is None:
+            vocab = linear.weight.shape[1]
+            per = vocab // group.size
+            self.weight = _param(linear.weight[:, group.index * per:(group.index + 1) * per],
+                                 split=(1, vocab))
+
+    def forward(self, x):
+        x = comm.all_gather_seq(x, self.group) if self.sp else comm.copy_to(x, self.group)
+        if self.tied_to is not None:
+            return paddle.matmul(x, self.tied_to[0].weight, transpose_y=True)
+        w = F.normalize(self.weight, axis=0) if self.normalize else self.weight
+        return paddle.matmul(x, w)
+
+
+class _VocabParallelCE(PyLayer):
+    """Per-token cross-entropy of vocabulary-split logits without gathering them:
+    a global max, a global sum of exponentials and the target logit are each one
+    all-reduce of a ``[tokens]`` vector; backward is ``softmax - onehot`` locally."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, group, start, ignore_index):
+        x = logits.astype("float32")                                   # [n, V/tp]
+        vloc = x.shape[-1]
+        row_max = x.max(axis=-1)                                       # [n]
+        group.all_reduce(row_max, op=paddle.distributed.ReduceOp.MAX)
+        shifted = x - row_max.unsqueeze(-1)
+        exp = shifted.exp()
+        sum_exp = exp.sum(axis=-1)                                     # [n]
+        group.all_reduce(sum_exp)
+        inside = (labels >= start) & (labels < start + vloc)
+        local = paddle.where(inside, labels - start, paddle.zeros_like(labels))
+        target = paddle.take_along_axis(shifted, local.unsqueeze(-1), axis=-1).squeeze(-1)
+        target = target * inside.astype("float32")
+        group.all_reduce(target)
+        loss = sum_exp.log() - target                                  # [n]
+        keep = labels != ignore_index
+        loss = loss * keep.astype("float32")
+        ctx.save_for_backward(exp, sum_exp, local, inside, keep)
+        ctx.dtype = logits.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        exp, sum_exp, local, inside, keep = ctx.saved_tensor()
+        grad = exp / sum_exp.unsqueeze(-1)                              # softmax rows
+        onehot = F.one_hot(local, grad.shape[-1]) * inside.astype("float32").unsqueeze(-1)
+        scale = (g * keep.astype("float32")).unsqueeze(-1)
+        return ((grad - onehot) * scale).astype(ctx.dtype), None
+
+
+def vocab_parallel_cross_entropy(logits, labels, group: Group, ignore_index: int = -100):
+    """Mean token cross-entropy over non-ignored positions, logits split over the
+    vocabulary across ``group`` (``[..., vocab/tp]``). Matches
+    :func:`llmpre.ops.reference.cross_entropy` on the gathered logits."""
+    vloc = logits.shape[-1]
+    flat = logits.reshape([-1, vloc])
+    flat_labels = labels.reshape([-1]).astype("int64")
+    per_token = _VocabParallelCE.apply(flat, flat_labels, group, group.index * vloc, ignore_index)
+    keep = (flat_labels != ignore_index).astype("float32")
+    return per_token.sum() / keep.sum().clip(min=1.0)
