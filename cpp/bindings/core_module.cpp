@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "llmpre/blend_index.h"
+#include "llmpre/buffer.h"
 #include "llmpre/corpus.h"
 #include "llmpre/gpt_index.h"
 
@@ -21,6 +23,15 @@ py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
   auto* heap = new std::vector<T>(std::move(v));
   py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
   return py::array_t<T>(shape, heap->data(), owner);
+}
+
+// Hands a Buffer to numpy without copying; numpy frees it.
+template <typename T>
+py::array_t<T> to_numpy(Buffer<T>&& b, std::vector<py::ssize_t> shape) {
+  T* data = b.release();
+  if (data == nullptr) return py::array_t<T>(shape);  // an empty array
+  py::capsule owner(data, [](void* p) { std::free(p); });
+  return py::array_t<T>(shape, data, owner);
 }
 
 // One Python-visible corpus type over both on-disk layouts.
@@ -190,17 +201,18 @@ PYBIND11_MODULE(_core, m) {
           py::arg("begin") = 0, py::arg("end") = -1, "Tokens in items [begin, end).")
       .def(
           "max_token",
-          [](const Corpus& c, int64_t begin, int64_t end) {
+          [](const Corpus& c, int64_t begin, int64_t end, int threads) {
             const auto n = static_cast<int64_t>(c.view().num_items);
             if (end < 0) end = n;
             if (begin < 0 || begin > end || end > n) {
               throw py::index_error("item range outside the corpus");
             }
             py::gil_scoped_release nogil;
-            return max_token(c.view(), begin, end);
+            return max_token(c.view(), begin, end, threads);
           },
-          py::arg("begin") = 0, py::arg("end") = -1,
-          "Largest token id in items [begin, end) (-1 if they hold no tokens).");
+          py::arg("begin") = 0, py::arg("end") = -1, py::arg("threads") = 0,
+          "Largest token id in items [begin, end) (-1 if they hold no tokens); "
+          "threads=0 uses all cores (at most 8).");
 
   m.def("split_ranges", &split_ranges, py::arg("split"), py::arg("size"),
         "Item boundaries [0, a, b, size] for a split string like '949,50,1'.");
@@ -223,11 +235,11 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "build_gpt_index",
       [](const Corpus& c, int64_t begin, int64_t end, int64_t num_samples, int64_t seq_length,
-         uint32_t seed) {
+         uint32_t seed, int threads) {
         GptIndex g;
         {
           py::gil_scoped_release nogil;
-          g = build_gpt_index(c.view(), begin, end, num_samples, seq_length, seed);
+          g = build_gpt_index(c.view(), begin, end, num_samples, seq_length, seed, threads);
         }
         py::dict d;
         d["tokens_per_epoch"] = g.plan.tokens_per_epoch;
@@ -237,6 +249,9 @@ PYBIND11_MODULE(_core, m) {
             g.plan.num_epochs > 1 ? py::object(py::int_(g.plan.samples_from_epochs_minus_one))
                                   : py::none();
         d["total_samples"] = g.plan.total_samples;
+        py::dict timings;
+        for (const auto& kv : g.timings) timings[py::str(kv.first)] = kv.second;
+        d["timings"] = timings;
         const auto n_doc = static_cast<py::ssize_t>(g.doc_idx.size());
         d["doc_idx"] = to_numpy(std::move(g.doc_idx), {n_doc});
         const auto rows = static_cast<py::ssize_t>(g.plan.total_samples + 1);
@@ -254,8 +269,29 @@ PYBIND11_MODULE(_core, m) {
         return d;
       },
       py::arg("corpus"), py::arg("begin"), py::arg("end"), py::arg("num_samples"),
-      py::arg("seq_length"), py::arg("seed"),
-      "doc_idx, sample_idx and shuffle_idx for items [begin, end), bit-identical to PaddleNLP.");
+      py::arg("seq_length"), py::arg("seed"), py::arg("threads") = 0,
+      "doc_idx, sample_idx and shuffle_idx for items [begin, end), bit-identical to PaddleNLP "
+      "(threads=0: all cores, at most 8; the result does not depend on it).");
+
+  m.def(
+      "build_blend_index",
+      [](py::array_t<double, py::array::c_style | py::array::forcecast> weights, int64_t size) {
+        if (weights.ndim() != 1) throw DataError("blend weights must be a 1-D array");
+        BlendIndex b;
+        {
+          py::gil_scoped_release nogil;
+          b = build_blend_index(weights.data(), weights.shape(0), size);
+        }
+        py::dict d;
+        d["dataset_index"] = to_numpy(std::move(b.dataset_index), {static_cast<py::ssize_t>(size)});
+        d["dataset_sample_index"] =
+            to_numpy(std::move(b.dataset_sample_index), {static_cast<py::ssize_t>(size)});
+        d["taken"] = to_numpy(std::move(b.taken), {static_cast<py::ssize_t>(weights.shape(0))});
+        return d;
+      },
+      py::arg("weights"), py::arg("size"),
+      "PaddleNLP's greedy blending indices: int16 dataset_index, int64 dataset_sample_index "
+      "and the samples taken from each dataset.");
 
   m.def(
       "gather_samples",

@@ -7,7 +7,11 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <sstream>
+#include <vector>
+
+#include "llmpre/buffer.h"
 
 namespace llmpre {
 
@@ -169,8 +173,10 @@ void CorpusView::read(int64_t item, int64_t offset, int64_t length, int64_t* out
   }
 }
 
-void validate_view(const CorpusView& v, const std::string& what) {
-  for (uint64_t i = 0; i < v.num_items; ++i) {
+namespace {
+
+void validate_items(const CorpusView& v, const std::string& what, uint64_t begin, uint64_t end) {
+  for (uint64_t i = begin; i < end; ++i) {
     const int64_t s = v.size(i);
     const int64_t p = v.pointer(i);
     if (s < 0) {
@@ -192,6 +198,19 @@ void validate_view(const CorpusView& v, const std::string& what) {
       throw DataError(m.str());
     }
   }
+}
+
+}  // namespace
+
+void validate_view(const CorpusView& v, const std::string& what) {
+  // Large indexes are checked in slices on several threads; parallel_parts
+  // rethrows the error of the earliest slice, so the message names the first
+  // bad entry, as a sequential scan would.
+  constexpr uint64_t kParallelFrom = uint64_t(1) << 20;
+  const int parts = v.num_items >= kParallelFrom ? resolve_threads(0) : 1;
+  parallel_parts(parts, static_cast<int64_t>(v.num_items), [&](int, int64_t a, int64_t b) {
+    validate_items(v, what, static_cast<uint64_t>(a), static_cast<uint64_t>(b));
+  });
   if (v.doc_idx_len < 1) {
     throw DataError(what + ": doc_idx is empty (it must start with 0 and end with the item "
                     "count); the index is corrupt");
@@ -203,15 +222,20 @@ void validate_view(const CorpusView& v, const std::string& what) {
       << ", but runs from " << first << " to " << last << "; the index is corrupt";
     throw DataError(m.str());
   }
-  for (uint64_t i = 1; i < v.doc_idx_len; ++i) {
-    if (v.doc(i) < v.doc(i - 1)) {
-      throw DataError(what + ": doc_idx decreases at entry " + std::to_string(i) +
-                      "; the index is corrupt");
+  const int doc_parts = v.doc_idx_len >= kParallelFrom ? resolve_threads(0) : 1;
+  parallel_parts(doc_parts, static_cast<int64_t>(v.doc_idx_len), [&](int, int64_t a, int64_t b) {
+    for (uint64_t i = std::max<uint64_t>(1, static_cast<uint64_t>(a)); i < static_cast<uint64_t>(b); ++i) {
+      if (v.doc(i) < v.doc(i - 1)) {
+        throw DataError(what + ": doc_idx decreases at entry " + std::to_string(i) +
+                        "; the index is corrupt");
+      }
     }
-  }
+  });
 }
 
-int64_t max_token(const CorpusView& v, int64_t begin, int64_t end) {
+namespace {
+
+int64_t max_token_serial(const CorpusView& v, int64_t begin, int64_t end) {
   int64_t best = -1;
   for (int64_t i = begin; i < end; ++i) {
     const int64_t start = v.offset(static_cast<uint64_t>(i));
@@ -230,6 +254,17 @@ int64_t max_token(const CorpusView& v, int64_t begin, int64_t end) {
     }
   }
   return best;
+}
+
+}  // namespace
+
+int64_t max_token(const CorpusView& v, int64_t begin, int64_t end, int threads) {
+  const int parts = resolve_threads(threads);
+  std::vector<int64_t> best(static_cast<size_t>(parts), -1);
+  parallel_parts(parts, end - begin, [&](int p, int64_t a, int64_t b) {
+    best[static_cast<size_t>(p)] = max_token_serial(v, begin + a, begin + b);
+  });
+  return *std::max_element(best.begin(), best.end());
 }
 
 MMapCorpus::MMapCorpus(const std::string& prefix)

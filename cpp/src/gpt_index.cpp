@@ -1,9 +1,13 @@
 #include "llmpre/gpt_index.h"
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <sstream>
+#include <thread>
 
 #include "llmpre/numpy_random.h"
 
@@ -23,46 +27,156 @@ double parse_split_number(const std::string& text, const std::string& whole) {
   return v;
 }
 
-// doc_idx for `epochs` passes over items [begin, end), shuffled once.
-void append_shuffled_epochs(std::vector<int32_t>& out, int64_t begin, int64_t end,
-                            int64_t epochs, MT19937& rng) {
-  const size_t start = out.size();
-  for (int64_t e = 0; e < epochs; ++e) {
-    for (int64_t d = begin; d < end; ++d) out.push_back(static_cast<int32_t>(d));
-  }
-  rng.shuffle(out.data() + start, static_cast<int64_t>(out.size() - start));
+// One entry of doc_idx while it is being shuffled: the item and its size
+// travel together, so filling sample_idx afterwards reads sizes in order
+// instead of gathering them at random (a swap moves one cache line either way).
+struct DocEntry {
+  int32_t item;
+  int32_t size;
+};
+
+// A stretch of doc_idx shuffled on its own: `len` entries from `start`.
+struct Segment {
+  int64_t start;
+  int64_t len;
+};
+
+constexpr uint64_t kChunk = uint64_t(1) << 16;  // draws handed over at a time
+constexpr uint64_t kMaxFastLen = uint64_t(1) << 32;  // shuffle_draws needs i < 2**32
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+uint64_t draws_of(int64_t len) { return len > 1 ? static_cast<uint64_t>(len - 1) : 0; }
+
+// Fisher-Yates of x[0, len) in chunks: draw, then swap with prefetching.
 template <typename T>
-void fill_sample_idx(const CorpusView& corpus, const std::vector<int32_t>& doc_idx,
-                     int64_t seq_length, int64_t num_samples, std::vector<T>& out) {
-  out.assign(2 * static_cast<size_t>(num_samples + 1), 0);
-  int64_t doc_idx_index = 0;
-  int64_t doc_offset = 0;
-  for (int64_t sample = 1; sample <= num_samples; ++sample) {
-    int64_t remaining = seq_length + 1;
-    while (remaining != 0) {
-      const int64_t doc_length = corpus.size(doc_idx[doc_idx_index]) - doc_offset;
-      remaining -= doc_length;
-      if (remaining <= 0) {
-        doc_offset += remaining + doc_length - 1;
-        remaining = 0;
-      } else {
-        ++doc_idx_index;
-        doc_offset = 0;
+void shuffle_in_chunks(MT19937& rng, T* x, int64_t len, uint32_t* scratch) {
+  const uint64_t total = draws_of(len);
+  if (static_cast<uint64_t>(len) > kMaxFastLen) {
+    rng.shuffle(x, len);  // 64-bit draws: the plain loop (never met in practice)
+    return;
+  }
+  for (uint64_t done = 0; done < total; done += kChunk) {
+    const uint64_t count = std::min(kChunk, total - done);
+    const uint64_t top = static_cast<uint64_t>(len - 1) - done;
+    rng.shuffle_draws(top, count, scratch);
+    apply_shuffle(x, top, count, scratch);
+  }
+}
+
+// The draws of every doc_idx segment, in the generator's order, published
+// chunk by chunk to the thread that applies them.
+class DocDraws {
+ public:
+  explicit DocDraws(const std::vector<Segment>& segs) {
+    uint64_t total = 0;
+    for (const Segment& s : segs) total += draws_of(s.len);
+    js_ = Buffer<uint32_t>(total);
+  }
+  void generate(MT19937& rng, const std::vector<Segment>& segs) {
+    uint64_t offset = 0;
+    for (const Segment& s : segs) {
+      const uint64_t total = draws_of(s.len);
+      for (uint64_t done = 0; done < total; done += kChunk) {
+        const uint64_t count = std::min(kChunk, total - done);
+        rng.shuffle_draws(static_cast<uint64_t>(s.len - 1) - done, count, js_.data() + offset);
+        offset += count;
+        ready_.store(offset, std::memory_order_release);
       }
     }
-    out[2 * sample] = static_cast<T>(doc_idx_index);
-    out[2 * sample + 1] = static_cast<T>(doc_offset);
+  }
+  void fail() { failed_.store(true, std::memory_order_release); }
+  // Waits until draws [0, upto) exist; false if the generator failed.
+  bool wait(uint64_t upto) const {
+    while (ready_.load(std::memory_order_acquire) < upto) {
+      if (failed_.load(std::memory_order_acquire)) return false;
+      std::this_thread::yield();
+    }
+    return true;
+  }
+  const uint32_t* data() const { return js_.data(); }
+
+ private:
+  Buffer<uint32_t> js_;
+  std::atomic<uint64_t> ready_{0};
+  std::atomic<bool> failed_{false};
+};
+
+// Entries [a, b) of the segments: `docs` items from `begin`, tiled.
+void fill_entries(const CorpusView& corpus, int64_t begin, int64_t docs,
+                  const std::vector<Segment>& segs, DocEntry* e, int64_t a, int64_t b) {
+  for (const Segment& s : segs) {
+    const int64_t lo = std::max(a, s.start), hi = std::min(b, s.start + s.len);
+    if (lo >= hi) continue;
+    int64_t d = (lo - s.start) % docs;
+    for (int64_t q = lo; q < hi; ++q) {
+      e[q].item = static_cast<int32_t>(begin + d);
+      e[q].size = corpus.size(static_cast<uint64_t>(begin + d));
+      if (++d == docs) d = 0;
+    }
   }
 }
 
+// Applies the published draws to each segment, in the generator's order.
+void apply_doc_draws(const DocDraws& draws, const std::vector<Segment>& segs, DocEntry* e) {
+  uint64_t offset = 0;
+  for (const Segment& s : segs) {
+    const uint64_t total = draws_of(s.len);
+    for (uint64_t done = 0; done < total; done += kChunk) {
+      const uint64_t count = std::min(kChunk, total - done);
+      if (!draws.wait(offset + count)) return;  // the generator's error is rethrown
+      apply_shuffle(e + s.start, static_cast<uint64_t>(s.len - 1) - done, count,
+                    draws.data() + offset);
+      offset += count;
+    }
+  }
+}
+
+// doc_idx from the shuffled entries, and sample_idx rows 0..n: row k is the
+// position p = k*seq_length of the token stream written as (doc_idx position
+// q, offset p - start of q), with the q whose tokens hold p (the last token
+// of a document when p ends it exactly); row 0 is (0, 0). This is what
+// PaddleNLP's document walk (helpers.cpp build_sample_idx) records.
+template <typename S>
+void fill_doc_and_sample_idx(const DocEntry* e, int64_t n_doc, int64_t seq_length,
+                             int64_t n, int threads, int32_t* doc_idx, S* rows) {
+  const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n_doc)));
+  std::vector<int64_t> start(static_cast<size_t>(parts) + 1, 0);
+  parallel_parts(parts, n_doc, [&](int p, int64_t a, int64_t b) {
+    int64_t sum = 0;
+    for (int64_t q = a; q < b; ++q) {
+      doc_idx[q] = e[q].item;
+      sum += e[q].size;
+    }
+    start[static_cast<size_t>(p) + 1] = sum;
+  });
+  for (int p = 0; p < parts; ++p) start[p + 1] += start[p];
+  rows[0] = 0;
+  rows[1] = 0;
+  parallel_parts(parts, n_doc, [&](int p, int64_t a, int64_t b) {
+    int64_t lo = start[static_cast<size_t>(p)];
+    int64_t k = std::max<int64_t>(1, (lo + seq_length - 1) / seq_length);
+    for (int64_t q = a; q < b && k <= n; ++q) {
+      const int64_t hi = lo + e[q].size;
+      for (; k <= n && k * seq_length < hi; ++k) {
+        rows[2 * k] = static_cast<S>(q);
+        rows[2 * k + 1] = static_cast<S>(k * seq_length - lo);
+      }
+      lo = hi;
+    }
+  });
+}
+
 template <typename T>
-void fill_shuffle_idx(int64_t first, int64_t total, MT19937& rng, std::vector<T>& out) {
-  out.resize(static_cast<size_t>(total));
+Buffer<T> shuffled_range(MT19937& rng, int64_t first, int64_t total) {
+  Buffer<T> out(static_cast<size_t>(total));
   for (int64_t i = 0; i < total; ++i) out[i] = static_cast<T>(i);
-  rng.shuffle(out.data(), first);
-  if (first < total) rng.shuffle(out.data() + first, total - first);
+  Buffer<uint32_t> scratch(kChunk);
+  shuffle_in_chunks(rng, out.data(), first, scratch.data());
+  if (first < total) shuffle_in_chunks(rng, out.data() + first, total - first, scratch.data());
+  return out;
 }
 
 }  // namespace
@@ -134,7 +248,8 @@ int64_t count_tokens(const CorpusView& corpus, int64_t begin, int64_t end) {
 }
 
 GptIndex build_gpt_index(const CorpusView& corpus, int64_t begin, int64_t end,
-                         int64_t num_samples, int64_t seq_length, uint32_t seed) {
+                         int64_t num_samples, int64_t seq_length, uint32_t seed,
+                         int threads) {
   if (begin < 0 || end > static_cast<int64_t>(corpus.num_items) || begin >= end) {
     throw DataError("document range [" + std::to_string(begin) + ", " + std::to_string(end) +
                     ") is empty or outside the corpus of " +
@@ -144,37 +259,93 @@ GptIndex build_gpt_index(const CorpusView& corpus, int64_t begin, int64_t end,
     throw DataError("corpus has more than 2**31-1 items; PaddleNLP's int32 doc_idx cannot "
                     "index it, split the corpus into several prefixes and blend them");
   }
+  const int workers = resolve_threads(threads);
   GptIndex g;
   g.plan = plan_gpt_index(count_tokens(corpus, begin, end), seq_length, num_samples);
   const GptIndexPlan& p = g.plan;
-  MT19937 rng(seed);
-
   const int64_t docs = end - begin;
-  g.doc_idx.reserve(static_cast<size_t>(docs * p.num_epochs));
-  if (!p.separate_last_epoch) {
-    append_shuffled_epochs(g.doc_idx, begin, end, p.num_epochs, rng);
+  const int64_t n_doc = docs * p.num_epochs;
+  std::vector<Segment> segs;
+  if (p.separate_last_epoch) {
+    segs = {{0, docs * (p.num_epochs - 1)}, {docs * (p.num_epochs - 1), docs}};
   } else {
-    append_shuffled_epochs(g.doc_idx, begin, end, p.num_epochs - 1, rng);
-    append_shuffled_epochs(g.doc_idx, begin, end, 1, rng);
+    segs = {{0, n_doc}};
   }
-
   const int64_t n = p.total_samples;
-  const int64_t i32max = std::numeric_limits<int32_t>::max();
-  // Rows hold a doc_idx position and an offset inside one item (< 2**31).
-  g.sample_idx_int64 = static_cast<int64_t>(g.doc_idx.size()) > i32max;
-  if (g.sample_idx_int64) {
-    fill_sample_idx(corpus, g.doc_idx, seq_length, n, g.sample_idx64);
-  } else {
-    fill_sample_idx(corpus, g.doc_idx, seq_length, n, g.sample_idx32);
-  }
-
   const int64_t first = p.separate_last_epoch ? p.samples_from_epochs_minus_one : n;
   g.shuffle_idx_int64 = n >= static_cast<int64_t>(std::numeric_limits<uint32_t>::max()) - 1;
-  if (g.shuffle_idx_int64) {
-    fill_shuffle_idx(first, n, rng, g.shuffle_idx64);
+  g.sample_idx_int64 = n_doc > std::numeric_limits<int32_t>::max();
+
+  MT19937 rng(seed);
+  const auto t_start = std::chrono::steady_clock::now();
+  double t_gen = 0;
+  Buffer<DocEntry> entries(static_cast<size_t>(n_doc));
+  bool fast = true;
+  for (const Segment& s : segs) fast = fast && static_cast<uint64_t>(s.len) <= kMaxFastLen;
+
+  // The random stream is consumed in PaddleNLP's order whatever the threads:
+  // doc_idx segments, then the two parts of shuffle_idx.
+  auto shuffle_part = [&] {
+    if (g.shuffle_idx_int64) {
+      g.shuffle_idx64 = shuffled_range<int64_t>(rng, first, n);
+    } else {
+      g.shuffle_idx32 = shuffled_range<uint32_t>(rng, first, n);
+    }
+  };
+  if (!fast) {
+    fill_entries(corpus, begin, docs, segs, entries.data(), 0, n_doc);
+    for (const Segment& s : segs) rng.shuffle(entries.data() + s.start, s.len);
+    shuffle_part();
+  } else if (workers == 1) {
+    DocDraws draws(segs);
+    draws.generate(rng, segs);
+    fill_entries(corpus, begin, docs, segs, entries.data(), 0, n_doc);
+    apply_doc_draws(draws, segs, entries.data());
+    shuffle_part();
   } else {
-    fill_shuffle_idx(first, n, rng, g.shuffle_idx32);
+    // The generator thread draws doc_idx's numbers, then builds shuffle_idx;
+    // this thread fills doc_idx and swaps as the draws arrive.
+    DocDraws draws(segs);
+    std::exception_ptr gen_error;
+    std::thread gen([&] {
+      try {
+        draws.generate(rng, segs);
+        shuffle_part();
+        t_gen = seconds_since(t_start);
+      } catch (...) {
+        gen_error = std::current_exception();
+        draws.fail();
+      }
+    });
+    try {
+      parallel_parts(std::max(1, workers - 1), n_doc, [&](int, int64_t a, int64_t b) {
+        fill_entries(corpus, begin, docs, segs, entries.data(), a, b);
+      });
+      apply_doc_draws(draws, segs, entries.data());
+    } catch (...) {
+      draws.fail();
+      gen.join();
+      throw;
+    }
+    gen.join();
+    if (gen_error) std::rethrow_exception(gen_error);
   }
+
+  const double t_docs = seconds_since(t_start);
+  g.doc_idx = Buffer<int32_t>(static_cast<size_t>(n_doc));
+  const size_t rows = 2 * static_cast<size_t>(n + 1);
+  if (g.sample_idx_int64) {
+    g.sample_idx64 = Buffer<int64_t>(rows);
+    fill_doc_and_sample_idx(entries.data(), n_doc, seq_length, n, workers, g.doc_idx.data(),
+                            g.sample_idx64.data());
+  } else {
+    g.sample_idx32 = Buffer<int32_t>(rows);
+    fill_doc_and_sample_idx(entries.data(), n_doc, seq_length, n, workers, g.doc_idx.data(),
+                            g.sample_idx32.data());
+  }
+  g.timings = {{"draws+shuffle_idx", t_gen},
+               {"doc_idx", t_docs},
+               {"sample_idx", seconds_since(t_start) - t_docs}};
   return g;
 }
 

@@ -89,3 +89,25 @@ def test_legacy_layout_errors(tmp_path):
              docs=np.array([0, 1, 2]))
     with pytest.raises(DataError, match="past the end"):
         open_corpus(str(tmp_path / "old"))
+
+
+def test_large_index_names_the_first_bad_entry(tmp_path):
+    """Big indexes are checked on several threads; the error still names the first problem."""
+    n = 1_300_000
+    sizes = np.ones(n, dtype="<i4")
+    sizes[1_200_000] = -3
+    sizes[700_000] = -2
+    pointers = np.arange(n, dtype="<i8") * 2
+    doc_idx = np.arange(n + 1, dtype="<i8")
+    prefix = tmp_path / "big"
+    header = b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, 8, n, n + 1)
+    prefix.with_suffix(".idx").write_bytes(header + sizes.tobytes() + pointers.tobytes() + doc_idx.tobytes())
+    prefix.with_suffix(".bin").write_bytes(bytes(2 * n))
+    with pytest.raises(DataError, match="item 700000 has a negative size"):
+        open_corpus(str(prefix))
+    sizes[[700_000, 1_200_000]] = 1
+    doc_idx[1_250_000] = 0
+    doc_idx[900_000] = 5
+    prefix.with_suffix(".idx").write_bytes(header + sizes.tobytes() + pointers.tobytes() + doc_idx.tobytes())
+    with pytest.raises(DataError, match="doc_idx decreases at entry 900000"):
+        open_corpus(str(prefix))

@@ -123,6 +123,6 @@ void validate_view(const CorpusView& v, const std::string& what);
 
 // Largest token id in items [begin, end) (-1 when they hold no tokens); used
 // to check a corpus against a model's vocabulary before training.
-int64_t max_token(const CorpusView& v, int64_t begin, int64_t end);
+int64_t max_token(const CorpusView& v, int64_t begin, int64_t end, int threads = 1);
 
 }  // namespace llmpre

@@ -17,8 +17,10 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "llmpre/buffer.h"
 #include "llmpre/corpus.h"
 
 namespace llmpre {
@@ -43,17 +45,26 @@ int64_t count_tokens(const CorpusView& corpus, int64_t begin, int64_t end);
 
 struct GptIndex {
   GptIndexPlan plan;
-  std::vector<int32_t> doc_idx;
-  bool sample_idx_int64 = false;  // int32 unless an entry would overflow it
-  std::vector<int32_t> sample_idx32;
-  std::vector<int64_t> sample_idx64;
+  Buffer<int32_t> doc_idx;
+  bool sample_idx_int64 = false;  // int32 unless a doc_idx position would overflow it
+  Buffer<int32_t> sample_idx32;   // flattened [N+1, 2]
+  Buffer<int64_t> sample_idx64;
   bool shuffle_idx_int64 = false;  // uint32 unless N >= 2**32 - 2, like numpy's path
-  std::vector<uint32_t> shuffle_idx32;
-  std::vector<int64_t> shuffle_idx64;
+  Buffer<uint32_t> shuffle_idx32;
+  Buffer<int64_t> shuffle_idx64;
+  // Wall seconds of each phase, for benchmarks: "draws+shuffle_idx" (the
+  // generator thread), "doc_idx" (fill + swaps), "sample_idx".
+  std::vector<std::pair<std::string, double>> timings;
 };
 
+// The whole index in C++. `threads` (0: all cores, at most 8) only changes the
+// speed: the result is the same for any value. With two or more threads one
+// thread draws the random numbers (doc_idx, then shuffle_idx, which it also
+// shuffles) while another swaps doc_idx entries; sample_idx is then filled in
+// parallel from prefix sums of the shuffled document sizes.
 GptIndex build_gpt_index(const CorpusView& corpus, int64_t begin, int64_t end,
-                         int64_t num_samples, int64_t seq_length, uint32_t seed);
+                         int64_t num_samples, int64_t seq_length, uint32_t seed,
+                         int threads = 0);
 
 // Read-only typed view of an index array (numpy arrays may come from the
 // cache with any of the dtypes PaddleNLP writes).

@@ -10,12 +10,13 @@ import hashlib
 
 import numpy as np
 
-from llmpre.data.gpt_dataset import SPLIT_NAMES, GPTDataset, build_gpt_datasets
+from llmpre.data.blend import BlendedDataset, build_datasets
+from llmpre.data.gpt_dataset import SPLIT_NAMES
 
 CHUNK = 4096  # samples hashed per gather
 
 
-def hash_samples(ds: GPTDataset, count: int) -> str:
+def hash_samples(ds, count: int) -> str:
     """sha256 over samples ``0..count-1`` in dataset order, each as little-endian int64."""
     h = hashlib.sha256()
     for start in range(0, count, CHUNK):
@@ -24,20 +25,30 @@ def hash_samples(ds: GPTDataset, count: int) -> str:
     return h.hexdigest()
 
 
-def fingerprint(prefix: str, split: str, seq_length: int, seed: int, num_samples,
+def fingerprint(data: str, split: str, seq_length: int, seed: int, num_samples,
                 data_cache: str | None = None, use_cache: bool = True) -> dict:
-    datasets = build_gpt_datasets(prefix, split, num_samples, seq_length, seed,
-                                  data_cache=data_cache, use_cache=use_cache)
+    """``data`` is a prefix, a directory of corpora or ``"w1 p1 w2 p2 ..."``."""
+    datasets = build_datasets(data, split, num_samples, seq_length, seed,
+                              data_cache=data_cache, use_cache=use_cache)
     out = {}
     for name in SPLIT_NAMES:
         ds = datasets[name]
         if ds is None:
             continue
-        out[name] = {
-            "num_epochs": ds.num_epochs,
-            "separate_last_epoch": ds.separate_last_epoch,
-            "len": len(ds),
-            "sha256_all": hash_samples(ds, len(ds)),
-            "sha256_requested": hash_samples(ds, min(ds.num_samples, len(ds))),
-        }
+        entry = {"num_epochs": ds.num_epochs}
+        if not isinstance(ds, BlendedDataset):
+            entry["separate_last_epoch"] = ds.separate_last_epoch
+        entry["len"] = len(ds)
+        entry["sha256_all"] = hash_samples(ds, len(ds))
+        entry["sha256_requested"] = hash_samples(ds, min(ds.num_samples, len(ds)))
+        if isinstance(ds, BlendedDataset):
+            entry["weights"] = [float(w) for w in ds.weights]
+            entry["datasets"] = [
+                {"prefix": c.prefix, "num_samples": c.num_samples, "len": len(c),
+                 "num_epochs": c.num_epochs, "separate_last_epoch": c.separate_last_epoch}
+                for c in ds.datasets
+            ]
+            entry["samples_per_dataset"] = np.bincount(
+                np.asarray(ds.dataset_index, dtype=np.int64), minlength=len(ds.datasets)).tolist()
+        out[name] = entry
     return out

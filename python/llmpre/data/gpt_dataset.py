@@ -12,15 +12,13 @@ cache.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 
 from llmpre import _core
 from llmpre._core import DataError
 from llmpre.data.corpus import open_corpus
+from llmpre.data.index_cache import BuildPolicy, IndexCache
 
 __all__ = ["GPTDataset", "IndexCache", "build_gpt_datasets", "SPLIT_NAMES"]
 
@@ -37,73 +35,12 @@ def gpt_desc(prefix: str, name: str, num_samples: int, seq_length: int, seed: in
     )
 
 
-@dataclass(frozen=True)
-class IndexCache:
-    """Where index files live: PaddleNLP's lookup order, first hit wins.
-
-    ``<dirname(prefix)>/index-cache`` is searched first, then ``data_cache``
-    (PaddleNLP's ``--data_cache``). A new index is written to the last
-    candidate: ``data_cache`` when given, else ``index-cache``.
-    """
-
-    data_cache: str | None = None
-
-    def candidates(self, prefix: str) -> list[str]:
-        dirs = [os.path.join(os.path.dirname(prefix), "index-cache")]
-        if self.data_cache:
-            dirs.append(self.data_cache)
-        return dirs
-
-    @staticmethod
-    def files(directory: str, digest: str) -> dict[str, str]:
-        base = os.path.join(directory, digest)
-        return {
-            "desc": base + ".dsc",
-            "doc_idx": base + "_doc_idx.npy",
-            "sample_idx": base + "_sample_idx.npy",
-            "shuffle_idx": base + "_shuffle_idx.npy",
-        }
-
-    def find(self, prefix: str, digest: str) -> dict[str, str] | None:
-        for d in self.candidates(prefix):
-            f = self.files(d, digest)
-            if all(os.path.isfile(p) for p in f.values()):
-                return f
-        return None
-
-    def target(self, prefix: str, digest: str) -> dict[str, str]:
-        return self.files(self.candidates(prefix)[-1], digest)
-
-
-def _atomic_write(path: str, write) -> None:
-    """Write through a temporary file in the same directory, then rename."""
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _save_index(files: dict[str, str], desc: str, arrays: dict[str, np.ndarray]) -> None:
-    directory = os.path.dirname(files["desc"])
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise DataError(
-            f"cannot create the index cache directory {directory} ({e}); "
-            "pass a writable --data-cache directory"
-        ) from None
-    for key in ("doc_idx", "sample_idx", "shuffle_idx"):
-        _atomic_write(files[key], lambda f, a=arrays[key]: np.save(f, a, allow_pickle=True))
-    # The .dsc goes last: a reader that sees all four files sees complete arrays.
-    _atomic_write(files["desc"], lambda f: f.write(desc.encode("utf-8")))
+GPT_SUFFIXES = {
+    "desc": ".dsc",
+    "doc_idx": "_doc_idx.npy",
+    "sample_idx": "_sample_idx.npy",
+    "shuffle_idx": "_shuffle_idx.npy",
+}
 
 
 class GPTDataset:
@@ -119,12 +56,15 @@ class GPTDataset:
         seq_length: tokens per training sequence; items are ``seq_length + 1`` long.
         seed: PaddleNLP's ``seed`` (one ``RandomState(seed)`` per split).
         split: the split string, e.g. ``"949,50,1"`` (part of the cache name).
-        cache: where index files are looked up and written.
+        cache: where index files are looked up and written, and which rank
+            builds a missing index (:class:`llmpre.data.index_cache.IndexCache`).
+        use_cache: False builds in memory and touches no file.
+        threads: threads of the C++ builder (0: all cores, at most 8).
     """
 
     def __init__(self, corpus: _core.Corpus, prefix: str, name: str, begin: int, end: int,
                  num_samples: int, seq_length: int, seed: int, split: str,
-                 cache: IndexCache | None = None, use_cache: bool = True):
+                 cache: IndexCache | None = None, use_cache: bool = True, threads: int = 0):
         self.corpus = corpus
         self.prefix = prefix
         self.name = name
@@ -144,23 +84,25 @@ class GPTDataset:
         self.cache_files: dict[str, str] | None = None
         self.loaded_from_cache = False
 
-        cache = cache or IndexCache()
-        found = cache.find(prefix, self.desc_hash) if use_cache else None
-        if found is not None:
-            self._load(found, plan)
-            self.cache_files, self.loaded_from_cache = found, True
-        else:
+        def build() -> dict[str, np.ndarray]:
             built = _core.build_gpt_index(corpus, self.begin, self.end, self.num_samples,
-                                          self.seq_length, self.seed)
-            self.doc_idx = built["doc_idx"]
-            self.sample_idx = built["sample_idx"]
-            self.shuffle_idx = built["shuffle_idx"]
-            if use_cache:
-                target = cache.target(prefix, self.desc_hash)
-                _save_index(target, self.desc, {"doc_idx": self.doc_idx,
-                                                "sample_idx": self.sample_idx,
-                                                "shuffle_idx": self.shuffle_idx})
-                self.cache_files = target
+                                          self.seq_length, self.seed, threads)
+            return {k: built[k] for k in ("doc_idx", "sample_idx", "shuffle_idx")}
+
+        if not use_cache:
+            arrays = build()
+        else:
+            cache = cache or IndexCache()
+            what = f"the {name} index of {prefix}"
+            self.cache_files, arrays = cache.obtain(prefix, self.desc_hash, GPT_SUFFIXES,
+                                                    self.desc, build, what)
+        if arrays is None:
+            self._load(self.cache_files, plan)
+            self.loaded_from_cache = True
+        else:
+            self.doc_idx = arrays["doc_idx"]
+            self.sample_idx = arrays["sample_idx"]
+            self.shuffle_idx = arrays["shuffle_idx"]
 
     def _load(self, files: dict[str, str], plan: dict) -> None:
         try:
@@ -210,9 +152,14 @@ class GPTDataset:
 
 def build_gpt_datasets(prefix: str, split: str, num_samples, seq_length: int, seed: int,
                        data_cache: str | None = None, use_cache: bool = True,
-                       corpus: _core.Corpus | None = None) -> dict[str, GPTDataset | None]:
+                       corpus: _core.Corpus | None = None, share_folder: bool = False,
+                       policy: BuildPolicy | None = None,
+                       threads: int = 0) -> dict[str, GPTDataset | None]:
     """train/valid/test datasets of one corpus, as PaddleNLP's
-    ``build_train_valid_test_datasets`` makes them (``None`` for an empty split)."""
+    ``build_train_valid_test_datasets`` makes them (``None`` for an empty split).
+
+    ``policy`` (default: ranks from the environment, ``share_folder``) says
+    which process builds a missing cache and how long the others wait."""
     num_samples = list(num_samples)
     if len(num_samples) != 3 or any(int(n) < 0 for n in num_samples):
         raise DataError(f"num_samples must be three non-negative counts, got {num_samples}")
@@ -220,13 +167,13 @@ def build_gpt_datasets(prefix: str, split: str, num_samples, seq_length: int, se
         raise DataError(f"seq_length must be positive, got {seq_length}")
     corpus = corpus if corpus is not None else open_corpus(prefix)
     bounds = _core.split_ranges(split, corpus.num_items)
-    cache = IndexCache(data_cache)
+    cache = IndexCache(data_cache, policy or BuildPolicy(share_folder=share_folder))
     out: dict[str, GPTDataset | None] = {}
     for i, name in enumerate(SPLIT_NAMES):
         if bounds[i + 1] > bounds[i]:
             out[name] = GPTDataset(corpus, prefix, name, bounds[i], bounds[i + 1],
                                    int(num_samples[i]), seq_length, seed, split, cache,
-                                   use_cache=use_cache)
+                                   use_cache=use_cache, threads=threads)
         else:
             out[name] = None
     return out

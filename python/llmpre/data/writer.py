@@ -34,7 +34,7 @@ import numpy as np
 
 from llmpre._core import DataError
 
-__all__ = ["DTYPE_CODES", "CorpusWriter", "best_dtype", "write_corpus"]
+__all__ = ["DTYPE_CODES", "CorpusWriter", "best_dtype", "index_bytes", "write_corpus"]
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -64,6 +64,19 @@ def best_dtype(vocab_size: int) -> np.dtype:
     if vocab_size <= 0:
         raise ValueError(f"vocab_size must be positive, got {vocab_size}")
     return np.dtype(np.uint16) if vocab_size < 65535 else np.dtype(np.int32)
+
+
+def index_bytes(dtype: DTypeLike, sizes: np.ndarray, doc_idx: np.ndarray) -> bytes:
+    """The whole ``.idx`` file for items of ``sizes`` tokens (stored back to
+    back in ``.bin``) grouped by ``doc_idx``."""
+    dt = _check_dtype(dtype)
+    sizes = np.asarray(sizes)
+    pointers = np.zeros(len(sizes), dtype="<i8")
+    if len(sizes) > 1:
+        np.cumsum(sizes[:-1].astype(np.int64) * dt.itemsize, out=pointers[1:])
+    header = MAGIC + struct.pack("<QBQQ", VERSION, DTYPE_CODES[dt], len(sizes), len(doc_idx))
+    return b"".join((header, sizes.astype("<i4").tobytes(), pointers.tobytes(),
+                     np.asarray(doc_idx).astype("<i8").tobytes()))
 
 
 def _check_dtype(dtype: DTypeLike) -> np.dtype:
@@ -189,16 +202,51 @@ class CorpusWriter:
         self.add_item(tokens)
         self.end_document()
 
+    def add_documents(self, tokens: np.ndarray, item_sizes: np.ndarray,
+                      items_per_doc: np.ndarray) -> None:
+        """Many documents at once: ``tokens`` is their items back to back,
+        ``item_sizes`` the length of each item and ``items_per_doc`` how many
+        items each document has. Same result as the matching add_item /
+        end_document calls, one write."""
+        self._check_open()
+        tokens = np.asarray(tokens)
+        sizes = np.asarray(item_sizes, dtype=np.int64)
+        per_doc = np.asarray(items_per_doc, dtype=np.int64)
+        if tokens.ndim != 1 or sizes.ndim != 1 or per_doc.ndim != 1:
+            raise DataError(f"{self.prefix}: add_documents takes 1-D arrays")
+        if len(self._sizes) != self._doc_idx[-1]:
+            raise DataError(f"{self.prefix}: add_documents() after an unfinished document; "
+                            "call end_document() first")
+        if int(sizes.sum()) != tokens.size or int(per_doc.sum()) != sizes.size:
+            raise DataError(f"{self.prefix}: add_documents: {tokens.size} tokens, item sizes "
+                            f"summing to {int(sizes.sum())}, {sizes.size} items and documents "
+                            f"holding {int(per_doc.sum())}; they must agree")
+        if sizes.size and (sizes.min() <= 0 or sizes.max() > np.iinfo(np.int32).max):
+            raise DataError(f"{self.prefix}: items must hold 1 to 2**31-1 tokens")
+        if per_doc.size and per_doc.min() <= 0:
+            raise DataError(f"{self.prefix}: empty documents are not written")
+        if tokens.size:
+            if tokens.dtype.kind not in "iu":
+                raise DataError(f"{self.prefix}: token ids must be integers, got dtype {tokens.dtype}")
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < self._info.min or hi > self._info.max:
+                bad = lo if lo < self._info.min else hi
+                raise DataError(
+                    f"{self.prefix}: token id {bad} does not fit {self.dtype.name} "
+                    f"[{self._info.min}, {self._info.max}]; write with a wider dtype")
+            data = np.ascontiguousarray(tokens, dtype=self.dtype.newbyteorder("<"))
+            try:
+                self._bin.write(data.tobytes())
+            except OSError as e:
+                raise DataError(f"{self._bin_tmp}: write failed ({e})") from None
+        base = len(self._sizes)
+        self._sizes.extend(sizes.astype(np.int32).tolist())
+        self._doc_idx.extend((base + np.cumsum(per_doc)).tolist())
+        self._num_tokens += int(tokens.size)
+
     def _index_bytes(self) -> bytes:
         sizes = np.frombuffer(self._sizes, dtype=np.int32) if len(self._sizes) else np.zeros(0, np.int32)
-        pointers = np.zeros(len(sizes), dtype="<i8")
-        if len(sizes) > 1:
-            np.cumsum(sizes[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
-        doc_idx = np.frombuffer(self._doc_idx, dtype=np.int64)
-        header = MAGIC + struct.pack("<QBQQ", VERSION, DTYPE_CODES[self.dtype], len(sizes), len(doc_idx))
-        return b"".join(
-            (header, sizes.astype("<i4").tobytes(), pointers.tobytes(), doc_idx.astype("<i8").tobytes())
-        )
+        return index_bytes(self.dtype, sizes, np.frombuffer(self._doc_idx, dtype=np.int64))
 
     def finalize(self) -> None:
         """Write the index and move both files onto ``PREFIX.bin`` / ``PREFIX.idx``."""

@@ -45,13 +45,14 @@ class TrainingArguments:
     num_hidden_layers: typing.Optional[int] = _f(None, "Override the model's number of layers.")
     # ---- data ----
     input_dir: typing.Optional[str] = _f(
-        None, "Corpus prefix, a directory holding one, or \"w1 prefix1 w2 prefix2\". "
-        "Default: the bundled English corpus.")
+        None, "Corpus prefix, a directory of corpora (several: equal weights), or "
+        "\"w1 prefix1 w2 prefix2\" (a weighted blend). Default: the bundled English corpus.")
     split: str = _f("949,50,1", "train,valid,test proportions over corpus items.")
     max_seq_length: int = _f(1024, "Tokens per training sequence.")
     data_cache: typing.Optional[str] = _f(None, "Extra index-cache directory (searched after "
                                           "<data dir>/index-cache/, written when given).")
-    share_folder: bool = _f(False, "Index cache is on a shared filesystem (one builder).")
+    share_folder: bool = _f(False, "Index cache is on a shared filesystem: global rank 0 "
+                            "builds it (else local rank 0 of each node).")
     data_impl: str = _f("mmap", "Corpus format; only 'mmap' (.bin/.idx, or legacy .npy/.npz).",
                         choices=("mmap",))
     skip_warmup: bool = _f(True, "Kept for PaddleNLP compatibility (mmap pages load lazily).")
@@ -111,18 +112,35 @@ class TrainingArguments:
     fp16: bool = _f(False, "float16 mixed precision with dynamic loss scaling (GPU build).")
     fp16_opt_level: str = _f("O1", "AMP level for bf16/fp16: O1 autocast with fp32 weights, O2 "
                              "low-precision weights with fp32 master weights.", choices=("O1", "O2"))
-    use_flash_attention: bool = _f(False, "Fused flash attention kernel.")
-    use_fused_rms_norm: bool = _f(False, "Fused RMSNorm kernel.")
-    use_fused_rope: bool = _f(False, "Fused rotary embedding kernel.")
-    recompute: bool = _f(False, "Activation recomputation.")
-    recompute_granularity: str = _f("full", "full, full_attn or core_attn (with recompute).",
+    # ---- fused ops (llmpre.ops.select_ops): unset = fused where this build has the kernel,
+    # true = fused required (error if unavailable), false = pure-Paddle reference op ----
+    use_flash_attention: typing.Optional[bool] = _f(None, "Fused flash attention kernel "
+                                                    "(unset: fused where built).")
+    use_fused_rms_norm: typing.Optional[bool] = _f(None, "Fused RMSNorm kernel (unset: fused where built).")
+    use_fused_rope: typing.Optional[bool] = _f(None, "Fused rotary embedding kernel (unset: fused where "
+                                               "built).")
+    use_fused_swiglu: typing.Optional[bool] = _f(None, "Fused SwiGLU kernel (llmpre; unset: fused where "
+                                                 "built).")
+    use_fused_cross_entropy: typing.Optional[bool] = _f(None, "Fused softmax cross-entropy loss kernel "
+                                                        "(llmpre; unset: fused where built).")
+    allow_reference_fallback: bool = _f(False, "If a fused op set to true is unavailable, warn and use "
+                                        "the reference op instead of stopping.")
+    # ---- parallelism (llmpre's own layers over Paddle process groups) ----
+    recompute: bool = _f(False, "Recompute activations in backward instead of keeping them.")
+    recompute_granularity: str = _f("full", "What to recompute: full (decoder layers), full_attn "
+                                    "(attention blocks) or core_attn (softmax(QK^T)V).",
                                     choices=("full", "full_attn", "core_attn"))
-    tensor_parallel_degree: int = _f(-1, "Tensor parallel degree.")
-    pipeline_parallel_degree: int = _f(-1, "Pipeline parallel degree.")
-    virtual_pp_degree: int = _f(1, "Virtual pipeline stages.")
-    sharding_parallel_degree: int = _f(-1, "Sharding group size.")
-    sharding: str = _f("", "Sharding stage: stage1, stage2 or stage3.")
-    sequence_parallel: bool = _f(False, "Megatron sequence parallelism.")
+    no_recompute_layers: typing.Optional[str] = _f(None, "Layer indices not to recompute "
+                                                   "(a JSON list or 1,2,3).")
+    tensor_parallel_degree: int = _f(-1, "Tensor parallel degree (--tp).")
+    pipeline_parallel_degree: int = _f(-1, "Pipeline parallel degree (--pp).")
+    virtual_pp_degree: int = _f(1, "Virtual pipeline stages per rank: the interleaved 1F1B "
+                                "schedule (--vpp).")
+    sharding_parallel_degree: int = _f(-1, "Sharding group size (default: all ranks left after "
+                                       "tp and pp when sharding is set).")
+    sharding: str = _f("", "Sharding stage: stage1 (optimizer state), stage2 (+ gradients), stage3 "
+                       "(+ parameters); a number N means degree N at stage1 (--sharding 4).")
+    sequence_parallel: bool = _f(False, "Megatron sequence parallelism on top of tp (--sp).")
 
     @property
     def effective_eval_steps(self) -> int:
@@ -166,35 +184,25 @@ ALIASES: dict = {
     "batch_size": "per_device_train_batch_size",
     "lr": "learning_rate",
     "threads": "num_threads",
+    "tp": "tensor_parallel_degree",
+    "pp": "pipeline_parallel_degree",
+    "vpp": "virtual_pp_degree",
+    "sp": "sequence_parallel",
 }
 
 # PaddleNLP keys llmpre does not implement (yet): the values it accepts
 # (the ones that mean "off") and what to do instead.
-_OFF_PARALLEL = "llmpre does not run parallel layouts yet; set it to 1 (or -1)"
-UNSUPPORTED: dict = {
-    "tensor_parallel_degree": ((-1, 0, 1), _OFF_PARALLEL),
-    "pipeline_parallel_degree": ((-1, 0, 1), _OFF_PARALLEL),
-    "sharding_parallel_degree": ((-1, 0, 1), _OFF_PARALLEL),
-    "virtual_pp_degree": ((1,), _OFF_PARALLEL),
-    "sharding": (("",), "sharding is not implemented yet; remove it or set it to \"\""),
-    "sequence_parallel": ((False,), "sequence parallelism is not implemented yet; set it to false"),
-    "recompute": ((False,), "activation recomputation is not implemented yet; set it to false"),
-    "use_flash_attention": ((False,), "fused kernels are not built into llmpre yet; set it to "
-                            "false (the reference attention is used)"),
-    "use_fused_rms_norm": ((False,), "fused kernels are not built into llmpre yet; set it to false"),
-    "use_fused_rope": ((False,), "fused kernels are not built into llmpre yet; set it to false"),
-}
+UNSUPPORTED: dict = {}
 
 # PaddleNLP keys that are accepted because they cannot change what llmpre
 # computes in the configurations it supports (documented in the README).
 ACCEPTED_NOOP: dict = {
     "unified_checkpoint": "llmpre checkpoints are always layout-independent safetensors",
     "unified_checkpoint_config": "see unified_checkpoint",
-    "distributed_dataloader": "single-process runs load data in the one process",
+    "distributed_dataloader": "every rank reads its own slice of the batch directly",
     "fuse_attention_qkv": "a parameter-layout choice; llmpre keeps q/k/v separate (same math)",
     "fuse_attention_ffn": "a parameter-layout choice; llmpre keeps gate/up separate (same math)",
-    "recompute_use_reentrant": "only meaningful with recompute",
-    "no_recompute_layers": "only meaningful with recompute",
+    "recompute_use_reentrant": "llmpre's recompute has one implementation (re-entrant style)",
     "skip_memory_metrics": "memory is always logged",
     "dataloader_drop_last": "pretraining datasets are sampled to exact batch multiples",
 }
@@ -257,11 +265,19 @@ def _apply(values: dict, raw: dict, where: str) -> None:
         name = _canonical(key)
         if name in ACCEPTED_NOOP:
             continue
-        if name not in fmap:
+        if name not in fmap and name != "sharding_stage":
             close = [n for n in fmap if name in n or n in name][:3]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"{where}: unknown argument `{key}`{hint} "
                               "(`llmpre train --help` lists every accepted key)")
+        if name == "no_recompute_layers" and isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        if name == "sharding" and isinstance(value, (int, str)) and str(value).strip().isdigit():
+            # `--sharding 4`: a degree; the stage stays as given (default stage1)
+            values["sharding_parallel_degree"] = int(value)
+            value = values.get("sharding") or "stage1"
+        if name == "sharding_stage":
+            value, name = f"stage{value}", "sharding"
         values[name] = _coerce(name, fmap[name], value, where)
 
 
@@ -300,6 +316,11 @@ def _validate(args: TrainingArguments, where: str) -> None:
         raise ConfigError(f"{where}: `decay_steps` must be positive")
     if args.num_threads is not None and args.num_threads <= 0:
         raise ConfigError(f"{where}: `num_threads` must be positive")
+    if args.no_recompute_layers:
+        try:
+            [int(x) for x in str(args.no_recompute_layers).split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"{where}: `no_recompute_layers` must list layer indices, like 0,1,2") from None
     if args.max_nonfinite_skips < 0:
         raise ConfigError(f"{where}: `max_nonfinite_skips` must be >= 0")
     if args.scale_loss <= 0:

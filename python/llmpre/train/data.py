@@ -20,38 +20,39 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from llmpre.data import build_gpt_datasets, corpus_exists, open_corpus
+from llmpre.data import DataSpec, build_datasets, open_corpus, parse_data_spec
 from llmpre.errors import ConfigError
 
 
-def resolve_data_prefix(spec: str | None) -> str:
-    """The corpus prefix for ``input_dir``: a prefix, or a directory holding one."""
+def resolve_data(spec: str | None) -> DataSpec:
+    """What ``input_dir`` names: one corpus, a directory of corpora (equal
+    weights when it holds several) or ``"w1 prefix1 w2 prefix2 ..."``; the
+    bundled corpus when unset."""
     if spec is None:
         from llmpre.data.default import default_corpus_prefix
 
-        return default_corpus_prefix()
-    parts = spec.split()
-    if len(parts) > 1:
-        raise ConfigError(f"input_dir '{spec}': weighted blends of several corpora are not "
-                          "implemented yet; give one corpus prefix")
-    if os.path.isdir(spec):
-        prefixes = sorted({
-            os.path.join(spec, name[: -len(suffix)])
-            for name in os.listdir(spec)
-            for suffix in (".idx", "_idx.npz")
-            if name.endswith(suffix)
-        })
-        if not prefixes:
-            raise ConfigError(f"input_dir '{spec}': the directory holds no .idx or _idx.npz "
-                              "corpus; give a corpus prefix or a directory with one")
-        if len(prefixes) > 1:
-            raise ConfigError(f"input_dir '{spec}': holds {len(prefixes)} corpora "
-                              f"({', '.join(os.path.basename(p) for p in prefixes[:4])}); "
-                              "blending several is not implemented yet, give one prefix")
-        return prefixes[0]
-    if not corpus_exists(spec):
-        open_corpus(spec)  # raises the DataError that names the missing files
-    return spec
+        return DataSpec((default_corpus_prefix(),))
+    return parse_data_spec(spec, what="input_dir")
+
+
+def resolve_data_prefix(spec: str | None) -> str:
+    """The corpus prefix for ``input_dir`` when it names a single corpus."""
+    data = resolve_data(spec)
+    if data.is_blend:
+        raise ConfigError(f"input_dir '{spec}' names a blend of {len(data.prefixes)} corpora, "
+                          "not one prefix")
+    return data.prefixes[0]
+
+
+def check_vocab(corpora: dict, vocab_size: int) -> None:
+    """Every token id must index the model's embedding: checked before training."""
+    for prefix, corpus in corpora.items():
+        biggest = corpus.max_token()
+        if biggest >= vocab_size:
+            raise ConfigError(
+                f"corpus {prefix} holds token id {biggest}, but the model's vocabulary has "
+                f"{vocab_size} entries; use the tokenizer the corpus was made with (set "
+                "tokenizer_name_or_path) or a model with a larger vocab_size")
 
 
 def requested_samples(args, world: int = 1) -> list[int]:
@@ -104,22 +105,18 @@ class TrainData:
     """The datasets of a run and readers over them."""
 
     def __init__(self, args, vocab_size: int, world: int = 1, rank: int = 0):
-        self.prefix = resolve_data_prefix(args.input_dir)
-        corpus = open_corpus(self.prefix)
-        biggest = corpus.max_token()
-        if biggest >= vocab_size:
-            raise ConfigError(
-                f"corpus {self.prefix} holds token id {biggest}, but the model's vocabulary has "
-                f"{vocab_size} entries; use the tokenizer the corpus was made with (set "
-                "tokenizer_name_or_path) or a model with a larger vocab_size")
+        self.spec = resolve_data(args.input_dir)
+        self.prefix = self.spec.describe()
+        corpora = {p: open_corpus(p) for p in self.spec.prefixes}
+        check_vocab(corpora, vocab_size)
         self.num_samples = requested_samples(args, world)
         data_cache = args.data_cache
         if args.input_dir is None and data_cache is None:
             # The bundled corpus may sit in a read-only site-packages: index it in the run dir.
             data_cache = os.path.join(args.output_dir, "index-cache")
-        self.datasets = build_gpt_datasets(self.prefix, args.split, self.num_samples,
-                                           args.max_seq_length, args.seed,
-                                           data_cache=data_cache, corpus=corpus)
+        self.datasets = build_datasets(self.spec, args.split, self.num_samples,
+                                       args.max_seq_length, args.seed, data_cache=data_cache,
+                                       share_folder=args.share_folder, corpora=corpora)
         if self.datasets["train"] is None:
             raise ConfigError(f"split '{args.split}' leaves the train split of {self.prefix} "
                               "empty; give train a positive share")
