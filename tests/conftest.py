@@ -18,3 +18,28 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def needs(path: Path):
     """Skip (with the path in the reason) when a reference fixture is absent."""
     return pytest.mark.skipif(not path.exists(), reason=f"reference fixture absent: {path}")
+
+
+def pytest_configure(config):
+    """Parallel layout tests append their throughput rows here (printed at the end)."""
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"llmpre-layouts-{os.getpid()}.jsonl")
+    if os.path.exists(path):
+        os.unlink(path)
+    os.environ["LLMPRE_LAYOUT_REPORT"] = path
+
+
+def pytest_terminal_summary(terminalreporter):
+    import json
+
+    path = os.environ.get("LLMPRE_LAYOUT_REPORT")
+    if not path or not os.path.exists(path):
+        return
+    rows = [json.loads(line) for line in open(path)]
+    terminalreporter.section("parallel layouts: throughput per device (CPU, gloo, 2 cores shared)")
+    terminalreporter.write_line(f"{'layout':<28} {'ranks':>5} {'tokens/card/s':>14} {'max memory GB':>14}")
+    for r in rows:
+        terminalreporter.write_line(f"{r['layout']:<28} {r['ranks']:>5} {r['tokens_per_card_per_s']:>14.1f} "
+                                    f"{r['max_memory_gb']:>14.3f}")
+    os.unlink(path)

@@ -65,3 +65,8 @@ def test_big_parameter_gets_its_own_bucket_and_alignment():
     assert all((b.end - b.start) % 8 == 0 for b in lay.buckets)
     with pytest.raises(ValueError):
         flat_layout([1], 0)
+
+
+def test_boundaries_start_new_buckets():
+    lay = flat_layout([4, 4, 4, 4, 4], 2, bucket_numel=100, boundaries=[2, 3])
+    assert [b.params for b in lay.buckets] == [(0, 1), (2,), (3, 4)]

@@ -22,13 +22,14 @@ def parse_size(text: str) -> int:
 
 
 def load_llmpre_checkpoint(path: Path, dtype: str):
-    """A model from a training checkpoint (``checkpoint-N/``: llmpre-named weights plus
-    ``trainer_state.json`` holding the model config), after checking its manifest."""
+    """A model from a training checkpoint (``checkpoint-N/`` of a single-process run,
+    or the sharded checkpoint of any parallel layout, reassembled), after checking
+    its manifest."""
     import paddle
-    from safetensors import safe_open
 
     from llmpre.models import ModelConfig
     from llmpre.models.hf import build
+    from llmpre.parallel.ckpt import GlobalTensors
     from llmpre.train.checkpoint import verify_checkpoint
 
     verify_checkpoint(str(path))
@@ -37,17 +38,17 @@ def load_llmpre_checkpoint(path: Path, dtype: str):
         raise ConfigError(f"{path / 'trainer_state.json'}: no model_config; not an llmpre checkpoint")
     model = build(ModelConfig.from_hf_dict(state["model_config"]), dtype)
     params = dict(model.named_parameters())
-    with safe_open(str(path / "model.safetensors"), framework="paddle") as f:
-        names = set(f.keys())
-        problems = [f"missing tensor {n}" for n in params if n not in names]
-        problems += [f"unexpected tensor {n}" for n in names if n not in params]
-        problems += [f"shape mismatch {n}: checkpoint {list(f.get_slice(n).get_shape())}, model {params[n].shape}"
-                     for n in names & set(params) if list(f.get_slice(n).get_shape()) != list(params[n].shape)]
-        if problems:
-            raise ConfigError(f"{path}: weights do not match the checkpoint's model_config: " + "; ".join(problems))
-        with paddle.no_grad():
-            for n, p in params.items():
-                p.set_value(f.get_tensor(n).astype(p.dtype))
+    tensors = GlobalTensors(str(path))
+    names = set(tensors.names())
+    problems = [f"missing tensor {n}" for n in params if n not in names]
+    problems += [f"unexpected tensor {n}" for n in names if n not in params]
+    problems += [f"shape mismatch {n}: checkpoint {tensors.meta(n)['shape']}, model {params[n].shape}"
+                 for n in names & set(params) if list(tensors.meta(n)["shape"]) != list(params[n].shape)]
+    if problems:
+        raise ConfigError(f"{path}: weights do not match the checkpoint's model_config: " + "; ".join(problems))
+    with paddle.no_grad():
+        for n, p in params.items():
+            p.set_value(paddle.to_tensor(tensors.param(n)).astype(p.dtype))
     return model
 
 

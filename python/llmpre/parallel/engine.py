@@ -35,8 +35,14 @@ class ParallelEngine:
         self.model = self.plan.model
         self.loss_fn = self.plan.loss_fn if env.dims.tp > 1 else loss_fn
         self.params = [(n, p) for n, p in self.model.named_parameters() if not p.stop_gradient]
+        self.stage3 = env.dims.sharding_stage == 3 and env.dims.sharding > 1
+        from llmpre.parallel import stage3
+
         self.optimizer = ShardedAdamW(self.params, env, betas=(args.adam_beta1, args.adam_beta2),
-                                      eps=args.adam_epsilon, weight_decay=args.weight_decay)
+                                      eps=args.adam_epsilon, weight_decay=args.weight_decay,
+                                      boundaries=stage3.unit_boundaries(self.params) if self.stage3 else ())
+        if self.stage3:
+            stage3.shard_parameters(self.model, self.params, self.optimizer)
         self.is_main = env.rank == 0
         self.world_size = env.world_size
         self.pipelined = env.dims.pp > 1
@@ -179,6 +185,7 @@ class ParallelEngine:
         self.env.barrier()
         files = pckpt.rank_files(env)
         writers = {files["rng"]: lambda path: _write(path, pickle.dumps(rng_state(self.paddle)))}
+        gathered = self.optimizer.materialise_all()     # stage 3: parameters are shards now
         if files["writes_model"]:
             arrays = {n: to_numpy(p) for n, p in self.model.named_parameters()}
             meta = {n: pckpt.param_meta(p) for n, p in self.model.named_parameters()}
@@ -192,6 +199,8 @@ class ParallelEngine:
                     for kind, arr in (("exp_avg", m), ("exp_avg_sq", v), ("master", w)):
                         pieces[f"{name}|{start}|{end}|{kind}"] = np.ascontiguousarray(arr)
             writers[files["optim"]] = lambda path: save_file(pieces, path)
+        for k in gathered:
+            self.optimizer.release_bucket(k)
         if self.is_main:
             dims = env.dims
             layout = {"format": "llmpre-sharded-1", "dims": {"dp": dims.dp, "sharding": dims.sharding,
@@ -227,6 +236,7 @@ class ParallelEngine:
             raise ckpt.CheckpointError(f"{path}: parameters missing for this model ({missing[:4]}); it "
                                        "was saved for another configuration")
         cache: dict = {}
+        released = self.optimizer.materialise_all()
         for name, p in own.items():
             value = self._tp_slice(p, tensors.param(name))
             if tuple(value.shape) != tuple(p.shape):
@@ -244,6 +254,8 @@ class ParallelEngine:
             return tuple(a[start:end] for a in cache[name])
 
         self.optimizer.load_state_pieces(lookup)
+        for k in released:
+            self.optimizer.release_bucket(k)
         with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as fh:
             state = json.load(fh)
         self.optimizer.step_count = int(state["optimizer"]["step"])

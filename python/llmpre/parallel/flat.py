@@ -67,8 +67,10 @@ class FlatLayout:
 
 
 def flat_layout(numels, num_shards: int = 1, bucket_numel: int | None = None,
-                align: int = 1) -> FlatLayout:
-    """Pack parameters of ``numels`` elements; see the module docstring."""
+                align: int = 1, boundaries=()) -> FlatLayout:
+    """Pack parameters of ``numels`` elements; see the module docstring.
+    ``boundaries``: parameter indices that must start a new bucket (stage 3
+    gathers one bucket per decoder layer)."""
     if num_shards < 1 or align < 1:
         raise ValueError("num_shards and align must be >= 1")
     numels = tuple(int(n) for n in numels)
@@ -81,8 +83,9 @@ def flat_layout(numels, num_shards: int = 1, bucket_numel: int | None = None,
     current: list = []
     start = 0
     filled = 0
+    cuts = set(boundaries)
     for i, n in enumerate(numels):
-        if current and filled + n > cap:
+        if current and (filled + n > cap or i in cuts):
             end = start + -(-filled // unit) * unit
             buckets.append(Bucket(start, end, tuple(current)))
             start, current, filled = end, [], 0

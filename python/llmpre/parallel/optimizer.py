@@ -32,7 +32,7 @@ LOW = (paddle.float16, paddle.bfloat16)
 
 class ShardedAdamW:
     def __init__(self, named_parameters, env, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 bucket_numel: int | None = None):
+                 bucket_numel: int | None = None, boundaries=()):
         self.env = env
         self.params = [(n, p) for n, p in named_parameters if not p.stop_gradient]
         self.beta1, self.beta2 = betas
@@ -41,7 +41,7 @@ class ShardedAdamW:
         self.sharding = env.groups["sharding"]
         self.dp = env.groups["dp"]
         numels = [int(np.prod(p.shape)) for _, p in self.params]
-        self.layout = flat_layout(numels, self.sharding.size, bucket_numel)
+        self.layout = flat_layout(numels, self.sharding.size, bucket_numel, boundaries=boundaries)
         self.rank = max(self.sharding.index, 0)
         self.pieces = self.layout.pieces(self.rank)
         n = self.layout.shard_numel(self.rank)
@@ -63,48 +63,68 @@ class ShardedAdamW:
         self.decay_mask = paddle.to_tensor(decay)
         self.norm_mask = paddle.to_tensor(counted)
         self.grad_shard: paddle.Tensor | None = None
+        # Stage 3: buckets whose parameters are materialised only while in use;
+        # their gradients are reduced as each unit finishes its backward.
+        self.released: set = set()
+        self.grad_accum: dict = {}
 
     # ---- gradients -------------------------------------------------------------
     @paddle.no_grad()
-    def _flat_grads(self) -> list[paddle.Tensor]:
-        """Per bucket: the fp32 gradients packed into the flat layout (zeros for padding)."""
-        out = []
-        for b in self.layout.buckets:
-            parts, pos = [], b.start
+    def _flat_grad(self, b) -> paddle.Tensor:
+        """The fp32 gradients of bucket ``b`` packed into the flat layout (zeros for padding)."""
+        parts, pos = [], b.start
+        for i in b.params:
+            _, p = self.params[i]
+            off = self.layout.offsets[i]
+            if off > pos:
+                parts.append(paddle.zeros([off - pos], dtype="float32"))
+            g = p.grad
+            g = paddle.zeros([self.layout.numels[i]], "float32") if g is None else g.astype("float32").reshape([-1])
+            parts.append(g)
+            pos = off + self.layout.numels[i]
+        if b.end > pos:
+            parts.append(paddle.zeros([b.end - pos], dtype="float32"))
+        return paddle.concat(parts) if len(parts) > 1 else parts[0]
+
+    @paddle.no_grad()
+    def _reduce_bucket(self, k: int) -> paddle.Tensor:
+        """Sum tp-replicated gradients over tp, then this rank's shard of the bucket's
+        gradient summed over every data rank (not yet averaged); frees the gradients."""
+        b = self.layout.buckets[k]
+        tp = self.env.groups["tp"]
+        if tp.size > 1:
             for i in b.params:
-                _, p = self.params[i]
-                off = self.layout.offsets[i]
-                if off > pos:
-                    parts.append(paddle.zeros([off - pos], dtype="float32"))
-                g = p.grad
-                g = paddle.zeros([self.layout.numels[i]], "float32") if g is None else g.astype("float32").reshape([-1])
-                parts.append(g)
-                pos = off + self.layout.numels[i]
-            if b.end > pos:
-                parts.append(paddle.zeros([b.end - pos], dtype="float32"))
-            out.append(paddle.concat(parts) if len(parts) > 1 else parts[0])
-        return out
+                p = self.params[i][1]
+                if getattr(p, TP_GRAD_SUM, False) and p.grad is not None:
+                    tp.all_reduce(p.grad)
+        part = self.sharding.reduce_scatter(self._flat_grad(b), axis=0)
+        self.dp.all_reduce(part)
+        for i in b.params:
+            self.params[i][1].clear_gradient(set_to_zero=False)
+        return part
+
+    @paddle.no_grad()
+    def reduce_bucket_now(self, k: int) -> None:
+        """Stage 3: reduce one unit's gradients as soon as its backward is done."""
+        part = self._reduce_bucket(k)
+        self.grad_accum[k] = part if k not in self.grad_accum else self.grad_accum[k] + part
 
     @paddle.no_grad()
     def reduce_gradients(self) -> None:
-        """Sum tp-replicated gradients over tp, then average over the data ranks and
-        keep this rank's shard (``self.grad_shard``); the parameters' own gradients
-        are released (stage 2 semantics: only the shard survives)."""
-        tp = self.env.groups["tp"]
-        if tp.size > 1:
-            for _, p in self.params:
-                if getattr(p, TP_GRAD_SUM, False) and p.grad is not None:
-                    tp.all_reduce(p.grad)
+        """Average the gradients over the data ranks and keep this rank's shard
+        (``self.grad_shard``); the parameters' own gradients are released (stage 2
+        semantics: only the shard survives)."""
         scale = 1.0 / self.env.dims.data_parallel_size
         shards = []
-        for flat in self._flat_grads():
-            part = self.sharding.reduce_scatter(flat, axis=0)
-            self.dp.all_reduce(part)
-            shards.append(part)
+        for k, b in enumerate(self.layout.buckets):
+            if k in self.released:
+                part = self.grad_accum.pop(k, None)
+                shards.append(part if part is not None else
+                              paddle.zeros([(b.end - b.start) // self.sharding.size], "float32"))
+            else:
+                shards.append(self._reduce_bucket(k))
         grad = paddle.concat(shards) if len(shards) > 1 else shards[0]
         self.grad_shard = grad * scale
-        for _, p in self.params:
-            p.clear_gradient(set_to_zero=False)
 
     @paddle.no_grad()
     def grad_norm(self) -> float:
@@ -130,21 +150,54 @@ class ShardedAdamW:
         self.grad_shard = None
         self.publish()
 
-    @paddle.no_grad()
-    def publish(self) -> None:
-        """All-gather the owned master elements and write every parameter."""
-        pos = 0
-        chunks = []
+    def _owned_chunks(self) -> list[paddle.Tensor]:
+        """This rank's master elements, one slice per bucket."""
+        pos, chunks = 0, []
         for lo, hi in self.layout.shard_ranges(self.rank):
             chunks.append(self.master[pos:pos + hi - lo])
             pos += hi - lo
-        full_buckets = [self.sharding.all_gather(c, axis=0) for c in chunks]
-        for b, full in zip(self.layout.buckets, full_buckets):
-            for i in b.params:
-                _, p = self.params[i]
-                off = self.layout.offsets[i] - b.start
-                value = full[off:off + self.layout.numels[i]].reshape(p.shape)
-                p.set_value(value.astype(p.dtype) if p.dtype != paddle.float32 else value)
+        return chunks
+
+    @paddle.no_grad()
+    def _write_bucket(self, k: int, full: paddle.Tensor, share: bool) -> None:
+        b = self.layout.buckets[k]
+        for i in b.params:
+            _, p = self.params[i]
+            off = self.layout.offsets[i] - b.start
+            value = full[off:off + self.layout.numels[i]].reshape(p.shape)
+            if p.dtype != paddle.float32:
+                value = value.astype(p.dtype)
+            if share or not p._is_initialized():
+                value.contiguous()._share_buffer_to(p)
+            else:
+                p.set_value(value)
+
+    @paddle.no_grad()
+    def publish(self) -> None:
+        """All-gather the owned master elements and write every parameter (stage-3
+        buckets are left released: they are gathered on their next use)."""
+        for k, chunk in enumerate(self._owned_chunks()):
+            if k not in self.released:
+                self._write_bucket(k, self.sharding.all_gather(chunk, axis=0), share=False)
+
+    @paddle.no_grad()
+    def gather_bucket(self, k: int) -> None:
+        """Stage 3: materialise bucket ``k``'s parameters from the shards."""
+        chunk = self._owned_chunks()[k]
+        self._write_bucket(k, self.sharding.all_gather(chunk, axis=0), share=True)
+
+    def release_bucket(self, k: int) -> None:
+        """Stage 3: free bucket ``k``'s parameters until their next use."""
+        for i in self.layout.buckets[k].params:
+            self.params[i][1]._clear_data()
+        self.released.add(k)
+
+    def materialise_all(self) -> list:
+        """Gather every released bucket (for saving or loading); returns them."""
+        ks = sorted(self.released)
+        for k in ks:
+            self.gather_bucket(k)
+        return ks
 
     def zero_grad(self) -> None:
         for _, p in self.params:
@@ -173,4 +226,7 @@ class ShardedAdamW:
         self.exp_avg.set_value(m)
         self.exp_avg_sq.set_value(v)
         self.master.set_value(w)
+        released, self.released = self.released, set()
         self.publish()
+        for k in released:
+            self.release_bucket(k)

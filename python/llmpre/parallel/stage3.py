@@ -1,0 +1,88 @@
+"""Sharding stage 3: decoder-layer parameters live only as shards between uses.
+
+Each decoder layer is one unit whose parameters fill one bucket of the sharded
+optimizer's flat layout. Its forward all-gathers the bucket from the ranks'
+fp32 master shards (cast to the parameters' dtype), runs the layer without
+keeping activations, and frees the parameters again. Its backward gathers
+them once more, recomputes the layer with gradients, back-propagates,
+reduce-scatters the unit's gradients into the owning ranks' shards right away
+and frees everything. So at most one layer's full parameters (and gradients)
+exist at a time, at the price of recomputing each layer's forward (stage 3
+here implies full recompute). The embedding, final norm and head stay whole
+(stage-2 treatment).
+"""
+
+from __future__ import annotations
+
+import paddle
+from paddle.autograd import PyLayer
+
+
+class Unit:
+    def __init__(self, forward, optimizer, bucket: int):
+        self.forward, self.optimizer, self.bucket = forward, optimizer, bucket
+
+    def gather(self):
+        self.optimizer.gather_bucket(self.bucket)
+
+    def release(self):
+        self.optimizer.release_bucket(self.bucket)
+
+
+class _Stage3(PyLayer):
+    @staticmethod
+    def forward(ctx, unit, x, *rest):
+        ctx.unit, ctx.rest = unit, rest
+        unit.gather()
+        with paddle.no_grad():
+            y = unit.forward(x, *rest)
+        unit.release()
+        ctx.save_for_backward(x)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensor()
+        unit = ctx.unit
+        unit.gather()
+        x = x.detach()
+        x.stop_gradient = False
+        with paddle.enable_grad():
+            y = unit.forward(x, *ctx.rest)
+        paddle.autograd.backward([y], [dy])
+        unit.optimizer.reduce_bucket_now(unit.bucket)
+        unit.release()
+        return x.grad
+
+
+def unit_boundaries(named_params) -> list[int]:
+    """Indices (in ``named_params`` order) where each decoder layer's parameters
+    start, and where the parameters after the last layer start."""
+    starts, current = [], None
+    for i, (name, _) in enumerate(named_params):
+        layer = name.split(".")[1] if name.startswith("layers.") else None
+        if layer != current:
+            starts.append(i)
+            current = layer
+    return starts
+
+
+def shard_parameters(model, named_params, optimizer) -> int:
+    """Turn every decoder layer into a stage-3 unit; returns how many."""
+    first_param = {}
+    for i, (name, _) in enumerate(named_params):
+        if name.startswith("layers."):
+            first_param.setdefault(int(name.split(".")[1]), i)
+    bucket_of = {i: k for k, b in enumerate(optimizer.layout.buckets) for i in b.params}
+    pair = type(model).__name__ == "LlamaForCausalLM"  # (hidden, router_stats) outputs
+    for index, layer in enumerate(model.layers):
+        if index not in first_param:
+            continue
+        unit = Unit((lambda fwd: (lambda h, *a: fwd(h, *a)[0]) if pair else fwd)(layer.forward),
+                    optimizer, bucket_of[first_param[index]])
+        if pair:
+            layer.forward = (lambda u: lambda x, *rest: (_Stage3.apply(u, x, *rest), None))(unit)
+        else:
+            layer.forward = (lambda u: lambda x, *rest: _Stage3.apply(u, x, *rest))(unit)
+        unit.release()
+    return len(first_param)

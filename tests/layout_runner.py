@@ -1,0 +1,99 @@
+"""Run llmpre training as several processes (paddle.distributed.launch on gloo)
+with a timeout that kills the whole process group, and read the results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+
+TIMEOUT = 300
+# The model and data every layout test trains: llama-tiny cut to 4 layers.
+COMMON = ["--model", "llama-tiny", "--num_hidden_layers", "4", "--max_seq_length", "32",
+          "--gradient_accumulation_steps", "2", "--logging_steps", "1", "--do_eval", "false",
+          "--disable_tqdm", "true", "--report_to", "none", "--learning_rate", "3e-3",
+          "--min_learning_rate", "3e-4", "--warmup_steps", "1", "--weight_decay", "0.1",
+          "--decay_steps", "8"]
+GLOBAL_BATCH = 4      # sequences per micro-batch over all data-parallel ranks
+
+
+def train(output_dir, nproc: int, *extra, steps: int = 5, data_ranks: int = 1):
+    """Train ``steps`` steps in ``nproc`` processes (1: in one process, no launcher);
+    returns the CompletedProcess. Per-device batch = GLOBAL_BATCH / data_ranks."""
+    argv = [sys.executable, "-m", "llmpre.cli", "train", *COMMON, "--max_steps", str(steps),
+            "--per_device_train_batch_size", str(GLOBAL_BATCH // data_ranks),
+            "--output_dir", str(output_dir), *extra]
+    if nproc > 1:
+        argv += ["--nproc-per-node", str(nproc)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PADDLE_TRAINER_ID", None)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)   # the launcher and every worker
+        out, _ = proc.communicate()
+        raise AssertionError(f"training with {nproc} processes timed out:\n{out[-3000:]}")
+    if proc.returncode != 0:
+        logs = os.path.join(str(output_dir), "launch_logs", "workerlog.0")
+        tail = open(logs).read()[-3000:] if os.path.exists(logs) else ""
+        raise AssertionError(f"training failed (exit {proc.returncode}):\n{out[-3000:]}\n{tail}")
+    return proc
+
+
+def losses(output_dir) -> dict:
+    from llmpre.train.monitor import read_metrics
+
+    return {e["step"]: e["loss"] for e in read_metrics(str(output_dir))["train"]}
+
+
+def last_train_entry(output_dir) -> dict:
+    from llmpre.train.monitor import read_metrics
+
+    return read_metrics(str(output_dir))["train"][-1]
+
+
+def weights(output_dir) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(os.path.join(str(output_dir), "model.safetensors"))
+
+
+def assert_same_losses(got: dict, want: dict, rel: float = 1e-5):
+    assert sorted(got) == sorted(want)
+    for step in want:
+        assert abs(got[step] - want[step]) <= rel * abs(want[step]), (step, got[step], want[step])
+
+
+def assert_same_weights(got: dict, want: dict):
+    """Adam normalises each gradient element by its running RMS, so for the few
+    elements whose gradient is ~0 (embedding rows of tokens seen once or never)
+    the update direction follows fp32 rounding noise, which differs between
+    reduction orders. Bound: every element within 5e-5 (1/60 of one step's
+    largest update, lr 3e-3), and at most 1 in 10^4 elements off by more than 1e-6."""
+    assert set(got) == set(want)
+    total = off = 0
+    for k in want:
+        d = np.abs(got[k].astype(np.float64) - want[k].astype(np.float64))
+        assert d.max() <= 5e-5, (k, float(d.max()))
+        total += d.size
+        off += int((d > 1e-6).sum())
+    assert off <= total * 1e-4, (off, total)
+
+
+def record(name: str, output_dir, nproc: int) -> dict:
+    """Throughput and memory of a layout, as the log line reports them."""
+    e = last_train_entry(output_dir)
+    row = {"layout": name, "ranks": nproc,
+           "tokens_per_card_per_s": e["interval_tokens_per_second_per_device"],
+           "max_memory_gb": round(e["max_memory_allocated"], 3)}
+    path = os.environ.get("LLMPRE_LAYOUT_REPORT")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    return row

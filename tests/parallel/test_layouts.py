@@ -1,0 +1,45 @@
+"""Every parallel layout trains exactly like one process: five steps on gloo
+(2 and 4 CPU ranks) give the single-process losses and parameters."""
+
+from __future__ import annotations
+
+import pytest
+
+from layout_runner import assert_same_losses, assert_same_weights, losses, record, train, weights
+
+LAYOUTS = [
+    # name, processes, data-parallel ranks, flags
+    ("dp2", 2, 2, []),
+    ("tp2", 2, 1, ["--tp", "2"]),
+    ("tp2+sp", 2, 1, ["--tp", "2", "--sp", "true"]),
+    ("pp2-1f1b", 2, 1, ["--pp", "2"]),
+    ("pp2-interleaved", 2, 1, ["--pp", "2", "--vpp", "2"]),
+    ("sharding2-stage1", 2, 2, ["--sharding", "2"]),
+    ("sharding2-stage2", 2, 2, ["--sharding", "stage2"]),
+    ("sharding2-stage3", 2, 2, ["--sharding", "stage3"]),
+    ("dp2xtp2", 4, 2, ["--tp", "2"]),
+    ("tp2xpp2", 4, 1, ["--tp", "2", "--pp", "2"]),
+    ("sharding2xtp2", 4, 2, ["--tp", "2", "--sharding", "2"]),
+    ("tp2+recompute-full", 2, 1, ["--tp", "2", "--recompute", "true"]),
+    ("pp2+recompute-core_attn", 2, 1, ["--pp", "2", "--recompute", "true",
+                                       "--recompute_granularity", "core_attn"]),
+    ("recompute-full_attn-skip", 1, 1, ["--recompute", "true", "--recompute_granularity",
+                                        "full_attn", "--no_recompute_layers", "1,2"]),
+]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    train(out, 1)
+    record("single process", out, 1)
+    return losses(out), weights(out)
+
+
+@pytest.mark.parametrize("name,nproc,data_ranks,flags", LAYOUTS, ids=[l[0] for l in LAYOUTS])
+def test_layout_matches_one_process(tmp_path, reference, name, nproc, data_ranks, flags):
+    ref_losses, ref_weights = reference
+    train(tmp_path, nproc, *flags, data_ranks=data_ranks)
+    assert_same_losses(losses(tmp_path), ref_losses)
+    assert_same_weights(weights(tmp_path), ref_weights)
+    record(name, tmp_path, nproc)
