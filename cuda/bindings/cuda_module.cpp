@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "bindings/registry.h"
 #include "common/buffer_ops.h"
 #include "common/cuda_check.h"
 
@@ -61,4 +62,26 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("flush_l2", [](uintptr_t scratch, size_t bytes, uintptr_t stream) {
     llmpre::cuda::flush_l2(as_ptr(scratch), bytes, as_stream(stream));
   }, py::arg("scratch"), py::arg("bytes"), py::arg("stream") = 0);
+
+  // CUDA events, for benchmarks that time kernels on the device.
+  m.def("event_create", []() {
+    cudaEvent_t e;
+    LLMPRE_CUDA_CHECK(cudaEventCreate(&e));
+    return reinterpret_cast<uintptr_t>(e);
+  });
+  m.def("event_record", [](uintptr_t e, uintptr_t stream) {
+    LLMPRE_CUDA_CHECK(cudaEventRecord(reinterpret_cast<cudaEvent_t>(e), as_stream(stream)));
+  }, py::arg("event"), py::arg("stream") = 0);
+  m.def("event_elapsed_ms", [](uintptr_t start, uintptr_t stop) {
+    LLMPRE_CUDA_CHECK(cudaEventSynchronize(reinterpret_cast<cudaEvent_t>(stop)));
+    float ms = 0.f;
+    LLMPRE_CUDA_CHECK(cudaEventElapsedTime(&ms, reinterpret_cast<cudaEvent_t>(start),
+                                           reinterpret_cast<cudaEvent_t>(stop)));
+    return ms;
+  });
+  m.def("event_destroy", [](uintptr_t e) {
+    LLMPRE_CUDA_CHECK(cudaEventDestroy(reinterpret_cast<cudaEvent_t>(e)));
+  });
+
+  for (auto fn : llmpre::cuda::binding_registry()) fn(m);
 }
