@@ -36,7 +36,7 @@ test: setup
 
 # Compile-only build of the CUDA kernels (needs nvcc; no GPU needed).
 cuda-build: setup
-	$(VENV)/bin/cmake -S . -B build/cuda -G Ninja -DLLMPRE_CUDA=ON \
+	$(VENV)/bin/cmake -S . -B build/cuda -G Ninja -DLLMPRE_CUDA=ON -DLLMPRE_PADDLE_OPS=OFF \
 	    "-DLLMPRE_CUDA_ARCHS=$(CUDA_ARCHS)" -DPython_EXECUTABLE=$(abspath $(PY)) \
 	    -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir)
 	$(VENV)/bin/cmake --build build/cuda -j $(JOBS)
