@@ -49,7 +49,8 @@ def test_aliases_and_types():
     ({"max_steps": "x"}, "`max_steps` must be an integer"),
     ({"max_steps": "0"}, "max_steps"),
     ({"learnin_rate": "1"}, "unknown argument `learnin_rate`"),
-    ({"tensor_parallel_degree": "2"}, "tensor_parallel_degree"),
+    ({"recompute_granularity": "partial"}, "recompute_granularity"),
+    ({"no_recompute_layers": "1,x"}, "no_recompute_layers"),
     ({"use_flash_attention": "true"}, "use_flash_attention"),
     ({"bf16": "true", "fp16": "true"}, "only one of bf16 and fp16"),
     ({"lr_scheduler_type": "poly"}, "lr_scheduler_type"),
@@ -70,6 +71,16 @@ def test_bad_files(tmp_path):
         parse_arguments(str(bad), {})
     with pytest.raises(ConfigError, match="unknown argument `frobnicate`"):
         parse_arguments(write(tmp_path, {"max_steps": 5, "frobnicate": 1}), {})
+
+
+def test_parallel_shortcuts():
+    args = parse_arguments(None, parse_flag_list(["--tp", "2", "--pp", "2", "--sharding", "4",
+                                                   "--sp", "true", "--vpp", "2"]))
+    assert (args.tensor_parallel_degree, args.pipeline_parallel_degree) == (2, 2)
+    assert (args.sharding_parallel_degree, args.sharding) == (4, "stage1")
+    assert args.sequence_parallel and args.virtual_pp_degree == 2
+    args = parse_arguments(None, {"sharding": "4", "sharding_stage": "3"})
+    assert (args.sharding_parallel_degree, args.sharding) == (4, "stage3")
 
 
 def test_flag_list_parsing():
