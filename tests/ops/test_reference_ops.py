@@ -1,13 +1,10 @@
-"""The pure-Paddle reference ops against float64 numpy formulas, and the selection point."""
-
-import warnings
+"""The pure-Paddle reference ops against float64 numpy formulas (the selection point: test_select_ops.py)."""
 
 import numpy as np
 import paddle
 import pytest
 
 from llmpre.ops import reference as R
-from llmpre.ops.select import REFERENCE, select_ops
 
 # fp32 ops vs float64 numpy on O(1) values: a few ulps of the result (eps32 ~ 1.2e-7)
 # times a handful of accumulations; 1e-5 leaves margin without hiding a wrong formula.
@@ -194,23 +191,3 @@ def test_cross_entropy_all_ignored_is_zero_with_finite_grad():
     loss.backward()
     assert loss.item() == 0.0
     assert np.isfinite(logits.grad.numpy()).all()
-
-
-def test_select_ops_defaults_to_reference_and_is_cached():
-    ops = select_ops()
-    assert ops is select_ops()
-    assert ops.rms_norm is R.rms_norm and ops.rotary is R.rotary and ops.attention is R.attention
-    assert ops.swiglu is R.swiglu and ops.cross_entropy is R.cross_entropy
-    assert ops == REFERENCE
-
-
-def test_select_ops_warns_once_when_a_fused_kernel_is_missing():
-    select_ops.cache_clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ops = select_ops(use_flash_attention=True)
-        again = select_ops(use_flash_attention=True)
-    assert ops is again and ops.attention is R.attention
-    messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and "use_flash_attention" in messages[0]
-    select_ops.cache_clear()

@@ -51,7 +51,6 @@ def test_aliases_and_types():
     ({"learnin_rate": "1"}, "unknown argument `learnin_rate`"),
     ({"recompute_granularity": "partial"}, "recompute_granularity"),
     ({"no_recompute_layers": "1,x"}, "no_recompute_layers"),
-    ({"use_flash_attention": "true"}, "use_flash_attention"),
     ({"bf16": "true", "fp16": "true"}, "only one of bf16 and fp16"),
     ({"lr_scheduler_type": "poly"}, "lr_scheduler_type"),
     ({"min_learning_rate": "1", "learning_rate": "0.1"}, "exceeds"),

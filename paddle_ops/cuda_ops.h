@@ -1,0 +1,46 @@
+// GPU halves of the ops, for a CUDA build of Paddle.
+//
+// When Paddle is compiled with CUDA, paddle_ops/CMakeLists.txt compiles every
+// paddle_ops/cuda/<op>_cuda.cc it finds and defines LLMPRE_CUDA_<OP> for it
+// (e.g. rms_norm_cuda.cc -> LLMPRE_CUDA_RMS_NORM); the op then sends GPU
+// tensors here after the shared shape/dtype checks, and CPU tensors to the CPU
+// kernels. Each function takes the op's checked inputs and returns the same
+// outputs as the CPU path; it calls the raw-pointer launchers of cuda/<op>/ on
+// the tensor's stream. None exist yet: the CUDA issues add them one op at a
+// time, and until then a GPU tensor gets a clear error from check_cpu(). This
+// cannot be built or run on a machine without a CUDA build of Paddle.
+#pragma once
+
+#include <vector>
+
+#include "paddle/extension.h"
+
+#ifdef LLMPRE_CUDA_RMS_NORM
+std::vector<paddle::Tensor> RmsNormForwardCuda(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                               float epsilon);
+std::vector<paddle::Tensor> RmsNormBackwardCuda(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                                const paddle::Tensor& inv_rms, const paddle::Tensor& dy,
+                                                float epsilon);
+#endif
+
+#ifdef LLMPRE_CUDA_ROTARY
+// inverse = true rotates by -angle (the backward pass).
+paddle::Tensor RotaryCuda(const paddle::Tensor& x, const paddle::Tensor& cos, const paddle::Tensor& sin,
+                          const paddle::optional<paddle::Tensor>& position_ids, bool interleaved,
+                          bool inverse);
+#endif
+
+#ifdef LLMPRE_CUDA_SWIGLU
+std::vector<paddle::Tensor> SwiGluForwardCuda(const paddle::Tensor& gate, const paddle::Tensor& up);
+std::vector<paddle::Tensor> SwiGluBackwardCuda(const paddle::Tensor& gate, const paddle::Tensor& up,
+                                               const paddle::Tensor& dout);
+#endif
+
+#ifdef LLMPRE_CUDA_CROSS_ENTROPY
+std::vector<paddle::Tensor> CrossEntropyForwardCuda(const paddle::Tensor& logits,
+                                                    const paddle::Tensor& labels, int64_t ignore_index);
+std::vector<paddle::Tensor> CrossEntropyBackwardCuda(const paddle::Tensor& logits,
+                                                     const paddle::Tensor& labels,
+                                                     const paddle::Tensor& stats,
+                                                     const paddle::Tensor& dloss, int64_t ignore_index);
+#endif

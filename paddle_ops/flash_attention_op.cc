@@ -1,0 +1,191 @@
+// llmpre_flash_attention: tiled attention with an online softmax (kernel:
+// cpp/kernels/flash_attn).
+//   inputs  q [batch, seq_q, heads, head_dim], k [batch, seq_k, kv_heads, head_dim],
+//           v [batch, seq_k, kv_heads, v_head_dim] (all float32 or all bfloat16),
+//           alibi_slopes (optional) [heads] float32
+//   attrs   causal: bool; window: int (-1 = none, else >= 1 keys);
+//           scale: float (<= 0 = 1/sqrt(head_dim))
+//   outputs out [batch, seq_q, heads, v_head_dim] (q's dtype),
+//           lse [batch, heads, seq_q] float32 (saved for backward; -inf for a
+//           query that sees no key, whose out is 0)
+//   grad    dq, dk, dv (alibi_slopes gets no gradient)
+#include <cmath>
+
+#include "cuda_ops.h"
+#include "flash_attn/flash_attn.h"
+#include "op_common.h"
+
+#ifdef LLMPRE_CUDA_FLASH_ATTENTION
+// GPU half (paddle_ops/cuda/flash_attention_cuda.cc, see cuda_ops.h): same
+// inputs, attributes and outputs as the CPU functions below.
+std::vector<paddle::Tensor> FlashAttentionForwardCuda(
+    const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
+    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale);
+std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
+    const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
+    const paddle::optional<paddle::Tensor>& alibi_slopes, const paddle::Tensor& out,
+    const paddle::Tensor& lse, const paddle::Tensor& dout, bool causal, int window, float scale);
+#endif
+
+namespace {
+using namespace llmpre::ops;
+constexpr const char* kOp = "llmpre_flash_attention";
+
+// Validates the forward's inputs and attributes; returns the kernel parameters
+// without pointers.
+k::FlashAttnFwdParams params(const paddle::Tensor& q, const paddle::Tensor& kt,
+                             const paddle::Tensor& v,
+                             const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal,
+                             int window, float scale) {
+  const auto &qs = q.shape(), &ks = kt.shape(), &vs = v.shape();
+  PD_CHECK(qs.size() == 4, kOp, ": `q` must be [batch, seq_q, heads, head_dim], got ", shape_str(qs));
+  PD_CHECK(ks.size() == 4 && ks[0] == qs[0] && ks[3] == qs[3], kOp,
+           ": `k` must be [batch, seq_k, kv_heads, head_dim] = [", qs[0], ", seq_k, kv_heads, ", qs[3],
+           "] for q of shape ", shape_str(qs), ", got ", shape_str(ks));
+  PD_CHECK(vs.size() == 4 && vs[0] == ks[0] && vs[1] == ks[1] && vs[2] == ks[2], kOp,
+           ": `v` must be [batch, seq_k, kv_heads, v_head_dim] = [", ks[0], ", ", ks[1], ", ", ks[2],
+           ", v_head_dim] for k of shape ", shape_str(ks), ", got ", shape_str(vs));
+  PD_CHECK(qs[2] >= 1 && ks[2] >= 1 && qs[2] % ks[2] == 0, kOp, ": `q`'s heads (", qs[2],
+           ") must be a positive multiple of `k`'s kv_heads (", ks[2], ")");
+  PD_CHECK(qs[3] >= 1 && vs[3] >= 1, kOp, ": head_dim must be >= 1, got q ", shape_str(qs), " and v ",
+           shape_str(vs));
+  k::FlashAttnFwdParams p;
+  p.dtype = kernel_dtype(q, kOp, "q");
+  check_same_dtype(q, "q", kt, "k", kOp);
+  check_same_dtype(q, "q", v, "v", kOp);
+  PD_CHECK(window == -1 || window >= 1, kOp, ": `window` must be -1 (no window) or >= 1 keys, got ",
+           window);
+  PD_CHECK(std::isfinite(scale), kOp, ": `scale` must be finite (<= 0 for 1/sqrt(head_dim)), got ",
+           scale);
+  if (alibi_slopes) {
+    const auto& as = alibi_slopes->shape();
+    PD_CHECK(as.size() == 1 && as[0] == qs[2], kOp, ": `alibi_slopes` must be [heads] = [", qs[2],
+             "], got ", shape_str(as));
+    PD_CHECK(alibi_slopes->dtype() == paddle::DataType::FLOAT32, kOp,
+             ": `alibi_slopes` must be float32, got ", dtype_str(alibi_slopes->dtype()));
+  }
+  p.batch = qs[0];
+  p.seq_q = qs[1];
+  p.heads = qs[2];
+  p.head_dim = qs[3];
+  p.seq_k = ks[1];
+  p.kv_heads = ks[2];
+  p.v_head_dim = vs[3];
+  p.causal = causal;
+  p.window = window;
+  p.scale = scale > 0.f ? scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(qs[3])));
+  return p;
+}
+
+void check_all_cpu(const paddle::Tensor& q, const paddle::Tensor& kt, const paddle::Tensor& v,
+                   const paddle::optional<paddle::Tensor>& alibi_slopes) {
+  check_cpu(q, kOp, "q");
+  check_cpu(kt, kOp, "k");
+  check_cpu(v, kOp, "v");
+  if (alibi_slopes) check_cpu(*alibi_slopes, kOp, "alibi_slopes");
+}
+}  // namespace
+
+std::vector<paddle::Tensor> FlashAttentionForward(
+    const paddle::Tensor& q_in, const paddle::Tensor& k_in, const paddle::Tensor& v_in,
+    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale) {
+  k::FlashAttnFwdParams p = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
+#ifdef LLMPRE_CUDA_FLASH_ATTENTION
+  if (q_in.is_gpu()) return FlashAttentionForwardCuda(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
+#endif
+  check_all_cpu(q_in, k_in, v_in, alibi_slopes);
+  const paddle::Tensor q = contiguous(q_in), kt = contiguous(k_in), v = contiguous(v_in);
+  paddle::Tensor slopes;
+  if (alibi_slopes) slopes = contiguous(*alibi_slopes);
+  paddle::Tensor out = paddle::empty({p.batch, p.seq_q, p.heads, p.v_head_dim}, q.dtype(), q.place());
+  paddle::Tensor lse = paddle::empty({p.batch, p.heads, p.seq_q}, paddle::DataType::FLOAT32, q.place());
+  p.q = q.data();
+  p.k = kt.data();
+  p.v = v.data();
+  p.alibi_slopes = alibi_slopes ? slopes.data<float>() : nullptr;
+  p.out = out.data();
+  p.lse = lse.data<float>();
+  run_kernel(kOp, [&] { k::flash_attn_forward(p); });
+  return {out, lse};
+}
+
+std::vector<paddle::Tensor> FlashAttentionBackward(
+    const paddle::Tensor& q_in, const paddle::Tensor& k_in, const paddle::Tensor& v_in,
+    const paddle::optional<paddle::Tensor>& alibi_slopes, const paddle::Tensor& out_in,
+    const paddle::Tensor& lse_in, const paddle::Tensor& dout_in, bool causal, int window, float scale) {
+  const k::FlashAttnFwdParams fp = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
+#ifdef LLMPRE_CUDA_FLASH_ATTENTION
+  if (q_in.is_gpu())
+    return FlashAttentionBackwardCuda(q_in, k_in, v_in, alibi_slopes, out_in, lse_in, dout_in, causal,
+                                      window, scale);
+#endif
+  check_all_cpu(q_in, k_in, v_in, alibi_slopes);
+  if (!has_grad(dout_in))
+    return {paddle::zeros(q_in.shape(), q_in.dtype(), q_in.place()),
+            paddle::zeros(k_in.shape(), k_in.dtype(), k_in.place()),
+            paddle::zeros(v_in.shape(), v_in.dtype(), v_in.place())};
+  check_cpu(out_in, kOp, "out");
+  check_cpu(lse_in, kOp, "lse");
+  check_cpu(dout_in, kOp, "grad of out");
+  const std::vector<int64_t> os = {fp.batch, fp.seq_q, fp.heads, fp.v_head_dim};
+  const std::vector<int64_t> ls = {fp.batch, fp.heads, fp.seq_q};
+  PD_CHECK(out_in.shape() == os, kOp, ": `out` must be ", shape_str(os), ", got ",
+           shape_str(out_in.shape()));
+  check_same_dtype(q_in, "q", out_in, "out", kOp);
+  check_same_shape(out_in, "out", dout_in, "grad of out", kOp);
+  check_same_dtype(q_in, "q", dout_in, "grad of out", kOp);
+  PD_CHECK(lse_in.shape() == ls && lse_in.dtype() == paddle::DataType::FLOAT32, kOp,
+           ": `lse` must be float32 ", shape_str(ls), ", got ", dtype_str(lse_in.dtype()), " ",
+           shape_str(lse_in.shape()));
+
+  const paddle::Tensor q = contiguous(q_in), kt = contiguous(k_in), v = contiguous(v_in);
+  const paddle::Tensor out = contiguous(out_in), lse = contiguous(lse_in), dout = contiguous(dout_in);
+  paddle::Tensor slopes;
+  if (alibi_slopes) slopes = contiguous(*alibi_slopes);
+  paddle::Tensor dq = paddle::empty(q.shape(), q.dtype(), q.place());
+  paddle::Tensor dk = paddle::empty(kt.shape(), kt.dtype(), kt.place());
+  paddle::Tensor dv = paddle::empty(v.shape(), v.dtype(), v.place());
+  k::FlashAttnBwdParams p;
+  static_cast<k::FlashAttnFwdParams&>(p) = fp;
+  p.q = q.data();
+  p.k = kt.data();
+  p.v = v.data();
+  p.alibi_slopes = alibi_slopes ? slopes.data<float>() : nullptr;
+  p.out = const_cast<void*>(out.data());  // read, not written, by the backward kernel
+  p.lse = const_cast<float*>(lse.data<float>());
+  p.dout = dout.data();
+  p.dq = dq.data();
+  p.dk = dk.data();
+  p.dv = dv.data();
+  run_kernel(kOp, [&] { k::flash_attn_backward(p); });
+  return {dq, dk, dv};
+}
+
+std::vector<std::vector<int64_t>> FlashAttentionInferShape(
+    const std::vector<int64_t>& q, const std::vector<int64_t>& k, const std::vector<int64_t>& v,
+    const paddle::optional<std::vector<int64_t>>& alibi_slopes, bool causal, int window, float scale) {
+  PD_CHECK(q.size() == 4 && v.size() == 4, kOp,
+           ": `q` and `v` must be [batch, seq, heads, head_dim], got ", shape_str(q), " and ",
+           shape_str(v));
+  return {{q[0], q[1], q[2], v[3]}, {q[0], q[2], q[1]}};
+}
+
+std::vector<paddle::DataType> FlashAttentionInferDtype(
+    const paddle::DataType& q, const paddle::DataType& k, const paddle::DataType& v,
+    const paddle::optional<paddle::DataType>& alibi_slopes) {
+  return {q, paddle::DataType::FLOAT32};
+}
+
+PD_BUILD_OP(llmpre_flash_attention)
+    .Inputs({"q", "k", "v", paddle::Optional("alibi_slopes")})
+    .Outputs({"out", "lse"})
+    .Attrs({"causal: bool", "window: int", "scale: float"})
+    .SetKernelFn(PD_KERNEL(FlashAttentionForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(FlashAttentionInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(FlashAttentionInferDtype));
+
+PD_BUILD_GRAD_OP(llmpre_flash_attention)
+    .Inputs({"q", "k", "v", paddle::Optional("alibi_slopes"), "out", "lse", paddle::Grad("out")})
+    .Outputs({paddle::Grad("q"), paddle::Grad("k"), paddle::Grad("v")})
+    .Attrs({"causal: bool", "window: int", "scale: float"})
+    .SetKernelFn(PD_KERNEL(FlashAttentionBackward));

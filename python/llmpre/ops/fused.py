@@ -1,0 +1,135 @@
+"""llmpre's fused ops: Paddle custom ops over C++ CPU kernels.
+
+Each function has the contract of the pure-Paddle function of the same role
+in :mod:`llmpre.ops.reference` (``attention`` for :func:`flash_attention`) and
+is tested against it. They work in Paddle's dynamic-graph mode, on CPU tensors
+(and on GPU tensors once a CUDA build provides the op's CUDA path), with
+autograd through ``backward()``/``paddle.grad``. Storage dtypes: float32 and
+bfloat16; the arithmetic is fp32 inside the kernel, with one rounding per
+output element.
+
+A bad argument raises ``ValueError`` naming it and the expected shape/dtype;
+calling an op this build lacks raises :class:`FusedOpUnavailable` saying why.
+"""
+
+from __future__ import annotations
+
+import re
+
+import paddle
+
+from llmpre.errors import LlmpreError
+from llmpre.ops import _library
+
+__all__ = ["FusedOpUnavailable", "rms_norm", "rotary", "flash_attention", "swiglu", "cross_entropy",
+           "available"]
+
+_run_custom_op = paddle._C_ops._run_custom_op
+_SOURCE_SUFFIX = re.compile(r"\s*\[[^\[\]]*:\d+\]\s*$")  # Paddle's "  [file.cc:12]"
+
+
+class FusedOpUnavailable(LlmpreError, RuntimeError):
+    """A fused op was called but this build of llmpre cannot run it; the message says why."""
+
+
+def available(op: str) -> bool:
+    """Whether the custom op ``op`` (e.g. ``"llmpre_rms_norm"``) is registered in this process."""
+    return _library.load().has(op)
+
+
+def _run(op: str, *args):
+    lib = _library.load()
+    if op not in lib.ops:
+        raise FusedOpUnavailable(f"{op}: {lib.why_missing(op)}")
+    try:
+        return _run_custom_op(op, *args)
+    except OSError as e:  # how Paddle surfaces the op's PD_CHECK / PD_THROW messages
+        message = str(e)
+        if not message.startswith(op):
+            raise
+        raise ValueError(_SOURCE_SUFFIX.sub("", message)) from None
+
+
+def rms_norm(x: paddle.Tensor, weight: paddle.Tensor, eps: float) -> paddle.Tensor:
+    """RMSNorm over the last axis: ``weight * x / sqrt(mean(x^2) + eps)``.
+
+    x: ``[..., hidden]`` float32 or bfloat16; weight: ``[hidden]``, x's dtype.
+    Returns ``[..., hidden]`` in x's dtype. Gradients flow to x and weight; the
+    weight gradient is summed over rows in a fixed order (bitwise
+    reproducible for any thread count). Reference: :func:`llmpre.ops.reference.rms_norm`.
+    """
+    return _run("llmpre_rms_norm", x, weight, float(eps))[0]
+
+
+def rotary(q: paddle.Tensor, k: paddle.Tensor, cos: paddle.Tensor, sin: paddle.Tensor,
+           position_ids: paddle.Tensor | None = None, interleaved: bool = False):
+    """Rotary position embedding of q and k.
+
+    q: ``[batch, seq, heads, head_dim]``; k: ``[batch, seq, kv_heads, head_dim]``
+    (any kv_heads: GQA/MQA), float32 or bfloat16. cos, sin: ``[positions, r/2]``
+    float32 tables with ``r <= head_dim`` the rotated dimension (partial rotary
+    passes features ``r:`` through); any RoPE scaling variant is just other
+    tables. position_ids: ``[batch, seq]`` (or ``[1, seq]``) int64/int32
+    positions into the tables, default ``0..seq-1``. ``interleaved=False`` is
+    HF's rotate_half (pairs ``(i, i + r/2)``), ``True`` pairs ``(2i, 2i+1)``.
+    Returns ``(q_rotated, k_rotated)`` with the input shapes and dtypes;
+    gradients flow to q and k (not to the tables). Reference:
+    :func:`llmpre.ops.reference.rotary`.
+    """
+    qs, ks = q.shape, k.shape
+    if len(qs) != 4 or len(ks) != 4 or qs[:2] != ks[:2] or qs[3] != ks[3]:
+        raise ValueError(f"rotary: q must be [batch, seq, heads, head_dim] and k [batch, seq, kv_heads, "
+                         f"head_dim] with the same batch, seq and head_dim, got q {list(qs)} and k {list(ks)}")
+    interleaved = bool(interleaved)
+    q_out = _run("llmpre_rotary", q, cos, sin, position_ids, interleaved)[0]
+    k_out = _run("llmpre_rotary", k, cos, sin, position_ids, interleaved)[0]
+    return q_out, k_out
+
+
+def flash_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, causal: bool = True,
+                    window: int | None = None, alibi_slopes: paddle.Tensor | None = None,
+                    scale: float | None = None) -> paddle.Tensor:
+    """Scaled dot-product attention, tiled with an online softmax (O(seq) extra memory).
+
+    Layout ``[batch, seq, heads, head_dim]`` (Paddle's flash-attention layout):
+    q ``[batch, seq_q, heads, head_dim]``; k ``[batch, seq_k, kv_heads, head_dim]``,
+    v ``[batch, seq_k, kv_heads, v_head_dim]`` with ``heads % kv_heads == 0``
+    (GQA/MQA: query head h reads KV head ``h // (heads / kv_heads)``); all
+    float32 or all bfloat16. Queries are the last ``seq_q`` positions of the keys.
+    ``causal`` hides later keys; ``window`` (None or >= 1) keeps the ``window``
+    most recent keys (Mistral's sliding window); ``alibi_slopes`` ``[heads]``
+    float32 adds ``slope_h * (j - i)``; ``scale`` defaults to ``1/sqrt(head_dim)``.
+    Returns ``[batch, seq_q, heads, v_head_dim]`` in q's dtype; gradients flow to
+    q, k and v. Reference: :func:`llmpre.ops.reference.attention`.
+    """
+    if window is not None and int(window) < 1:
+        raise ValueError(f"flash_attention: window must be None or >= 1 keys, got {window}")
+    if scale is not None and not float(scale) > 0.0:
+        raise ValueError(f"flash_attention: scale must be None (1/sqrt(head_dim)) or > 0, got {scale}")
+    return _run("llmpre_flash_attention", q, k, v, alibi_slopes, bool(causal),
+                -1 if window is None else int(window), 0.0 if scale is None else float(scale))[0]
+
+
+def swiglu(gate: paddle.Tensor, up: paddle.Tensor) -> paddle.Tensor:
+    """SwiGLU gate ``silu(gate) * up``.
+
+    gate, up: the same shape ``[..., intermediate]``, both float32 or both
+    bfloat16. Returns that shape and dtype; gradients flow to both. Reference:
+    :func:`llmpre.ops.reference.swiglu`.
+    """
+    return _run("llmpre_swiglu", gate, up)[0]
+
+
+def cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, ignore_index: int = -100) -> paddle.Tensor:
+    """Mean token cross-entropy over positions whose label is not ``ignore_index``.
+
+    logits: ``[..., vocab]`` float32 or bfloat16; labels: ``[...]`` int64/int32,
+    logits' leading shape, each in ``[0, vocab)`` or equal to ``ignore_index``.
+    The softmax is never materialised: the forward keeps one log-sum-exp per
+    row, the backward recomputes the probabilities from it. Returns an fp32
+    scalar, 0 when every label is ignored; the gradient flows to logits.
+    Reference: :func:`llmpre.ops.reference.cross_entropy`.
+    """
+    per_token = _run("llmpre_cross_entropy", logits, labels, int(ignore_index))[0]  # [...] fp32, 0 if ignored
+    kept = (labels != ignore_index).astype("float32").sum()
+    return per_token.sum() / kept.clip(min=1.0)
