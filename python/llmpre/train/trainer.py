@@ -124,7 +124,7 @@ class Trainer:
         self.ops = select_ops(**flags_from_args(args))  # the one kernel choice (llmpre.ops.select)
         logger.info("ops: %s", describe(self.ops))
         if args.continue_training:
-            model = from_pretrained(args.model_name_or_path)
+            model = from_pretrained(args.model_name_or_path, ops=self.ops)
         else:
             model = build_model(self.config, seed=args.seed, ops=self.ops)
         self.precision.prepare_model(model)
