@@ -13,7 +13,7 @@ LLMPRE_CUDA ?= OFF
 CUDA_ARCHS  ?= 80;90
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
-SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp cuda -type f 2>/dev/null)
+SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp cuda paddle_ops -type f 2>/dev/null)
 
 .PHONY: setup train test cuda-build clean
 
