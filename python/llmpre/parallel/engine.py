@@ -121,8 +121,8 @@ class ParallelEngine:
                             y = self.loss_fn(y, split[mb][1])
                     if chunk.last:
                         losses.append(float(y.item()))
-                    else:
-                        to_send[("act", mb, g + 1)] = y.detach()
+                    else:   # activations travel in the parameters' dtype (autocast may differ)
+                        to_send[("act", mb, g + 1)] = y.detach().astype(dtype)
                     if train:
                         saved[(mb, g)] = (x, y)
                 else:
@@ -132,7 +132,7 @@ class ParallelEngine:
                     else:
                         paddle.autograd.backward([y], [grads_in.pop((mb, g))])
                     if not chunk.first:
-                        to_send[("grad", mb, g - 1)] = x.grad
+                        to_send[("grad", mb, g - 1)] = x.grad.astype(dtype)
             tasks = []
             for src, dst, kind, mb, g in transfers(rnd, dims.pp, dims.vpp):
                 if src == me:
