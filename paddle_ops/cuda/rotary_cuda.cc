@@ -1,0 +1,98 @@
+// GPU half of llmpre_rotary (paddle_ops/rotary_op.cc sends GPU tensors here
+// after its shared checks and after casting the tables to contiguous fp32 and
+// the position ids to int64; see cuda_ops.h). Calls cuda/rope's launcher on
+// the tensor's stream for one tensor (the op is called once for q and once
+// for k); inverse = true is the backward. Returns Out (x's shape and dtype).
+// A position outside the tables cannot raise from the device: that token's
+// rotated features come out NaN (the CPU path raises instead).
+//
+// Compiled only against a CUDA build of Paddle (not on the CPU-only CI, and
+// not yet anywhere: no CUDA Paddle was available when it was written).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "cuda_ops.h"
+#include "op_common.h"
+#include "rope/rope.h"
+
+namespace {
+
+using namespace llmpre::ops;
+constexpr const char* kOp = "llmpre_rotary";
+
+// Makes the tensor's GPU current for the launch, restoring the old one.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(const paddle::Tensor& t) {
+    cudaGetDevice(&old_);
+    const int want = t.place().GetDeviceId();
+    if (want != old_) {
+      PD_CHECK(cudaSetDevice(want) == cudaSuccess, kOp, ": cannot switch to GPU ", want);
+      switched_ = true;
+    }
+  }
+  ~DeviceGuard() {
+    if (switched_) cudaSetDevice(old_);
+  }
+
+ private:
+  int old_ = 0;
+  bool switched_ = false;
+};
+
+void check_gpu(const paddle::Tensor& t, const paddle::Tensor& x, const char* arg) {
+  PD_CHECK(t.is_gpu() && t.place() == x.place(), kOp, ": `", arg, "` must be on ", x.place().DebugString(),
+           " like the rotated tensor, got ", t.place().DebugString());
+}
+
+llmpre::cuda::DType gpu_dtype(const paddle::Tensor& t) {
+  switch (t.dtype()) {
+    case paddle::DataType::FLOAT32: return llmpre::cuda::DType::kFloat32;
+    case paddle::DataType::BFLOAT16: return llmpre::cuda::DType::kBFloat16;
+    case paddle::DataType::FLOAT16: return llmpre::cuda::DType::kFloat16;
+    default: PD_THROW(kOp, ": `x` must be float32, bfloat16 or float16, got ", dtype_str(t.dtype()));
+  }
+}
+
+}  // namespace
+
+paddle::Tensor RotaryCuda(const paddle::Tensor& x_in, const paddle::Tensor& cos_in, const paddle::Tensor& sin_in,
+                          const paddle::optional<paddle::Tensor>& position_ids, bool interleaved, bool inverse) {
+  check_gpu(cos_in, x_in, "cos");
+  check_gpu(sin_in, x_in, "sin");
+  if (position_ids) check_gpu(*position_ids, x_in, "position_ids");
+  DeviceGuard guard(x_in);
+  paddle::Tensor x = contiguous(x_in), cos = contiguous(cos_in), sin = contiguous(sin_in);
+  PD_CHECK(cos.dtype() == paddle::DataType::FLOAT32 && sin.dtype() == paddle::DataType::FLOAT32, kOp,
+           ": the GPU path takes float32 cos/sin tables, got ", dtype_str(cos.dtype()), " and ",
+           dtype_str(sin.dtype()));
+  const auto& xs = x.shape();
+  llmpre::cuda::RopeParams p;
+  p.batch = xs[0];
+  p.seq = xs[1];
+  p.heads_q = xs[2];
+  p.heads_k = 0;
+  p.head_dim = xs[3];
+  p.rot_dim = 2 * cos.shape()[1];
+  p.table_rows = cos.shape()[0];
+  p.interleaved = interleaved;
+  p.inverse = inverse;
+  p.dtype = gpu_dtype(x);
+  paddle::Tensor ids;
+  if (position_ids) {
+    PD_CHECK(position_ids->dtype() == paddle::DataType::INT64, kOp, ": `position_ids` must be int64 here, got ",
+             dtype_str(position_ids->dtype()));
+    ids = contiguous(*position_ids);
+    p.ids_batch = p.seq > 0 ? ids.numel() / p.seq : 0;
+    p.position_ids = ids.data<int64_t>();
+  }
+  paddle::Tensor out = new_output(x.shape(), x.dtype(), x.place());
+  p.q = x.data();
+  p.q_out = out.data();
+  p.cos = cos.data<float>();
+  p.sin = sin.data<float>();
+  run_kernel(kOp, [&] { llmpre::cuda::rope_apply(p, x.stream()); });
+  return out;
+}

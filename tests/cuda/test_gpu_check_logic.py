@@ -1,0 +1,273 @@
+"""CPU tests of what the GPU checks rest on (bench/gpu/harness.py and
+check_{rmsnorm,rope,cross_entropy}.py): storage rounding, the error rule, the
+float64 references, and the checks' verdicts on emulated kernels: an ideal
+kernel (the truth rounded once) must pass every case, and kernels with
+typical bugs must fail. No GPU and no CUDA build are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+import check_cross_entropy as cce  # noqa: E402
+import check_rmsnorm as crms  # noqa: E402
+import check_rope as crope  # noqa: E402
+import harness as H  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- harness
+def test_bf16_encoding_rounds_to_nearest_even():
+    one = 1.0
+    ulp = 2.0 ** -7  # bf16 spacing at 1
+    x = np.array([one + ulp / 2, one + 1.5 * ulp, one + 0.3 * ulp, -2.0, 0.0], dtype=np.float32)
+    got = H.decode(H.encode(x, "bfloat16"), "bfloat16")
+    # ties go to the even mantissa: 1 + ulp/2 -> 1, 1 + 1.5 ulp -> 1 + 2 ulp
+    np.testing.assert_array_equal(got, [one, one + 2 * ulp, one, -2.0, 0.0])
+    assert H.encode(x, "bfloat16").dtype == np.uint16
+
+
+@pytest.mark.parametrize("dtype", H.DTYPES)
+def test_rounder_matches_storage_roundtrip(dtype):
+    x = np.random.default_rng(1).standard_normal((7, 33)).astype(np.float32) * 10
+    np.testing.assert_array_equal(H.rounder(dtype)(x), H.decode(H.encode(x, dtype), dtype))
+    assert H.rounder(dtype)(x).shape == x.shape
+
+
+def test_rule_result_verdicts():
+    truth = np.array([1.0, -2.0, 3.0])
+    naive = truth + np.array([1e-3, 0, 0])
+    assert H.rule_result("ok", truth + 1.9e-3, truth, naive)["passed"]
+    bad = H.rule_result("bad", truth + np.array([0, 0, 2.1e-3]), truth, naive)
+    assert not bad["passed"] and "2 x naive" in bad["why"]
+    # a NaN where the truth is finite fails even if the naive result is worse
+    assert not H.rule_result("nan", np.array([np.nan, -2, 3]), truth, naive + 1)["passed"]
+    # NaN where the truth is NaN (a contract, e.g. a bad label) is required, not forgiven
+    t_nan = np.array([np.nan, 1.0])
+    assert H.rule_result("nan ok", np.array([np.nan, 1.0]), t_nan, t_nan)["passed"]
+    assert not H.rule_result("nan missing", np.array([0.0, 1.0]), t_nan, t_nan)["passed"]
+    assert not H.rule_result("shape", truth[:2], truth, naive)["passed"]
+    # atol: `ulps` fp32 ulps of max|truth|
+    r = H.rule_result("atol", truth, truth, truth, ulps=4)
+    assert r["atol"] == pytest.approx(4 * 2.0 ** -23 * 3.0)
+
+
+def test_hbm_peaks_and_tables(tmp_path):
+    assert H.hbm_peak("NVIDIA H100 80GB HBM3")[0] == 3.35e12
+    assert H.hbm_peak("NVIDIA H100 PCIe")[0] == 2.0e12
+    assert H.hbm_peak("NVIDIA GH200 480GB")[0] == 4.0e12
+    assert H.hbm_peak("NVIDIA H200")[0] == 4.8e12
+    peak, why = H.hbm_peak("Some GPU")
+    assert peak is None and "no peak known" in why
+    row = H.bandwidth_row("forward", "bfloat16", "2x3", 3_350_000_000, 1.0, 3.35e12, torch_ms=2.0)
+    assert row["gbs"] == pytest.approx(3350.0) and row["pct_peak"] == pytest.approx(100.0)
+    assert row["speedup"] == pytest.approx(2.0)
+    md = H.bandwidth_markdown("T", "dev", "peak", [row], "b.", "t.")
+    assert "| forward | bfloat16 | 2x3 |" in md and "2.00x" in md
+    H.write_json(str(tmp_path / "r.json"), {"a": 1})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+# ----------------------------------------------------------------------------- RMSNorm
+RMS_CASES = [(7, 40, "bfloat16"), (5, 257, "float32"), (6, 130, "float16"), (0, 64, "bfloat16")]
+
+
+def test_rmsnorm_truth_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    x, w, g = rng.standard_normal((3, 9)), rng.standard_normal(9), rng.standard_normal((3, 9))
+    t = crms.truth(x, w, g, 1e-6)
+    loss = lambda x_, w_: float((crms.truth(x_, w_, g, 1e-6)["y"] * g).sum())  # noqa: E731
+    h = 1e-6
+    i, j = 1, 4
+    e = np.zeros_like(x)
+    e[i, j] = h
+    assert (loss(x + e, w) - loss(x - e, w)) / (2 * h) == pytest.approx(t["dx"][i, j], rel=1e-6)
+    ew = np.zeros_like(w)
+    ew[j] = h
+    assert (loss(x, w + ew) - loss(x, w - ew)) / (2 * h) == pytest.approx(t["dweight"][j], rel=1e-6)
+    np.testing.assert_allclose(t["inv_rms"], 1 / np.sqrt((x * x).mean(-1) + 1e-6))
+
+
+@pytest.mark.parametrize("case", RMS_CASES)
+def test_rmsnorm_ideal_kernel_passes(case):
+    r = crms.check_case(crms.rounded_truth_kernel, *case)
+    assert r["passed"], r
+
+
+def _rms_bug(kind):
+    def kernel(x, w, g, eps, dtype, shift=0):
+        out = crms.rounded_truth_kernel(x, w, g, eps, dtype)
+        rd = H.rounder(dtype)
+        if kind == "tail":        # the last element left out of sum(x^2)
+            r = 1 / np.sqrt((x[:, :-1] ** 2).sum(-1, keepdims=True) / x.shape[1] + eps)
+            out["y"] = rd(w * x * r)
+        elif kind == "dx_no_weight":
+            t = crms.truth(x, np.ones_like(w), g, eps)
+            out["dx"] = rd(t["dx"])
+        elif kind == "dweight_half_rows":  # a CTA's partial sum lost
+            out["dweight"] = rd(crms.truth(x[: len(x) // 2], w, g[: len(x) // 2], eps)["dweight"])
+        elif kind == "inv_rms_squared":
+            out["inv_rms"] = out["inv_rms"] ** 2
+        return out
+    return kernel
+
+
+@pytest.mark.parametrize("kind,dtype", [("tail", "float32"), ("dx_no_weight", "bfloat16"),
+                                        ("dweight_half_rows", "float16"), ("inv_rms_squared", "bfloat16")])
+def test_rmsnorm_check_catches_bugs(kind, dtype):
+    r = crms.check_case(_rms_bug(kind), 6, 257, dtype)
+    assert not r["passed"]
+
+
+def test_rmsnorm_naive_itself_passes_the_rule():
+    # err(naive) <= 2 err(naive): the rule accepts a kernel exactly as accurate as the naive one
+    def naive_kernel(x, w, g, eps, dtype, shift=0):
+        return crms.naive(x, w, g, eps, dtype)
+    assert crms.check_case(naive_kernel, 5, 100, "bfloat16")["passed"]
+
+
+def test_rmsnorm_run_writes_a_report(tmp_path):
+    out = crms.run(str(tmp_path), kernel=crms.rounded_truth_kernel, cases=RMS_CASES[:2])
+    assert out["passed"] and out["cases"] == 2
+    assert json.loads((tmp_path / "check_rmsnorm.json").read_text())["passed"] is True
+    out = crms.run(str(tmp_path), kernel=_rms_bug("tail"), cases=[(4, 64, "float32", 0)])
+    assert not out["passed"] and out["failures"][0]["results"][0]["name"] == "y"
+
+
+# ----------------------------------------------------------------------------- RoPE
+ROPE_CASES = [crope.Case(2, 9, 3, 1, 16, 16, False, "none", "bfloat16"),
+              crope.Case(1, 7, 2, 2, 12, 8, True, "batch", "float32"),
+              crope.Case(2, 5, 2, 0, 10, 6, False, "shared", "float16"),
+              crope.Case(2, 6, 2, 1, 8, 8, True, "bad", "bfloat16")]
+
+
+def test_rope_truth_is_a_rotation():
+    rng = np.random.default_rng(0)
+    c = crope.Case(2, 5, 3, 1, 8, 8, False, "batch", "float32")
+    inp = crope.make_inputs(rng, c)
+    t = crope.truth(inp, False)
+    # norms are kept and the inverse undoes the forward, up to the fp32 tables'
+    # rounding: cos^2 + sin^2 = 1 within a few 2^-24
+    tol = 4 * 2.0 ** -24
+    np.testing.assert_allclose(np.linalg.norm(t["q"], axis=-1), np.linalg.norm(inp["q"], axis=-1), rtol=tol)
+    cc, ss = crope.table_rows_for(inp["cos"], inp["sin"], c.seq, inp["ids"])
+    np.testing.assert_allclose(crope.rotate(t["q"], cc, -ss, False), inp["q"], rtol=2 * tol, atol=1e-12)
+    # rotate_half pairs (i, i + r/2): the first feature of a head at position p
+    b, s, h = 1, 3, 2
+    p = inp["ids"][b, s]
+    a0, b0 = inp["q"][b, s, h, 0], inp["q"][b, s, h, 4]
+    assert t["q"][b, s, h, 0] == pytest.approx(a0 * inp["cos"][p, 0] - b0 * inp["sin"][p, 0])
+
+
+@pytest.mark.parametrize("case", ROPE_CASES, ids=lambda c: c.label())
+def test_rope_ideal_kernel_passes(case):
+    r = crope.check_case(crope.rounded_truth_kernel, case)
+    assert r["passed"], r
+
+
+def _rope_bug(kind):
+    def kernel(inp, c):
+        if kind == "inverse_sign":       # the backward rotates forward again
+            t = crope.truth({**inp, "gq": inp["gq"], "gk": inp["gk"]}, c.interleaved)
+            cc, ss = crope.table_rows_for(inp["cos"], inp["sin"], c.seq, inp["ids"])
+            t["dq"] = crope.rotate(inp["gq"], cc, ss, c.interleaved)
+        elif kind == "layout":           # interleaved pairs treated as rotate_half
+            t = crope.truth(inp, not c.interleaved)
+        elif kind == "tail_zeroed":      # pass-through features not copied
+            t = crope.truth(inp, c.interleaved)
+            t["q"][..., c.rot_dim:] = 0
+        elif kind == "ids_ignored":
+            t = crope.truth({**inp, "ids": None}, c.interleaved)
+        elif kind == "bad_clamped":      # out-of-range positions clamped instead of NaN
+            ids = np.clip(inp["ids"], 0, inp["cos"].shape[0] - 1)
+            t = crope.truth({**inp, "ids": ids}, c.interleaved)
+        return {k: H.rounder(c.dtype)(v) for k, v in t.items()}
+    return kernel
+
+
+@pytest.mark.parametrize("kind,case", [
+    ("inverse_sign", crope.Case(1, 6, 2, 1, 8, 8, False, "none", "bfloat16")),
+    ("layout", crope.Case(1, 6, 2, 1, 8, 8, True, "none", "bfloat16")),
+    ("tail_zeroed", crope.Case(1, 6, 2, 1, 12, 8, False, "none", "float16")),
+    ("ids_ignored", crope.Case(2, 6, 2, 1, 8, 8, False, "batch", "float32")),
+    ("bad_clamped", crope.Case(2, 6, 2, 1, 8, 8, False, "bad", "bfloat16")),
+])
+def test_rope_check_catches_bugs(kind, case):
+    assert not crope.check_case(_rope_bug(kind), case)["passed"]
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+CE_CASES = [(9, 300, "bfloat16"), (7, 61, "float32"), (6, 50, "float16"), (5, 7, "bfloat16"), (0, 10, "float32")]
+
+
+def test_cross_entropy_truth_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    inp = cce.make_inputs(rng, 6, 11, "float32", bad_label=False)
+    t = cce.truth(inp)
+    keep = inp["labels"] != cce.IGNORE
+
+    def loss(x):
+        return float((cce.truth({**inp, "logits": x})["loss"] * inp["dloss"])[keep].sum())
+
+    i = int(np.flatnonzero(keep)[1])
+    for j in (0, int(inp["labels"][i])):
+        e = np.zeros_like(inp["logits"])
+        e[i, j] = 1e-6
+        fd = (loss(inp["logits"] + e) - loss(inp["logits"] - e)) / 2e-6
+        assert fd == pytest.approx(t["dlogits"][i, j], rel=1e-5, abs=1e-9)
+    assert np.all(t["loss"][~keep] == 0) and np.all(t["dlogits"][~keep] == 0)
+
+
+@pytest.mark.parametrize("case", CE_CASES)
+def test_cross_entropy_ideal_kernel_passes(case):
+    r = cce.check_case(cce.rounded_truth_kernel, *case)
+    assert r["passed"], r
+
+
+def _ce_bug(kind):
+    def kernel(inp, dtype, shifts=(0, 0)):
+        labels = inp["labels"].copy()
+        if kind == "label_off_by_one":
+            keep = (labels != cce.IGNORE) & (labels >= 0) & (labels < inp["logits"].shape[1] - 1)
+            labels[keep] += 1
+        if kind == "ignore_not_ignored":
+            labels[labels == cce.IGNORE] = 0
+        out = cce.rounded_truth_kernel({**inp, "labels": labels}, dtype)
+        if kind == "no_onehot":
+            t = cce.truth(inp)
+            x = inp["logits"]
+            m = x.max(-1, keepdims=True)
+            p = np.exp(x - m) / np.exp(x - m).sum(-1, keepdims=True)
+            out["dlogits"] = H.rounder(dtype)(np.where(np.isnan(t["dlogits"]), np.nan,
+                                                       np.where(t["dlogits"] == 0, 0, p * inp["dloss"][:, None])))
+        if kind == "stats_as_lse":
+            out["stats"][:, 1] += out["stats"][:, 0]
+        if kind == "bad_label_not_nan":
+            out["loss"] = np.nan_to_num(out["loss"])
+        if kind == "loss_1e-5":
+            out["loss"] = out["loss"] * (1 + 1e-5)
+        return out
+    return kernel
+
+
+@pytest.mark.parametrize("kind,dtype", [("label_off_by_one", "bfloat16"), ("ignore_not_ignored", "float16"),
+                                        ("no_onehot", "bfloat16"), ("stats_as_lse", "float32"),
+                                        ("bad_label_not_nan", "bfloat16"), ("loss_1e-5", "float32")])
+def test_cross_entropy_check_catches_bugs(kind, dtype):
+    assert not cce.check_case(_ce_bug(kind), 9, 300, dtype)["passed"]
+
+
+def test_check_modules_import_without_a_gpu():
+    # run_all.py imports every check/bench module; none may need the device at import
+    for name in ("check_rmsnorm", "check_rope", "check_cross_entropy", "bench_rmsnorm", "bench_rope",
+                 "bench_cross_entropy"):
+        assert os.path.exists(ROOT / "bench" / "gpu" / f"{name}.py")
+        __import__(name)
