@@ -1,0 +1,121 @@
+// llmpre._cuda bindings of the CUDA flash attention (cuda/flash_attn): device
+// pointers as ints, shapes as keywords, dtype as "bf16" or "fp16". Used by
+// bench/gpu/check_flash_attn.py and bench/gpu/bench_flash_attn.py.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "bindings/registry.h"
+#include "flash_attn/flash_attn_cuda.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using llmpre::cuda::FaDtype;
+using llmpre::cuda::FlashAttnBwdParams;
+using llmpre::cuda::FlashAttnFwdParams;
+
+FaDtype parse_dtype(const std::string& s) {
+  if (s == "bf16" || s == "bfloat16") return FaDtype::kBFloat16;
+  if (s == "fp16" || s == "float16") return FaDtype::kFloat16;
+  throw std::invalid_argument("flash_attn: dtype must be 'bf16' or 'fp16', got '" + s + "'");
+}
+
+void set_shape(FlashAttnFwdParams& p, int batch, int seq_q, int seq_k, int heads, int kv_heads, int head_dim,
+               bool causal, int window, float scale, const std::string& dtype) {
+  p.batch = batch;
+  p.seq_q = seq_q;
+  p.seq_k = seq_k;
+  p.heads = heads;
+  p.kv_heads = kv_heads;
+  p.head_dim = head_dim;
+  p.causal = causal;
+  p.window = window;
+  p.scale = scale;
+  p.dtype = parse_dtype(dtype);
+}
+
+template <class T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+}  // namespace
+
+LLMPRE_CUDA_BINDINGS(flash_attn, m) {
+  m.def("flash_attn_head_dim_compiled", &llmpre::cuda::flash_attn_head_dim_compiled, py::arg("head_dim"),
+        "whether this build has flash attention kernels for head_dim");
+
+  m.def(
+      "flash_attn_forward",
+      [](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, int batch, int seq_q, int seq_k,
+         int heads, int kv_heads, int head_dim, bool causal, int window, float scale, const std::string& dtype,
+         uintptr_t alibi_slopes, uintptr_t stream) {
+        FlashAttnFwdParams p;
+        set_shape(p, batch, seq_q, seq_k, heads, kv_heads, head_dim, causal, window, scale, dtype);
+        p.q = ptr<const void>(q);
+        p.k = ptr<const void>(k);
+        p.v = ptr<const void>(v);
+        p.out = ptr<void>(out);
+        p.lse = ptr<float>(lse);
+        p.alibi_slopes = ptr<const float>(alibi_slopes);
+        llmpre::cuda::flash_attn_forward(p, reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("batch"),
+      py::arg("seq_q"), py::arg("seq_k"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
+      py::arg("causal"), py::arg("window") = -1, py::arg("scale"), py::arg("dtype") = "bf16",
+      py::arg("alibi_slopes") = 0, py::arg("stream") = 0,
+      "out [b, sq, h, d] and lse [b, h, sq] (fp32) from q [b, sq, h, d], k and v [b, sk, hk, d]");
+
+  m.def(
+      "flash_attn_bwd_workspace_bytes",
+      [](int batch, int seq_q, int seq_k, int heads, int kv_heads, int head_dim, bool causal, int window,
+         float scale, const std::string& dtype, bool deterministic) {
+        FlashAttnBwdParams p;
+        set_shape(p, batch, seq_q, seq_k, heads, kv_heads, head_dim, causal, window, scale, dtype);
+        p.deterministic = deterministic;
+        return llmpre::cuda::flash_attn_bwd_workspace_bytes(p);
+      },
+      py::arg("batch"), py::arg("seq_q"), py::arg("seq_k"), py::arg("heads"), py::arg("kv_heads"),
+      py::arg("head_dim"), py::arg("causal"), py::arg("window") = -1, py::arg("scale"),
+      py::arg("dtype") = "bf16", py::arg("deterministic") = false,
+      "device bytes flash_attn_backward needs as workspace (on the current device)");
+
+  m.def(
+      "flash_attn_backward",
+      [](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dout, uintptr_t dq,
+         uintptr_t dk, uintptr_t dv, uintptr_t workspace, size_t workspace_bytes, int batch, int seq_q,
+         int seq_k, int heads, int kv_heads, int head_dim, bool causal, int window, float scale,
+         const std::string& dtype, bool deterministic, uintptr_t alibi_slopes, uintptr_t stream) {
+        FlashAttnBwdParams p;
+        set_shape(p, batch, seq_q, seq_k, heads, kv_heads, head_dim, causal, window, scale, dtype);
+        p.deterministic = deterministic;
+        const size_t need = llmpre::cuda::flash_attn_bwd_workspace_bytes(p);
+        if (workspace_bytes < need) {
+          throw std::invalid_argument("flash_attn_backward: workspace_bytes is " + std::to_string(workspace_bytes) +
+                                      " but this call needs " + std::to_string(need) +
+                                      " (flash_attn_bwd_workspace_bytes)");
+        }
+        p.q = ptr<const void>(q);
+        p.k = ptr<const void>(k);
+        p.v = ptr<const void>(v);
+        p.out = ptr<void>(out);
+        p.lse = ptr<float>(lse);
+        p.dout = ptr<const void>(dout);
+        p.dq = ptr<void>(dq);
+        p.dk = ptr<void>(dk);
+        p.dv = ptr<void>(dv);
+        p.workspace = ptr<void>(workspace);
+        p.alibi_slopes = ptr<const float>(alibi_slopes);
+        llmpre::cuda::flash_attn_backward(p, reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("dout"), py::arg("dq"),
+      py::arg("dk"), py::arg("dv"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("batch"),
+      py::arg("seq_q"), py::arg("seq_k"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
+      py::arg("causal"), py::arg("window") = -1, py::arg("scale"), py::arg("dtype") = "bf16",
+      py::arg("deterministic") = false, py::arg("alibi_slopes") = 0, py::arg("stream") = 0,
+      "dq, dk, dv from the forward's inputs, out, lse and dout");
+}
