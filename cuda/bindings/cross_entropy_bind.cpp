@@ -5,7 +5,7 @@
 #include <string>
 
 #include "bindings/registry.h"
-#include "cross_entropy/cross_entropy.h"
+#include "cross_entropy/cross_entropy_cuda.h"
 
 namespace py = pybind11;
 using llmpre::cuda::CrossEntropyParams;

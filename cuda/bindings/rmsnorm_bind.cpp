@@ -5,7 +5,7 @@
 #include <string>
 
 #include "bindings/registry.h"
-#include "rmsnorm/rmsnorm.h"
+#include "rmsnorm/rmsnorm_cuda.h"
 
 namespace py = pybind11;
 using llmpre::cuda::RmsNormParams;

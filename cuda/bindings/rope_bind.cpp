@@ -5,7 +5,7 @@
 #include <string>
 
 #include "bindings/registry.h"
-#include "rope/rope.h"
+#include "rope/rope_cuda.h"
 
 namespace py = pybind11;
 

@@ -4,7 +4,7 @@
 #include <climits>
 
 #include "common/rowwise.cuh"
-#include "cross_entropy/cross_entropy.h"
+#include "cross_entropy/cross_entropy_cuda.h"
 
 namespace llmpre {
 namespace cuda {

@@ -3,7 +3,7 @@
 #include <climits>
 
 #include "common/rowwise.cuh"
-#include "rmsnorm/rmsnorm.h"
+#include "rmsnorm/rmsnorm_cuda.h"
 
 namespace llmpre {
 namespace cuda {

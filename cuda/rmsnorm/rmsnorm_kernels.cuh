@@ -21,7 +21,7 @@
 #include <type_traits>
 
 #include "common/rowwise.cuh"
-#include "rmsnorm/rmsnorm.h"
+#include "rmsnorm/rmsnorm_cuda.h"
 
 namespace llmpre {
 namespace cuda {

@@ -15,7 +15,7 @@
 #include <climits>
 
 #include "common/rowwise.cuh"
-#include "rope/rope.h"
+#include "rope/rope_cuda.h"
 
 namespace llmpre {
 namespace cuda {

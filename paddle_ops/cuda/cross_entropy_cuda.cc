@@ -16,9 +16,7 @@
 
 #include "cuda_ops.h"
 #include "op_common.h"
-// By path: "cross_entropy/cross_entropy.h" is also the CPU kernel's header
-// (cpp/kernels/cross_entropy/cross_entropy.h), first on this target's include path.
-#include "../../cuda/cross_entropy/cross_entropy.h"
+#include "cross_entropy/cross_entropy_cuda.h"
 
 namespace {
 

@@ -15,9 +15,7 @@
 
 #include "cuda_ops.h"
 #include "op_common.h"
-// By path: "rmsnorm/rmsnorm.h" is also the CPU kernel's header
-// (cpp/kernels/rmsnorm/rmsnorm.h), which comes first on this target's include path.
-#include "../../cuda/rmsnorm/rmsnorm.h"
+#include "rmsnorm/rmsnorm_cuda.h"
 
 namespace {
 

@@ -15,7 +15,7 @@
 
 #include "cuda_ops.h"
 #include "op_common.h"
-#include "rope/rope.h"
+#include "rope/rope_cuda.h"
 
 namespace {
 

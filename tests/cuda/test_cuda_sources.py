@@ -38,7 +38,7 @@ def test_paddle_gpu_half_defines_what_cuda_ops_declares(op):
 @pytest.mark.parametrize("d", sorted(OPS.values()))
 def test_each_op_has_one_home(d):
     folder = ROOT / "cuda" / d
-    for name in (f"{d}.h", f"{d}_kernels.cuh", f"{d}.cu"):
+    for name in (f"{d}_cuda.h", f"{d}_kernels.cuh", f"{d}.cu"):
         assert (folder / name).exists(), f"cuda/{d}/{name} is missing"
     for dt in ("fp32", "fp16", "bf16"):
         text = (folder / f"{d}_{dt}.cu").read_text()
