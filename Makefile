@@ -11,6 +11,8 @@ PADDLE_PKG ?= paddlepaddle==3.3.1
 # CUDA kernels are compiled by `make cuda-build` (or LLMPRE_CUDA=AUTO make setup).
 LLMPRE_CUDA ?= OFF
 CUDA_ARCHS  ?= 80;90
+# Hopper flash attention kernels (sm_90a): AUTO = when CUDA_ARCHS has 90.
+FA_SM90     ?= AUTO
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
 SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp cuda paddle_ops -type f 2>/dev/null)
@@ -37,7 +39,7 @@ test: setup
 # Compile-only build of the CUDA kernels (needs nvcc; no GPU needed).
 cuda-build: setup
 	$(VENV)/bin/cmake -S . -B build/cuda -G Ninja -DLLMPRE_CUDA=ON -DLLMPRE_PADDLE_OPS=OFF \
-	    "-DLLMPRE_CUDA_ARCHS=$(CUDA_ARCHS)" -DPython_EXECUTABLE=$(abspath $(PY)) \
+	    "-DLLMPRE_CUDA_ARCHS=$(CUDA_ARCHS)" -DLLMPRE_FA_SM90=$(FA_SM90) -DPython_EXECUTABLE=$(abspath $(PY)) \
 	    -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir)
 	$(VENV)/bin/cmake --build build/cuda -j $(JOBS)
 

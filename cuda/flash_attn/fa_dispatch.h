@@ -1,8 +1,10 @@
 // The compiled variants: one explicit instantiation per (dtype, head_dim,
-// causal) and pass, defined in flash_{fwd,bwd}_hdim<D>_<dtype>[_causal].cu and
-// called by the dispatcher in flash_attn.cu.
+// causal) and pass, defined in flash_{fwd,bwd}[_sm90]_hdim<D>_<dtype>_<causal>.cu
+// and called by the dispatcher in flash_attn.cu. The _sm90 ones (Hopper
+// kernels, built for sm_90a) exist when CMake defines LLMPRE_FA_SM90.
 #pragma once
 
+#include "flash_attn/fa_sm90_config.h"
 #include "flash_attn/fa_tile.cuh"
 
 namespace llmpre {
@@ -17,6 +19,13 @@ void run_fwd(const FaArgs& a, cudaStream_t stream);
 // runs; sms sizes the grid-stride kernels.
 template <class T, int D, bool Causal>
 void run_bwd(const FaArgs& a, int sms, cudaStream_t stream);
+
+// Hopper: forward for head_dim 64/128/256, backward (dK/dV kernel; dQ by
+// atomics when a.dq_accum is set, else the portable query-major pass) for 64/128.
+template <class T, int D, bool Causal>
+void run_fwd_sm90(const FaArgs& a, cudaStream_t stream);
+template <class T, int D, bool Causal>
+void run_bwd_sm90(const FaArgs& a, int sms, cudaStream_t stream);
 
 }  // namespace fa
 }  // namespace cuda

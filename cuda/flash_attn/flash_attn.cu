@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -98,6 +99,54 @@ int smem_need_bwd(int d, bool atomic) {
   }
 }
 
+int smem_need_fwd_sm90(int d) {
+  switch (d) {
+    case 64: return fa::sm90_fwd_smem_bytes<64>();
+    case 128: return fa::sm90_fwd_smem_bytes<128>();
+    default: return fa::sm90_fwd_smem_bytes<256>();
+  }
+}
+
+int smem_need_bwd_sm90(int d, bool atomic) {
+  const int own = d == 64 ? fa::sm90_bwd_smem_bytes<64>() : fa::sm90_bwd_smem_bytes<128>();
+  if (atomic) return own;
+  return std::max(own, d == 64 ? fa::dq_smem_bytes<64>() : fa::dq_smem_bytes<128>());
+}
+
+// Why the Hopper kernels cannot run this call; empty when they can.
+std::string hopper_unavailable(const FlashAttnFwdParams& p, const fa::DeviceInfo& dev, bool backward) {
+  if (!flash_attn_hopper_compiled(p.head_dim, backward)) {
+    return std::string("this build has no Hopper ") + (backward ? "backward" : "forward") + " kernel for head_dim " +
+           std::to_string(p.head_dim) + " (forward: 64, 128, 256; backward: 64, 128; built when the CUDA " +
+           "architectures include 90)";
+  }
+  if (dev.cc_major != 9 || dev.cc_minor != 0) {
+    return "the Hopper kernels are built for sm_90a and this GPU is sm_" + std::to_string(dev.cc_major) +
+           std::to_string(dev.cc_minor);
+  }
+  if (p.seq_k == 0) return "seq_k is 0";
+  return std::string();
+}
+
+FaKernel requested_kernel(const FlashAttnFwdParams& p) {
+  if (p.kernel != FaKernel::kAuto) return p.kernel;
+  const char* env = std::getenv("LLMPRE_FLASH_ATTN_KERNEL");
+  if (env == nullptr || *env == '\0' || std::string(env) == "auto") return FaKernel::kAuto;
+  if (std::string(env) == "portable") return FaKernel::kPortable;
+  if (std::string(env) == "hopper") return FaKernel::kHopper;
+  throw std::invalid_argument(std::string("flash_attn: LLMPRE_FLASH_ATTN_KERNEL must be auto, portable or hopper, got '") +
+                              env + "'");
+}
+
+bool use_hopper(const FlashAttnFwdParams& p, const fa::DeviceInfo& dev, bool backward) {
+  const FaKernel k = requested_kernel(p);
+  if (k == FaKernel::kPortable) return false;
+  const std::string why = hopper_unavailable(p, dev, backward);
+  if (k == FaKernel::kHopper && !why.empty())
+    throw std::invalid_argument("flash_attn: the Hopper kernels were requested, but " + why);
+  return why.empty();
+}
+
 fa::DeviceInfo check_device(int smem_need) {
   const fa::DeviceInfo dev = fa::current_device_info();
   if (dev.cc_major < 8) {
@@ -166,6 +215,46 @@ void backward_t(const FaArgs& a, int d, bool causal, int sms, cudaStream_t s) {
   }
 }
 
+template <class T>
+void forward_sm90_t(const FaArgs& a, int d, bool causal, cudaStream_t s) {
+#ifdef LLMPRE_FA_SM90
+  switch (d) {
+#ifdef LLMPRE_FA_HDIM_64
+    case 64: causal ? fa::run_fwd_sm90<T, 64, true>(a, s) : fa::run_fwd_sm90<T, 64, false>(a, s); return;
+#endif
+#ifdef LLMPRE_FA_HDIM_128
+    case 128: causal ? fa::run_fwd_sm90<T, 128, true>(a, s) : fa::run_fwd_sm90<T, 128, false>(a, s); return;
+#endif
+#ifdef LLMPRE_FA_HDIM_256
+    case 256: causal ? fa::run_fwd_sm90<T, 256, true>(a, s) : fa::run_fwd_sm90<T, 256, false>(a, s); return;
+#endif
+    default: break;
+  }
+#endif
+  (void)a, (void)causal, (void)s;
+  throw std::logic_error("flash_attn: Hopper forward selected for head_dim " + std::to_string(d) + " without a kernel");
+}
+
+template <class T>
+void backward_sm90_t(const FaArgs& a, int d, bool causal, int sms, cudaStream_t s) {
+#ifdef LLMPRE_FA_SM90
+  switch (d) {
+#ifdef LLMPRE_FA_HDIM_64
+    case 64: causal ? fa::run_bwd_sm90<T, 64, true>(a, sms, s) : fa::run_bwd_sm90<T, 64, false>(a, sms, s); return;
+#endif
+#ifdef LLMPRE_FA_HDIM_128
+    case 128: causal ? fa::run_bwd_sm90<T, 128, true>(a, sms, s) : fa::run_bwd_sm90<T, 128, false>(a, sms, s); return;
+#endif
+    default: break;
+  }
+#endif
+  (void)a, (void)causal, (void)sms, (void)s;
+  throw std::logic_error("flash_attn: Hopper backward selected for head_dim " + std::to_string(d) + " without a kernel");
+}
+
+static_assert(fa::BwdCfg<64>::BN == fa::Sm90BwdCfg<64>::BN && fa::BwdCfg<128>::BN == fa::Sm90BwdCfg<128>::BN,
+              "the workspace plan (key blocks) serves both backward kernels");
+
 // Workspace layout of the backward pass (byte offsets, 256-aligned).
 struct BwdPlan {
   int splits = 1, heads_per_split = 1;
@@ -216,6 +305,21 @@ size_t elem_count(int64_t a, int64_t b, int64_t c, int64_t d) { return size_t(a 
 
 }  // namespace
 
+bool flash_attn_hopper_compiled(int head_dim, bool backward) {
+#ifdef LLMPRE_FA_SM90
+  if (!flash_attn_head_dim_compiled(head_dim)) return false;
+  return head_dim == 64 || head_dim == 128 || (head_dim == 256 && !backward);
+#else
+  (void)head_dim, (void)backward;
+  return false;
+#endif
+}
+
+FaKernel flash_attn_selected_kernel(const FlashAttnFwdParams& p, bool backward) {
+  check_shapes(p);
+  return use_hopper(p, fa::current_device_info(), backward) ? FaKernel::kHopper : FaKernel::kPortable;
+}
+
 bool flash_attn_head_dim_compiled(int head_dim) {
   switch (head_dim) {
 #ifdef LLMPRE_FA_HDIM_64
@@ -234,9 +338,16 @@ bool flash_attn_head_dim_compiled(int head_dim) {
 void flash_attn_forward(const FlashAttnFwdParams& p, cudaStream_t stream) {
   check_common(p);
   if (int64_t(p.batch) * p.seq_q == 0) return;
-  check_device(smem_need_fwd(p.head_dim));
+  const bool hopper = use_hopper(p, fa::current_device_info(), false);
+  check_device(hopper ? smem_need_fwd_sm90(p.head_dim) : smem_need_fwd(p.head_dim));
   const FaArgs a = make_args(p);
-  if (p.dtype == FaDtype::kBFloat16) {
+  if (hopper) {
+    if (p.dtype == FaDtype::kBFloat16) {
+      forward_sm90_t<Bf16>(a, p.head_dim, p.causal, stream);
+    } else {
+      forward_sm90_t<Fp16>(a, p.head_dim, p.causal, stream);
+    }
+  } else if (p.dtype == FaDtype::kBFloat16) {
     forward_t<Bf16>(a, p.head_dim, p.causal, stream);
   } else {
     forward_t<Fp16>(a, p.head_dim, p.causal, stream);
@@ -263,7 +374,10 @@ void flash_attn_backward(const FlashAttnBwdParams& p, cudaStream_t stream) {
     }
     return;
   }
-  const fa::DeviceInfo dev = check_device(smem_need_bwd(p.head_dim, p.head_dim <= 128 && !p.deterministic));
+  const bool atomic = p.head_dim <= 128 && !p.deterministic;
+  const bool hopper = use_hopper(p, fa::current_device_info(), true);
+  const fa::DeviceInfo dev =
+      check_device(hopper ? smem_need_bwd_sm90(p.head_dim, atomic) : smem_need_bwd(p.head_dim, atomic));
   const BwdPlan plan = plan_backward(p, dev.sms);
   require(p.workspace != nullptr && aligned(p.workspace, 256),
           "`workspace` must point to flash_attn_bwd_workspace_bytes() = " + std::to_string(plan.total) +
@@ -282,7 +396,13 @@ void flash_attn_backward(const FlashAttnBwdParams& p, cudaStream_t stream) {
   a.dv_part = plan.splits > 1 ? reinterpret_cast<float*>(ws + plan.dv_part) : nullptr;
   a.splits = plan.splits;
   a.heads_per_split = plan.heads_per_split;
-  if (p.dtype == FaDtype::kBFloat16) {
+  if (hopper) {
+    if (p.dtype == FaDtype::kBFloat16) {
+      backward_sm90_t<Bf16>(a, p.head_dim, p.causal, dev.sms, stream);
+    } else {
+      backward_sm90_t<Fp16>(a, p.head_dim, p.causal, dev.sms, stream);
+    }
+  } else if (p.dtype == FaDtype::kBFloat16) {
     backward_t<Bf16>(a, p.head_dim, p.causal, dev.sms, stream);
   } else {
     backward_t<Fp16>(a, p.head_dim, p.causal, dev.sms, stream);

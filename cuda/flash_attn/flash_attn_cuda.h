@@ -11,9 +11,18 @@
 // query i when (!causal || j <= pos_i) && (window <= 0 || j > pos_i - window).
 // A query that sees no key gets out = 0 and lse = -inf.
 //
-// Kernels (portable sm_80 design, also run on sm_90): mma.sync m16n8k16 with
-// fp32 accumulation, ldmatrix, cp.async double buffering; see flash_fwd_kernel.cuh
-// and flash_bwd_kernel.cuh. No Hopper-specific (wgmma/TMA) path yet.
+// Two sets of kernels:
+//   portable (sm_80 and newer, Hopper included): mma.sync m16n8k16 with fp32
+//     accumulation, ldmatrix, cp.async double buffering; flash_fwd_kernel.cuh
+//     and flash_bwd_kernel.cuh.
+//   Hopper (sm_90a; built when the CUDA architectures include 90, CMake
+//     defines LLMPRE_FA_SM90): TMA loads, wgmma, warp-specialised producer and
+//     consumer warpgroups with mbarrier pipelines; flash_fwd_sm90_kernel.cuh
+//     (head_dim 64/128/256) and flash_bwd_sm90_kernel.cuh (64/128).
+// FlashAttnFwdParams::kernel chooses; kAuto takes the Hopper kernels on an
+// sm_90 device when they exist for the head_dim and pass, else the portable
+// ones (the environment variable LLMPRE_FLASH_ATTN_KERNEL=portable|hopper
+// overrides kAuto).
 //
 // Supported: bf16 and fp16; head_dim 64, 128 and 256 (those compiled in, see
 // flash_attn_head_dim_compiled); causal or not; GQA/MQA; sliding window;
@@ -35,6 +44,7 @@ namespace llmpre {
 namespace cuda {
 
 enum class FaDtype : int { kBFloat16 = 0, kFloat16 = 1 };
+enum class FaKernel : int { kAuto = 0, kPortable = 1, kHopper = 2 };
 
 struct FlashAttnFwdParams {
   const void* q = nullptr;              // [batch, seq_q, heads, head_dim]
@@ -49,6 +59,7 @@ struct FlashAttnFwdParams {
   int window = -1;     // > 0: sliding window of this many keys; <= 0: none
   float scale = 0.f;   // > 0 (callers pass 1/sqrt(head_dim) for the default)
   FaDtype dtype = FaDtype::kBFloat16;
+  FaKernel kernel = FaKernel::kAuto;  // kHopper where unavailable: std::invalid_argument with the reason
 };
 
 // Backward: the forward's inputs and results plus dout; writes dq, dk, dv
@@ -71,6 +82,11 @@ struct FlashAttnBwdParams : FlashAttnFwdParams {
 
 // True when kernels for this head_dim were compiled into this build.
 bool flash_attn_head_dim_compiled(int head_dim);
+// True when this build has Hopper kernels for head_dim (forward or backward).
+bool flash_attn_hopper_compiled(int head_dim, bool backward);
+// Which kernels a call with these parameters runs on the current device:
+// FaKernel::kPortable or FaKernel::kHopper (throws as the call would).
+FaKernel flash_attn_selected_kernel(const FlashAttnFwdParams& p, bool backward);
 
 // Throw std::invalid_argument naming the field on bad sizes, null pointers or
 // misaligned pointers; std::runtime_error (file:line) on CUDA errors.

@@ -178,10 +178,10 @@ def emulator(tmp_path_factory) -> Path:
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     assert cxx, "a C++17 compiler is needed (it also builds llmpre's C++ core)"
     out = tmp_path_factory.mktemp("fa_emu")
-    flags = ["-std=c++17", "-O1", "-DLLMPRE_FA_EMULATE", "-DLLMPRE_FA_HDIM_64", "-DLLMPRE_FA_HDIM_128",
-             "-DLLMPRE_FA_HDIM_256", f"-I{ROOT / 'cuda'}", "-w"]
+    flags = ["-std=c++17", "-O1", "-DLLMPRE_FA_EMULATE", "-DLLMPRE_FA_SM90", "-DLLMPRE_FA_HDIM_64",
+             "-DLLMPRE_FA_HDIM_128", "-DLLMPRE_FA_HDIM_256", f"-I{ROOT / 'cuda'}", "-w"]
     units = [(p, ["-x", "c++"]) for p in [FA / "flash_attn.cu", *sorted(FA.glob("flash_*_hdim*.cu"))]]
-    units += [(FA / "emu" / "fa_emu.cpp", []), (FA / "emu" / "fa_emu_main.cpp", [])]
+    units += [(p, []) for p in sorted((FA / "emu").glob("fa_emu*.cpp"))]
 
     def compile_one(unit):
         src, lang = unit
@@ -254,6 +254,69 @@ def test_kernels_on_emulator(emulator, tmp_path, case, mode):
     rep = C.compare(case, got, C.reference(case, x), C.naive(case, x))
     bad = {n: e for n, e in rep.items() if not e["ok"]}
     assert not bad, f"{case.label()} ({time.time() - t0:.1f} s): {bad}"
+
+
+# The Hopper kernels (flash_{fwd,bwd}_sm90_kernel.cuh) on the emulator of
+# their layer (emu/fa_emu_sm90.h): the device reports sm_90. Tiles: forward
+# 128 queries x 128 keys (64 keys for head_dim 256), backward 128 keys x 64
+# queries; the shapes below leave tails in both, cross several tiles so the
+# K/V and Q/dO rings wrap, split GQA groups across blocks (sms), and vary
+# when TMA data lands (tma_mode: at the wait, at issue, at random rounds)
+# and the thread order.
+HOPPER = dict(arch=90, kernel="hopper")
+HOPPER_CASES = [
+    (C.Case(1, 129, 255, 6, 2, 64, True), dict(HOPPER, sms=8)),
+    (C.Case(1, 300, 513, 2, 1, 64, False, window=100), dict(HOPPER, tma_mode=1, order=1)),
+    (C.Case(2, 200, 127, 4, 1, 64, True, alibi=True, dtype="fp16"), dict(HOPPER, tma_mode=2, order=2)),
+    (C.Case(1, 150, 150, 2, 1, 128, True, q_gain=4.0), dict(HOPPER, tma_mode=2)),
+    (C.Case(1, 140, 391, 4, 2, 128, False, dtype="fp16", deterministic=True), dict(HOPPER, order=2)),
+    (C.Case(1, 66, 190, 4, 2, 128, True, window=70, alibi=True), dict(HOPPER, sms=4, order=1, tma_mode=1)),
+    (C.Case(1, 97, 300, 2, 1, 256, True, window=40, alibi=True), dict(arch=90, tma_mode=2)),
+    (C.Case(1, 70, 70, 2, 2, 256, False, dtype="fp16"), dict(arch=90, sms=1, order=2)),
+]
+
+
+@pytest.mark.parametrize("case,mode", HOPPER_CASES, ids=[c.label() for c, _ in HOPPER_CASES])
+def test_hopper_kernels_on_emulator(emulator, tmp_path, case, mode):
+    x = C.make_inputs(case, seed=13)
+    t0 = time.time()
+    got, log = _run_emulator(emulator, case, x, tmp_path, **mode)
+    assert got, f"the emulator stopped: {log}"
+    # head_dim 256 has a Hopper forward only; kernel=auto takes the portable backward.
+    want = "fwd=hopper bwd=hopper" if case.head_dim <= 128 else "fwd=hopper bwd=portable"
+    assert want in log, log
+    rep = C.compare(case, got, C.reference(case, x), C.naive(case, x))
+    bad = {n: e for n, e in rep.items() if not e["ok"]}
+    assert not bad, f"{case.label()} ({time.time() - t0:.1f} s): {bad}"
+
+
+def test_emulated_hopper_backward_is_reproducible(emulator, tmp_path):
+    # out, lse, dK and dV do not depend on thread order or on when TMA data
+    # lands (dQ is summed with atomics, so its last bits may).
+    case = C.Case(1, 130, 200, 4, 2, 64, True)
+    x = C.make_inputs(case, seed=4)
+    a, log_a = _run_emulator(emulator, case, x, tmp_path / "a", **HOPPER, order=0, sms=4)
+    b, log_b = _run_emulator(emulator, case, x, tmp_path / "b", **HOPPER, order=2, seed=9, tma_mode=2, sms=4)
+    assert a and b, (log_a, log_b)
+    for n in ("out", "lse", "dk", "dv"):
+        assert np.array_equal(a[n], b[n]), n
+
+
+def test_kernel_selection_on_emulated_devices(emulator, tmp_path):
+    case = C.Case(1, 16, 16, 2, 1, 64, True)
+    x = C.make_inputs(case, seed=0)
+    got, log = _run_emulator(emulator, case, x, tmp_path / "auto90", arch=90)
+    assert got and "fwd=hopper bwd=hopper" in log, log
+    got, log = _run_emulator(emulator, case, x, tmp_path / "auto80", arch=80)
+    assert got and "fwd=portable bwd=portable" in log, log
+    got, log = _run_emulator(emulator, case, x, tmp_path / "port90", arch=90, kernel="portable")
+    assert got and "fwd=portable bwd=portable" in log, log
+    got, log = _run_emulator(emulator, case, x, tmp_path / "hop80", arch=80, kernel="hopper")
+    assert not got and "built for sm_90a and this GPU is sm_80" in log, log
+    case = C.Case(1, 16, 16, 2, 1, 256, True)
+    x = C.make_inputs(case, seed=0)
+    got, log = _run_emulator(emulator, case, x, tmp_path / "hop256", arch=90, kernel="hopper")
+    assert not got and "no Hopper backward kernel for head_dim 256" in log, log
 
 
 def test_emulated_backward_is_reproducible(emulator, tmp_path):

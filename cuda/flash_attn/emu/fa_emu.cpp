@@ -6,6 +6,7 @@
 // instruction). Fortified longjmp rejects jumps between stacks, so it is off.
 #undef _FORTIFY_SOURCE
 #include "flash_attn/emu/fa_emu.h"
+#include "flash_attn/emu/fa_emu_internal.h"
 
 #include <setjmp.h>
 #include <ucontext.h>
@@ -96,6 +97,7 @@ void fiber_main(int tid) {
   if (!f.open.empty() || !f.groups.empty())
     fail("thread %d of block (%d, %d, %d) exited with cp.async copies not waited for", tid, g_block[0],
          g_block[1], g_block[2]);
+  detail::sm90_thread_exit(tid);
   f.done = true;
   ++g_events;
   _longjmp(g_sched, 1);  // never returns: this stack is dropped
@@ -250,6 +252,7 @@ void launch(dim3 grid, int threads, int smem_bytes, const std::function<void()>&
         g_warps.assign(size_t(threads / 32), Warp());
         g_bar_count = 0;
         g_bar_gen = 0;
+        detail::sm90_block_start(threads);
         for (int t = 0; t < threads; ++t) {
           Fiber& f = g_fibers[size_t(t)];
           f.done = false;
@@ -271,11 +274,13 @@ void launch(dim3 grid, int threads, int smem_bytes, const std::function<void()>&
             if (g_fibers[size_t(t)].done) continue;
             resume(t);
           }
+          detail::sm90_round_end(rng);
           live = 0;
           for (const Fiber& f : g_fibers) live += !f.done;
           if (live > 0 && g_events == before)
-            fail("deadlock: %d threads wait at a barrier or warp collective that the others never reach", live);
+            fail("deadlock: %d threads wait at a barrier, mbarrier or collective that nothing will release", live);
         }
+        detail::sm90_block_end();
       }
   g_smem.clear();
   g_smem_bytes = 0;
@@ -303,6 +308,7 @@ void check_access(const void* p, size_t bytes, size_t align, bool write, const c
   if (in_smem(p, bytes)) {
     if (g_cur < 0) fail("%s: shared memory touched outside a kernel", what);
     record(p, bytes, write, g_bar_gen, what);
+    if (write) detail::sm90_generic_write(p, bytes);
     return;
   }
   if (!find_buffer(p, bytes)) fail("%s: address %p (+%zu bytes) is in no buffer and not in shared memory", what, p, bytes);
@@ -431,6 +437,22 @@ float f16_to_f32(uint16_t h) {
   if (e == 31) return from_bits(sign | 0x7f800000u | (m << 13));
   return from_bits(sign | ((e - 15u + 127u) << 23) | (m << 13));
 }
+
+namespace detail {
+
+int current() { return g_cur; }
+int block_threads() { return g_threads; }
+void yield() { ::llmpre::cuda::fa::emu::yield(); }
+void progress() { ++g_events; }
+unsigned char* smem_data() { return g_smem.data(); }
+int smem_size() { return g_smem_bytes; }
+bool in_smem(const void* p, size_t bytes) { return ::llmpre::cuda::fa::emu::in_smem(p, bytes); }
+void record_smem(const void* p, size_t bytes, bool write, const char* what) {
+  record(p, bytes, write, g_bar_gen, what);
+}
+bool in_buffer(const void* p, size_t bytes) { return find_buffer(p, bytes) != nullptr; }
+
+}  // namespace detail
 
 }  // namespace emu
 }  // namespace fa

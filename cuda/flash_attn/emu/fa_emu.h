@@ -51,6 +51,8 @@ struct Config {
   int max_smem = 227 * 1024;       // reported opt-in shared memory per block
   int order = 0;                   // fiber order: 0 ascending, 1 descending, 2 shuffled
   bool lazy_copies = true;         // cp.async lands at wait_group (true) or at issue
+  int arch = 80;                   // reported compute capability x 10 (90 selects the Hopper kernels)
+  int tma_mode = 0;                // TMA loads land: 0 when waited for, 1 at issue, 2 at random rounds
   unsigned seed = 1;
   long long warp_ops = 0;          // statistics
   long long launches = 0;
@@ -181,8 +183,8 @@ struct DeviceInfo {
 inline DeviceInfo current_device_info() {
   DeviceInfo d;
   d.sms = emu::config().sms;
-  d.cc_major = 8;
-  d.cc_minor = 0;
+  d.cc_major = emu::config().arch / 10;
+  d.cc_minor = emu::config().arch % 10;
   d.max_smem_optin = emu::config().max_smem;
   return d;
 }

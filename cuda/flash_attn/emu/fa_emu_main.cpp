@@ -5,7 +5,8 @@
 //
 // <dir>/config.txt holds "key value" lines: batch seq_q seq_k heads kv_heads
 // head_dim causal window scale dtype(bf16|fp16) alibi(0|1) backward(0|1)
-// deterministic(0|1) sms order(0|1|2) lazy(0|1). Inputs are raw little-endian
+// deterministic(0|1) sms order(0|1|2) lazy(0|1) arch(80|90: the reported
+// device) tma_mode(0|1|2) kernel(auto|portable|hopper). Inputs are raw little-endian
 // files: q.bin k.bin v.bin (16-bit floats), alibi.bin (fp32), dout.bin. The
 // driver runs the real host entry points (flash_attn.cu) on the emulator and
 // writes out.bin lse.bin, and with backward dq.bin dk.bin dv.bin. Invalid
@@ -79,6 +80,8 @@ int run(const std::string& dir) {
   emu::config().order = geti("order", "0");
   emu::config().lazy_copies = geti("lazy", "1") != 0;
   emu::config().seed = unsigned(geti("seed", "1"));
+  emu::config().arch = geti("arch", "80");
+  emu::config().tma_mode = geti("tma_mode", "0");
 
   llmpre::cuda::FlashAttnBwdParams p;
   p.batch = geti("batch", "1");
@@ -92,6 +95,10 @@ int run(const std::string& dir) {
   p.scale = std::stof(get("scale", "0"));
   p.dtype = get("dtype", "bf16") == "fp16" ? llmpre::cuda::FaDtype::kFloat16 : llmpre::cuda::FaDtype::kBFloat16;
   p.deterministic = geti("deterministic", "0") != 0;
+  const std::string kernel = get("kernel", "auto");
+  p.kernel = kernel == "hopper"     ? llmpre::cuda::FaKernel::kHopper
+             : kernel == "portable" ? llmpre::cuda::FaKernel::kPortable
+                                    : llmpre::cuda::FaKernel::kAuto;
   const bool backward = geti("backward", "0") != 0;
 
   const size_t nq = size_t(p.batch) * p.seq_q * p.heads * p.head_dim;
@@ -138,8 +145,10 @@ int run(const std::string& dir) {
     write_file(dir + "/dk.bin", dk);
     write_file(dir + "/dv.bin", dv);
   }
-  std::printf("ok launches=%lld warp_ops=%lld workspace=%zu\n", emu::config().launches,
-              emu::config().warp_ops, ws.bytes);
+  const char* names[] = {"auto", "portable", "hopper"};
+  std::printf("ok launches=%lld warp_ops=%lld workspace=%zu fwd=%s bwd=%s\n", emu::config().launches,
+              emu::config().warp_ops, ws.bytes, names[int(llmpre::cuda::flash_attn_selected_kernel(p, false))],
+              backward ? names[int(llmpre::cuda::flash_attn_selected_kernel(p, true))] : "-");
   return 0;
 }
 
