@@ -4,6 +4,9 @@ the same run.
 
 Shapes follow the FlashAttention papers: bf16, batch * seq = 16k tokens,
 heads * head_dim = 2048, seq 512 .. 16k, head_dim 64 and 128, causal and not.
+Both llmpre kernel sets are timed: the portable (mma.sync) kernels
+everywhere, the Hopper (wgmma/TMA) ones where the device is sm_90 and the
+build has them.
 TFLOP/s use FlashAttention's convention (benchmarks/benchmark_flash_attention.py):
 forward 4 * B * S^2 * H * D, halved when causal; backward 2.5x the forward.
 Times: median of 20 runs after 5 warm-ups, each after an L2 flush, CUDA
@@ -19,6 +22,7 @@ markdown table) and returns the rows.
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 import sys
@@ -56,6 +60,13 @@ def run(out_dir: str) -> dict:
         return {"error": f"torch is needed for the baselines and the inputs: {e!r}"}
 
     dev = device_info(cu)
+    # Kernel sets that failed bench/gpu/check_flash_attn.py in this run are not timed.
+    checked = {}
+    try:
+        with open(os.path.join(out_dir, "flash_attn_check.json")) as fh:
+            checked = json.load(fh).get("kernels_passed", {})
+    except (OSError, ValueError):
+        pass
     backends = {"torch-flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
     rows = []
     for d in (64, 128):
@@ -77,21 +88,23 @@ def run(out_dir: str) -> dict:
                             for det in (False, True)}
                 ws = torch.empty(max(max(ws_bytes.values()), 1), device="cuda", dtype=torch.uint8)
 
-                def fwd():
+                def fwd(kernel="portable"):
                     cu.flash_attn_forward(q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(),
-                                          lse=lse.data_ptr(), **common)
+                                          lse=lse.data_ptr(), kernel=kernel, **common)
 
-                def bwd(det=False):
+                def bwd(det=False, kernel="portable"):
                     cu.flash_attn_backward(q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(),
                                            lse=lse.data_ptr(), dout=dout.data_ptr(), dq=dq.data_ptr(),
                                            dk=dk.data_ptr(), dv=dv.data_ptr(), workspace=ws.data_ptr(),
-                                           workspace_bytes=ws.numel(), deterministic=det, **common)
+                                           workspace_bytes=ws.numel(), deterministic=det, kernel=kernel, **common)
 
+                kernels = ["portable"]
+                if cu.flash_attn_selected_kernel(**common, backward=False) == "hopper":
+                    kernels.append("hopper")
+                kernels = [k for k in kernels if checked.get(k, True)]
                 f_fwd = flops_fwd(batch, seq, heads, d, causal)
                 row = {"head_dim": d, "causal": causal, "seq": seq, "batch": batch, "heads": heads}
                 # Verify before timing: agreement with torch on this shape.
-                fwd()
-                torch.cuda.synchronize()
                 qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
                 with torch.no_grad():
                     try:
@@ -100,16 +113,23 @@ def run(out_dir: str) -> dict:
                     except RuntimeError:
                         want = F.scaled_dot_product_attention(qt.float(), kt.float(), vt.float(),
                                                               is_causal=causal).transpose(1, 2)
-                diff = (out.float() - want.float()).abs().max().item()
                 scale = want.float().abs().max().item()
-                row["max_diff_vs_torch"] = diff
-                # Two bf16 implementations differ by a few bf16 ulps of max|out|; 2^-6 relative flags a bug.
-                row["agrees"] = bool(diff <= scale * 2.0 ** -6)
+                row["agrees"] = True
+                for kern in kernels:
+                    out.fill_(float("nan"))
+                    fwd(kern)
+                    torch.cuda.synchronize()
+                    diff = (out.float() - want.float()).abs().max().item()
+                    row[f"max_diff_vs_torch_{kern}"] = diff
+                    # Two bf16 implementations differ by a few bf16 ulps of max|out|; 2^-6 relative flags a bug.
+                    row["agrees"] &= bool(diff <= scale * 2.0 ** -6)
                 del want
 
-                row["llmpre_fwd"] = tflops(f_fwd, time_ms(cu, fwd))
-                row["llmpre_bwd"] = tflops(2.5 * f_fwd, time_ms(cu, bwd))
-                row["llmpre_bwd_det"] = tflops(2.5 * f_fwd, time_ms(cu, lambda: bwd(True)))
+                for kern in kernels:
+                    row[f"{kern}_fwd"] = tflops(f_fwd, time_ms(cu, lambda: fwd(kern)))
+                    fwd(kern)  # the backward reads this kernel's out and lse
+                    row[f"{kern}_bwd"] = tflops(2.5 * f_fwd, time_ms(cu, lambda: bwd(False, kern)))
+                    row[f"{kern}_bwd_det"] = tflops(2.5 * f_fwd, time_ms(cu, lambda: bwd(True, kern)))
                 for name, backend in backends.items():
                     try:
                         with sdpa_kernel(backend):
@@ -131,24 +151,27 @@ def run(out_dir: str) -> dict:
                         row[f"{name}_fwd"] = row[f"{name}_bwd"] = None
                         row[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 rows.append(row)
-                print(f"d={d} causal={causal} seq={seq}: fwd {_fmt(row['llmpre_fwd'])} "
-                      f"(flash {_fmt(row.get('torch-flash_fwd'))}, cudnn {_fmt(row.get('cudnn_fwd'))}), "
-                      f"bwd {_fmt(row['llmpre_bwd'])} (flash {_fmt(row.get('torch-flash_bwd'))}, "
+                print(f"d={d} causal={causal} seq={seq}: fwd portable {_fmt(row.get('portable_fwd'))} "
+                      f"hopper {_fmt(row.get('hopper_fwd'))} (flash {_fmt(row.get('torch-flash_fwd'))}, "
+                      f"cudnn {_fmt(row.get('cudnn_fwd'))}), bwd portable {_fmt(row.get('portable_bwd'))} "
+                      f"hopper {_fmt(row.get('hopper_bwd'))} (flash {_fmt(row.get('torch-flash_bwd'))}, "
                       f"cudnn {_fmt(row.get('cudnn_bwd'))}) TFLOP/s", flush=True)
                 del q, k, v, dout, out, lse, dq, dk, dv, ws
                 torch.cuda.empty_cache()
 
     lines = [f"Device: {dev['name']}, date {datetime.date.today().isoformat()}, torch {torch.__version__}, bf16, "
-             f"batch*seq = {TOKENS}, heads*head_dim = {HIDDEN}. TFLOP/s (FlashAttention convention).",
+             f"batch*seq = {TOKENS}, heads*head_dim = {HIDDEN}. TFLOP/s (FlashAttention convention); "
+             "portable = mma.sync kernels, hopper = wgmma/TMA kernels (sm_90 only).",
              "",
-             "| head_dim | causal | seq | batch | fwd llmpre | fwd torch-flash | fwd cuDNN | bwd llmpre | "
-             "bwd llmpre (det.) | bwd torch-flash | bwd cuDNN | agrees with torch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| head_dim | causal | seq | batch | fwd portable | fwd hopper | fwd torch-flash | fwd cuDNN | "
+             "bwd portable | bwd hopper | bwd hopper (det.) | bwd torch-flash | bwd cuDNN | agrees with torch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['head_dim']} | {'yes' if r['causal'] else 'no'} | {r['seq']} | {r['batch']} | "
-                     f"{_fmt(r['llmpre_fwd'])} | {_fmt(r.get('torch-flash_fwd'))} | {_fmt(r.get('cudnn_fwd'))} | "
-                     f"{_fmt(r['llmpre_bwd'])} | {_fmt(r['llmpre_bwd_det'])} | {_fmt(r.get('torch-flash_bwd'))} | "
-                     f"{_fmt(r.get('cudnn_bwd'))} | {'yes' if r['agrees'] else 'NO'} |")
+                     f"{_fmt(r.get('portable_fwd'))} | {_fmt(r.get('hopper_fwd'))} | "
+                     f"{_fmt(r.get('torch-flash_fwd'))} | {_fmt(r.get('cudnn_fwd'))} | "
+                     f"{_fmt(r.get('portable_bwd'))} | {_fmt(r.get('hopper_bwd'))} | {_fmt(r.get('hopper_bwd_det'))} | "
+                     f"{_fmt(r.get('torch-flash_bwd'))} | {_fmt(r.get('cudnn_bwd'))} | {'yes' if r['agrees'] else 'NO'} |")
     table = "\n".join(lines) + "\n"
     path = os.path.join(out_dir, "flash_attn_bench.md")
     with open(path + ".tmp", "w") as fh:

@@ -15,6 +15,7 @@ namespace py = pybind11;
 namespace {
 
 using llmpre::cuda::FaDtype;
+using llmpre::cuda::FaKernel;
 using llmpre::cuda::FlashAttnBwdParams;
 using llmpre::cuda::FlashAttnFwdParams;
 
@@ -23,6 +24,15 @@ FaDtype parse_dtype(const std::string& s) {
   if (s == "fp16" || s == "float16") return FaDtype::kFloat16;
   throw std::invalid_argument("flash_attn: dtype must be 'bf16' or 'fp16', got '" + s + "'");
 }
+
+FaKernel parse_kernel(const std::string& s) {
+  if (s == "auto") return FaKernel::kAuto;
+  if (s == "portable") return FaKernel::kPortable;
+  if (s == "hopper") return FaKernel::kHopper;
+  throw std::invalid_argument("flash_attn: kernel must be 'auto', 'portable' or 'hopper', got '" + s + "'");
+}
+
+const char* kernel_name(FaKernel k) { return k == FaKernel::kHopper ? "hopper" : "portable"; }
 
 void set_shape(FlashAttnFwdParams& p, int batch, int seq_q, int seq_k, int heads, int kv_heads, int head_dim,
                bool causal, int window, float scale, const std::string& dtype) {
@@ -48,14 +58,30 @@ T* ptr(uintptr_t p) {
 LLMPRE_CUDA_BINDINGS(flash_attn, m) {
   m.def("flash_attn_head_dim_compiled", &llmpre::cuda::flash_attn_head_dim_compiled, py::arg("head_dim"),
         "whether this build has flash attention kernels for head_dim");
+  m.def("flash_attn_hopper_compiled", &llmpre::cuda::flash_attn_hopper_compiled, py::arg("head_dim"),
+        py::arg("backward") = false, "whether this build has Hopper (sm_90a) kernels for head_dim and the pass");
+  m.def(
+      "flash_attn_selected_kernel",
+      [](int batch, int seq_q, int seq_k, int heads, int kv_heads, int head_dim, bool causal, int window, float scale,
+         const std::string& dtype, bool backward, const std::string& kernel) {
+        FlashAttnFwdParams p;
+        set_shape(p, batch, seq_q, seq_k, heads, kv_heads, head_dim, causal, window, scale, dtype);
+        p.kernel = parse_kernel(kernel);
+        return std::string(kernel_name(llmpre::cuda::flash_attn_selected_kernel(p, backward)));
+      },
+      py::arg("batch"), py::arg("seq_q"), py::arg("seq_k"), py::arg("heads"), py::arg("kv_heads"),
+      py::arg("head_dim"), py::arg("causal"), py::arg("window") = -1, py::arg("scale"), py::arg("dtype") = "bf16",
+      py::arg("backward") = false, py::arg("kernel") = "auto",
+      "'portable' or 'hopper': the kernels such a call runs on the current device");
 
   m.def(
       "flash_attn_forward",
       [](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, int batch, int seq_q, int seq_k,
          int heads, int kv_heads, int head_dim, bool causal, int window, float scale, const std::string& dtype,
-         uintptr_t alibi_slopes, uintptr_t stream) {
+         uintptr_t alibi_slopes, uintptr_t stream, const std::string& kernel) {
         FlashAttnFwdParams p;
         set_shape(p, batch, seq_q, seq_k, heads, kv_heads, head_dim, causal, window, scale, dtype);
+        p.kernel = parse_kernel(kernel);
         p.q = ptr<const void>(q);
         p.k = ptr<const void>(k);
         p.v = ptr<const void>(v);
@@ -67,8 +93,9 @@ LLMPRE_CUDA_BINDINGS(flash_attn, m) {
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("batch"),
       py::arg("seq_q"), py::arg("seq_k"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
       py::arg("causal"), py::arg("window") = -1, py::arg("scale"), py::arg("dtype") = "bf16",
-      py::arg("alibi_slopes") = 0, py::arg("stream") = 0,
-      "out [b, sq, h, d] and lse [b, h, sq] (fp32) from q [b, sq, h, d], k and v [b, sk, hk, d]");
+      py::arg("alibi_slopes") = 0, py::arg("stream") = 0, py::arg("kernel") = "auto",
+      "out [b, sq, h, d] and lse [b, h, sq] (fp32) from q [b, sq, h, d], k and v [b, sk, hk, d]; "
+      "kernel: 'auto', 'portable' or 'hopper'");
 
   m.def(
       "flash_attn_bwd_workspace_bytes",
@@ -89,10 +116,12 @@ LLMPRE_CUDA_BINDINGS(flash_attn, m) {
       [](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dout, uintptr_t dq,
          uintptr_t dk, uintptr_t dv, uintptr_t workspace, size_t workspace_bytes, int batch, int seq_q,
          int seq_k, int heads, int kv_heads, int head_dim, bool causal, int window, float scale,
-         const std::string& dtype, bool deterministic, uintptr_t alibi_slopes, uintptr_t stream) {
+         const std::string& dtype, bool deterministic, uintptr_t alibi_slopes, uintptr_t stream,
+         const std::string& kernel) {
         FlashAttnBwdParams p;
         set_shape(p, batch, seq_q, seq_k, heads, kv_heads, head_dim, causal, window, scale, dtype);
         p.deterministic = deterministic;
+        p.kernel = parse_kernel(kernel);
         const size_t need = llmpre::cuda::flash_attn_bwd_workspace_bytes(p);
         if (workspace_bytes < need) {
           throw std::invalid_argument("flash_attn_backward: workspace_bytes is " + std::to_string(workspace_bytes) +
@@ -117,5 +146,5 @@ LLMPRE_CUDA_BINDINGS(flash_attn, m) {
       py::arg("seq_q"), py::arg("seq_k"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
       py::arg("causal"), py::arg("window") = -1, py::arg("scale"), py::arg("dtype") = "bf16",
       py::arg("deterministic") = false, py::arg("alibi_slopes") = 0, py::arg("stream") = 0,
-      "dq, dk, dv from the forward's inputs, out, lse and dout");
+      py::arg("kernel") = "auto", "dq, dk, dv from the forward's inputs, out, lse and dout");
 }
