@@ -45,6 +45,15 @@ FA_DEV uint64_t sw128_desc(uint32_t smem_address, uint32_t lbo_bytes, uint32_t s
   return uint64_t((smem_address & 0x3ffffu) >> 4) | (uint64_t((lbo_bytes >> 4) & 0x3fffu) << 16) |
          (uint64_t((sbo_bytes >> 4) & 0x3fffu) << 32) | (uint64_t(1) << 62);
 }
+// A k16 slice of a K-major tile (M/N index = row): `address` is the tile's
+// 64-column panel + 32 bytes per k16 step inside the panel.
+FA_DEV uint64_t kmajor_desc(uint32_t address) { return sw128_desc(address, 16, 1024); }
+// A k16 slice of an M/N-major tile stored with K as rows (panel_rows rows
+// per 64-column panel, M/N index = column): `address` is the tile + 2048
+// bytes (16 rows) per k16 step; an operand wider than 64 spans panels.
+FA_DEV uint64_t mnmajor_desc(uint32_t address, int panel_rows) {
+  return sw128_desc(address, uint32_t(panel_rows) * 128u, 1024);
+}
 
 }  // namespace fa
 }  // namespace cuda

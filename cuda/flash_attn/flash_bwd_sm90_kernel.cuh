@@ -142,7 +142,7 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_bwd_sm90_kernel(const FA_GRID_CONS
     for (int kk = 0; kk < KD; ++kk) {
       const uint32_t ko = uint32_t(kk / 4) * BN * 128 + uint32_t(cw) * 64 * 128 + uint32_t(kk % 4) * 32;
       const uint32_t qo = uint32_t(kk / 4) * BM * 128 + uint32_t(kk % 4) * 32;
-      Wgmma<T, BM>::template ss<0, 0>(st, sw128_desc(k_addr + ko, 16, 1024), sw128_desc(q_addr + qo, 16, 1024),
+      Wgmma<T, BM>::template ss<0, 0>(st, kmajor_desc(k_addr + ko), kmajor_desc(q_addr + qo),
                                       kk > 0 ? 1 : 0);
     }
     mbar_wait(do_full + s, par);
@@ -152,7 +152,7 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_bwd_sm90_kernel(const FA_GRID_CONS
     for (int kk = 0; kk < KD; ++kk) {
       const uint32_t vo = uint32_t(kk / 4) * BN * 128 + uint32_t(cw) * 64 * 128 + uint32_t(kk % 4) * 32;
       const uint32_t oo = uint32_t(kk / 4) * BM * 128 + uint32_t(kk % 4) * 32;
-      Wgmma<T, BM>::template ss<0, 0>(dpt, sw128_desc(v_addr + vo, 16, 1024), sw128_desc(do_addr + oo, 16, 1024),
+      Wgmma<T, BM>::template ss<0, 0>(dpt, kmajor_desc(v_addr + vo), kmajor_desc(do_addr + oo),
                                       kk > 0 ? 1 : 0);
     }
     wgmma_commit();
@@ -192,10 +192,10 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_bwd_sm90_kernel(const FA_GRID_CONS
     fence_acc(dk);
 #pragma unroll
     for (int kk = 0; kk < KQ; ++kk)
-      Wgmma<T, D>::template rs<1>(dv, pr[kk], sw128_desc(do_addr + uint32_t(kk) * 16 * 128, BM * 128, 1024), 1);
+      Wgmma<T, D>::template rs<1>(dv, pr[kk], mnmajor_desc(do_addr + uint32_t(kk) * 16 * 128, BM), 1);
 #pragma unroll
     for (int kk = 0; kk < KQ; ++kk)
-      Wgmma<T, D>::template rs<1>(dk, dsr[kk], sw128_desc(q_addr + uint32_t(kk) * 16 * 128, BM * 128, 1024), 1);
+      Wgmma<T, D>::template rs<1>(dk, dsr[kk], mnmajor_desc(q_addr + uint32_t(kk) * 16 * 128, BM), 1);
     wgmma_commit();
 
     if (dq_atomic) {
@@ -226,8 +226,8 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_bwd_sm90_kernel(const FA_GRID_CONS
       fence_acc(dq);
 #pragma unroll
       for (int kk = 0; kk < KN; ++kk) {
-        const uint64_t da = sw128_desc(ds_addr + uint32_t(kk) * 16 * 128, BN * 128, 1024);
-        const uint64_t db = sw128_desc(k_addr + uint32_t(cw) * BN * 128 + uint32_t(kk) * 16 * 128, BN * 128, 1024);
+        const uint64_t da = mnmajor_desc(ds_addr + uint32_t(kk) * 16 * 128, BN);
+        const uint64_t db = mnmajor_desc(k_addr + uint32_t(cw) * BN * 128 + uint32_t(kk) * 16 * 128, BN);
         Wgmma<T, 64>::template ss<1, 1>(dq, da, db, kk > 0 ? 1 : 0);
       }
       wgmma_commit();

@@ -119,8 +119,8 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_fwd_sm90_kernel(const FA_GRID_CONS
     fence_acc(s);
 #pragma unroll
     for (int kk = 0; kk < KQ; ++kk) {
-      const uint64_t da = sw128_desc(q_addr + uint32_t(kk / 4) * BM * 128 + uint32_t(kk % 4) * 32, 16, 1024);
-      const uint64_t db = sw128_desc(k_addr + uint32_t(kk / 4) * BN * 128 + uint32_t(kk % 4) * 32, 16, 1024);
+      const uint64_t da = kmajor_desc(q_addr + uint32_t(kk / 4) * BM * 128 + uint32_t(kk % 4) * 32);
+      const uint64_t db = kmajor_desc(k_addr + uint32_t(kk / 4) * BN * 128 + uint32_t(kk % 4) * 32);
       Wgmma<T, BN>::template ss<0, 0>(s, da, db, kk > 0 ? 1 : 0);
     }
   };
@@ -130,7 +130,7 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_fwd_sm90_kernel(const FA_GRID_CONS
     fence_acc(o);
 #pragma unroll
     for (int kk = 0; kk < KP; ++kk) {
-      const uint64_t db = sw128_desc(v_addr + uint32_t(kk) * 16 * 128, BN * 128, 1024);
+      const uint64_t db = mnmajor_desc(v_addr + uint32_t(kk) * 16 * 128, BN);
       Wgmma<T, D>::template rs<1>(o, pr[kk], db, 1);
     }
   };

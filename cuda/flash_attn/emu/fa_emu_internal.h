@@ -38,6 +38,10 @@ void sm90_block_end();
 void sm90_thread_exit(int tid);
 // Called for every generic-proxy write of shared memory (fence.proxy.async tracking).
 void sm90_generic_write(const void* p, size_t bytes);
+// The shared byte offset the emulator reads for element (row, k) of the k16
+// slice that wgmma descriptor `desc` describes (row: M for A, N for B;
+// mn_major: the transpose bit). Exposed for tests (tests/cuda/cute_check).
+uint32_t wgmma_operand_offset(uint64_t desc, bool mn_major, int row, int k);
 
 }  // namespace detail
 }  // namespace emu

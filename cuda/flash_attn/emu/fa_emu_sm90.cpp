@@ -323,6 +323,10 @@ void sm90_thread_exit(int tid) {
   }
 }
 
+uint32_t wgmma_operand_offset(uint64_t desc, bool mn_major, int row, int k) {
+  return operand_offset(desc, mn_major, row, k, "wgmma operand");
+}
+
 void sm90_generic_write(const void* p, size_t bytes) {
   const int t = current();
   if (t < 0 || g_unfenced.empty()) return;

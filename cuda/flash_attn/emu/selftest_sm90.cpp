@@ -106,13 +106,13 @@ double run_gemm(const Mats& m, int mode) {
     fa::wgmma_fence();
     for (int kk = 0; kk < 4; ++kk) {
       if (mode == 0) {
-        fa::Wgmma<fa::Bf16, 64>::ss<0, 0>(acc, fa::sw128_desc(sa + kk * 32, 16, 1024),
-                                          fa::sw128_desc(sb + kk * 32, 16, 1024), 1);
+        fa::Wgmma<fa::Bf16, 64>::ss<0, 0>(acc, fa::kmajor_desc(sa + kk * 32),
+                                          fa::kmajor_desc(sb + kk * 32), 1);
       } else if (mode == 1) {
-        fa::Wgmma<fa::Bf16, 64>::ss<1, 1>(acc, fa::sw128_desc(sa + kk * 2048, 8192, 1024),
-                                          fa::sw128_desc(sb + kk * 2048, 8192, 1024), 1);
+        fa::Wgmma<fa::Bf16, 64>::ss<1, 1>(acc, fa::mnmajor_desc(sa + kk * 2048, 64),
+                                          fa::mnmajor_desc(sb + kk * 2048, 64), 1);
       } else {
-        fa::Wgmma<fa::Bf16, 64>::rs<1>(acc, ar[kk], fa::sw128_desc(sb + kk * 2048, 8192, 1024), 1);
+        fa::Wgmma<fa::Bf16, 64>::rs<1>(acc, ar[kk], fa::mnmajor_desc(sb + kk * 2048, 64), 1);
       }
     }
     fa::wgmma_commit();
@@ -198,9 +198,9 @@ int fault(const std::string& what) {
     if (what != "missing_wgmma_fence") fa::wgmma_fence();
     uint32_t ar[4] = {0, 0, 0, 0};
     if (what == "a_regs_changed") {
-      fa::Wgmma<fa::Bf16, 64>::rs<1>(acc, ar, fa::sw128_desc(s1, 8192, 1024), 1);
+      fa::Wgmma<fa::Bf16, 64>::rs<1>(acc, ar, fa::mnmajor_desc(s1, 64), 1);
     } else {
-      fa::Wgmma<fa::Bf16, 64>::ss<0, 0>(acc, fa::sw128_desc(s0, 16, 1024), fa::sw128_desc(s1, 16, 1024), 1);
+      fa::Wgmma<fa::Bf16, 64>::ss<0, 0>(acc, fa::kmajor_desc(s0), fa::kmajor_desc(s1), 1);
     }
     fa::wgmma_commit();
     if (what == "accumulator_written") acc[3] = 1.f;
