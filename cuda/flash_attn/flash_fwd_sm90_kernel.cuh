@@ -16,7 +16,9 @@
 // with the softmax of tile n overlapping the P V product of tile n+1 (the
 // previous one in walk order): S(n) = Q K(n)^T and O += P(n+1) V(n+1) are
 // issued together, the softmax of S(n) runs while the second is in flight,
-// and O is rescaled once it has retired. The epilogue normalises O, writes
+// and O is rescaled once it has retired. The two consumers also take turns
+// issuing their GEMMs (named barriers), so one's softmax overlaps the
+// other's tensor-core work. The epilogue normalises O, writes
 // lse, stages O through its rows of the Q buffer and stores it with TMA,
 // which clips rows past seq_q.
 #pragma once
@@ -28,6 +30,10 @@
 namespace llmpre {
 namespace cuda {
 namespace fa {
+
+// Named barriers of the consumer warpgroups (ids 1..15): the epilogue's, one
+// per warpgroup, and the ping-pong turns.
+constexpr int kBarFwdStore0 = 1, kBarTurn0 = 3;
 
 template <class T, int D, bool Causal>
 FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_fwd_sm90_kernel(const FA_GRID_CONSTANT Sm90FwdArgs p) {
@@ -180,15 +186,30 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_fwd_sm90_kernel(const FA_GRID_CONS
       for (int r = 0; r < 4; ++r) pr[kk][r] = pack2<T>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
   };
 
-  if (tile_end > tile_begin) {
+  // Ping-pong between the consumer warpgroups: each issues its GEMMs only on
+  // its turn and then hands the turn over, so one warpgroup's softmax runs
+  // while the other's GEMMs occupy the tensor cores. Warpgroup 1 hands the
+  // first turn to warpgroup 0 and skips its last hand-over (the arrivals on
+  // both barriers then balance).
+  const int n_tiles = tile_end - tile_begin;
+  int phases_left = n_tiles + 1;  // first S, n_tiles - 1 loop steps, last P V
+  auto turn_wait = [&] { named_bar_sync(kBarTurn0 + cw, 256); };
+  auto turn_pass = [&] {
+    if (--phases_left > 0 || cw == 0) named_bar_arrive(kBarTurn0 + (1 - cw), 256);
+  };
+
+  if (n_tiles > 0) {
+    if (cw == 1) named_bar_arrive(kBarTurn0, 256);
     mbar_wait(q_full, 0);
     int it = 0;
     int n = tile_end - 1;
     // First tile: S, softmax, P.
     mbar_wait(k_full, 0);
+    turn_wait();
     wgmma_fence();
     issue_qk(0);
     wgmma_commit();
+    turn_pass();
     wgmma_wait<0>();
     fence_acc(s);
     if (l == 0) mbar_arrive(k_empty);
@@ -201,14 +222,16 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_fwd_sm90_kernel(const FA_GRID_CONS
       const int cur = it % S, cur_par = (it / S) & 1;
       const int nxt = (it + 1) % S, nxt_par = ((it + 1) / S) & 1;
       mbar_wait(k_full + nxt, nxt_par);
+      mbar_wait(v_full + cur, cur_par);
+      turn_wait();
       wgmma_fence();
       issue_qk(nxt);
       wgmma_commit();
-      mbar_wait(v_full + cur, cur_par);
       fence_regs(pr);
       wgmma_fence();
       issue_pv(cur);
       wgmma_commit();
+      turn_pass();
       wgmma_wait<1>();  // S(n) done; P V of the previous tile may still run
       fence_acc(s);
       if (l == 0) mbar_arrive(k_empty + nxt);
@@ -221,10 +244,12 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_fwd_sm90_kernel(const FA_GRID_CONS
     }
     const int cur = it % S, cur_par = (it / S) & 1;
     mbar_wait(v_full + cur, cur_par);
+    turn_wait();
     fence_regs(pr);
     wgmma_fence();
     issue_pv(cur);
     wgmma_commit();
+    turn_pass();
     wgmma_wait<0>();
     fence_acc(o);
     if (l == 0) mbar_arrive(v_empty + cur);
@@ -251,7 +276,7 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_fwd_sm90_kernel(const FA_GRID_CONS
     st_u32(sO + sw128_offset(r, c, BM), pack2<T>(o[i] * inv[e >> 1], o[i + 1] * inv[e >> 1]));
   }
   fence_proxy_async();
-  named_bar_sync(1 + cw, 128);
+  named_bar_sync(kBarFwdStore0 + cw, 128);
   if (l == 0) {
     for (int c = 0; c < D / 64; ++c)
       tma_store_4d(&p.to, sO + c * BM * 128 + cw * 64 * 128, 64 * c, h, m0 + 64 * cw, b);
