@@ -9,7 +9,9 @@ of the sm_90a flash attention kernels run on.
    can make (a load nobody waits for, a barrier that never completes, a
    misaligned TMA destination, generic stores read by wgmma without a proxy
    fence, a wgmma without wgmma.fence, registers or shared memory changed
-   while a wgmma is in flight, a warpgroup that diverges at a collective) and
+   while a wgmma is in flight, a warpgroup that diverges at a collective, a
+   wgmma reading another warpgroup's stores with no barrier between them,
+   named-barrier arrivals that nothing consumes) and
    the emulator must stop with its message instead of computing on.
 """
 
@@ -65,6 +67,8 @@ FAULTS = {
     "accumulator_written": "was written while a wgmma was in flight",
     "overwrite_in_flight": "an operand of an in-flight wgmma, changed before wgmma.wait_group",
     "diverged": "warpgroup threads diverged",
+    "unordered_write": "with no barrier ordering that write before the read",
+    "unbalanced_named_barrier": "holding 64 of 128 arrivals",
 }
 
 

@@ -298,6 +298,7 @@ void block_barrier() {
     g_bar_count = 0;
     ++g_bar_gen;
     ++g_events;
+    detail::sm90_block_barrier_complete();
     return;
   }
   while (g_bar_gen == my) yield();

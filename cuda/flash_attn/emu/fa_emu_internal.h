@@ -36,8 +36,11 @@ void sm90_block_start(int threads);
 void sm90_round_end(std::mt19937& rng);
 void sm90_block_end();
 void sm90_thread_exit(int tid);
-// Called for every generic-proxy write of shared memory (fence.proxy.async tracking).
+// Called for every generic-proxy write of shared memory (fence.proxy.async
+// tracking, and happens-before tracking of the async proxy's reads).
 void sm90_generic_write(const void* p, size_t bytes);
+// Called when __syncthreads completes (every thread then knows every write before it).
+void sm90_block_barrier_complete();
 // The shared byte offset the emulator reads for element (row, k) of the k16
 // slice that wgmma descriptor `desc` describes (row: M for A, N for B;
 // mn_major: the transpose bit). Exposed for tests (tests/cuda/cute_check).

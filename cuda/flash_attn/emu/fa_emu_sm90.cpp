@@ -60,6 +60,8 @@ struct Store {
 struct Named {
   int count = 0, threads = 0;
   uint64_t gen = 0;
+  std::vector<uint32_t> clock;  // what the arrivals of the open generation know
+  std::vector<int> waiters;     // threads blocked in bar.sync on it
 };
 
 // One wgmma in flight.
@@ -102,6 +104,29 @@ std::vector<int> g_unfenced;                    // per 4-byte shared word: write
 std::vector<std::vector<uint32_t>> g_unfenced_by;  // per thread: words it wrote since its last fence
 std::vector<bool> g_fenced;                     // per thread: wgmma.fence since its last wgmma.wait_group
 std::map<float*, std::pair<int, std::vector<float>>> g_inflight;  // accumulator -> (ops, latest value)
+// Happens-before between threads (vector clocks advanced by __syncthreads and
+// named barriers): g_clock[t][u] = the epochs of thread u that t has
+// synchronised with; a generic write of a shared word records its writer's
+// epoch, and an async-proxy read (wgmma, TMA store) of that word must come
+// from threads that know it.
+std::vector<std::vector<uint32_t>> g_clock;
+std::vector<int> g_writer;        // per 4-byte shared word: last generic writer or -1
+std::vector<uint32_t> g_wepoch;   // its epoch at the write
+
+void merge_clock(std::vector<uint32_t>& into, const std::vector<uint32_t>& from) {
+  for (size_t i = 0; i < into.size(); ++i) into[i] = std::max(into[i], from[i]);
+}
+
+// Every word of [off, off + bytes) last written by a generic store must be
+// known to `clock` (a write that happened before the read).
+void check_ordered(uint32_t off, uint32_t bytes, const std::vector<uint32_t>& clock, const char* what) {
+  for (uint32_t w = off / 4; w <= (off + bytes - 1) / 4; ++w) {
+    const int t = g_writer[w];
+    if (t >= 0 && clock[size_t(t)] < g_wepoch[w])
+      fail("%s reads shared byte offset %u, written by thread %d with no barrier ordering that write before "
+           "the read (a data race)", what, w * 4, t);
+  }
+}
 
 float from_half(bool bf16, uint16_t h) { return bf16 ? bf16_to_f32(h) : f16_to_f32(h); }
 
@@ -298,6 +323,20 @@ void sm90_block_start(int threads) {
   g_unfenced_by.assign(size_t(threads), {});
   g_fenced.assign(size_t(threads), false);
   g_inflight.clear();
+  g_clock.assign(size_t(threads), std::vector<uint32_t>(size_t(threads), 0));
+  for (int t = 0; t < threads; ++t) g_clock[size_t(t)][size_t(t)] = 1;
+  g_writer.assign(size_t(smem_size() / 4 + 1), -1);
+  g_wepoch.assign(size_t(smem_size() / 4 + 1), 0);
+}
+
+void sm90_block_barrier_complete() {
+  if (g_clock.empty()) return;
+  std::vector<uint32_t> all(g_clock.size(), 0);
+  for (const auto& c : g_clock) merge_clock(all, c);
+  for (size_t t = 0; t < g_clock.size(); ++t) {
+    g_clock[t] = all;
+    ++g_clock[t][t];
+  }
 }
 
 void sm90_round_end(std::mt19937& rng) {
@@ -312,6 +351,10 @@ void sm90_round_end(std::mt19937& rng) {
 void sm90_block_end() {
   if (!g_loads.empty())
     fail("the block ended with %zu TMA/bulk loads into its shared memory that no thread waited for", g_loads.size());
+  for (size_t id = 0; id < g_named.size(); ++id)
+    if (g_named[id].count != 0)
+      fail("the block ended with named barrier %zu holding %d of %d arrivals (its bar.arrive and bar.sync "
+           "counts do not balance)", id, g_named[id].count, g_named[id].threads);
 }
 
 void sm90_thread_exit(int tid) {
@@ -334,6 +377,8 @@ void sm90_generic_write(const void* p, size_t bytes) {
   for (uint32_t w = off / 4; w <= uint32_t(off + bytes - 1) / 4; ++w) {
     if (g_unfenced[w] != t) g_unfenced_by[size_t(t)].push_back(w);
     g_unfenced[w] = t;
+    g_writer[w] = t;
+    g_wepoch[w] = g_clock[size_t(t)][size_t(t)];
   }
 }
 
@@ -443,6 +488,9 @@ void tma_store(const void* desc, const void* src, int c0, int c1, int c2, int c3
   const TmaMap& m = map_of(desc);
   const uint32_t off = smem_offset(src);
   if (off % 1024) fail("TMA store source (shared offset %u) is not 1024-byte aligned", off);
+  const uint32_t bytes = m.box[0] * m.box[1] * m.box[2] * m.box[3] * m.elem_bytes;
+  if (!detail::in_smem(src, bytes)) fail("TMA store of %u bytes at shared offset %u overruns shared memory", bytes, off);
+  check_ordered(off, bytes, g_clock[size_t(current())], "TMA store");
   Store s{m, off, {c0, c1, c2, c3}};
   g_store_open[size_t(current())].push_back(s);
 }
@@ -497,10 +545,19 @@ void named_barrier(int id, int threads, bool wait) {
   if (threads % 32 || threads <= 0 || threads > detail::block_threads())
     fail("named barrier %d with %d threads", id, threads);
   Named& b = g_named[size_t(id)];
-  if (b.count == 0) b.threads = threads;
+  const int t = current();
+  if (b.count == 0) {
+    b.threads = threads;
+    b.clock.assign(g_clock.size(), 0);
+    b.waiters.clear();
+  }
   if (b.threads != threads) fail("named barrier %d used with %d and %d threads", id, b.threads, threads);
+  merge_clock(b.clock, g_clock[size_t(t)]);
+  ++g_clock[size_t(t)][size_t(t)];  // later writes are not covered by this arrival
+  if (wait) b.waiters.push_back(t);
   const uint64_t my = b.gen;
   if (++b.count == threads) {
+    for (int u : b.waiters) merge_clock(g_clock[size_t(u)], b.clock);
     b.count = 0;
     ++b.gen;
     progress();
@@ -541,9 +598,12 @@ void wgmma(bool bf16, int n, float* d, uint64_t desc_a, const uint32_t* a_regs, 
     op->accumulate = g.accumulate;
     op->a.assign(64 * 16, 0.0);
     op->b.assign(size_t(16) * g.n, 0.0);
+    std::vector<uint32_t> wg_clock(g_clock.size(), 0);
+    for (int q = 0; q < 128; ++q) merge_clock(wg_clock, g_clock[size_t((current() / 128) * 128 + q)]);
     auto read = [&](uint32_t off, const char* what) {
       const uint16_t h = smem_u16(off, what);
       check_fenced(off, 2, what);
+      check_ordered(off, 2, wg_clock, what);
       op->read_off.push_back(off);
       op->read_val.push_back(h);
       return double(from_half(g.bf16, h));

@@ -14,7 +14,10 @@
 //     stay unchanged until retirement; every wgmma needs a wgmma.fence since
 //     the thread's last wgmma.wait_group;
 //   - shared memory written by generic stores and then read by the async
-//     proxy (wgmma, TMA store) needs fence.proxy.async by the writer first;
+//     proxy (wgmma, TMA store) needs fence.proxy.async by the writer first,
+//     and a barrier (__syncthreads or a named barrier) ordering the store
+//     before the read when another warpgroup reads it (vector clocks);
+//   - named barriers: arrivals balance by the end of the block;
 //   - a descriptor must describe a 128-byte swizzled canonical layout whose
 //     elements all lie in shared memory; TMA destinations are 1024-aligned;
 //   - warpgroup collectives are reached by all 128 threads with the same

@@ -162,6 +162,29 @@ int fault(const std::string& what) {
   fa::TmaDesc td;
   desc_for(&td, g.data(), 64);
   emu::config().tma_mode = what == "overwrite_in_flight" ? 1 : 0;
+  if (what == "unordered_write") {
+    // Warpgroup 1 writes a tile (with the proxy fence) that warpgroup 0's wgmma
+    // reads, with no barrier in between; threads run in descending order, so
+    // the writes come first and only the ordering check can object.
+    emu::config().order = 1;
+    emu::launch(dim3(1), 256, 2 * 8192 + 1024, [&] {
+      unsigned char* sm = fa::smem_base_1024();
+      const int tid = fa::thread_idx();
+      if (tid >= 128) {
+        for (int i = tid - 128; i < 2 * 8192 / 4; i += 128) fa::st_u32(sm + 4 * i, 0);
+        fa::fence_proxy_async();
+        return;
+      }
+      float acc[32];
+      for (float& x : acc) x = 0.f;
+      fa::wgmma_fence();
+      fa::Wgmma<fa::Bf16, 64>::ss<0, 0>(acc, fa::kmajor_desc(fa::smem_u32(sm)), fa::kmajor_desc(fa::smem_u32(sm + 8192)), 1);
+      fa::wgmma_commit();
+      fa::wgmma_wait<0>();
+    });
+    std::printf("no error reported for %s\n", what.c_str());
+    return 1;
+  }
   emu::launch(dim3(1), 128, 3 * 8192 + 1024, [&] {
     unsigned char* sm = fa::smem_base_1024();
     uint64_t* bar = reinterpret_cast<uint64_t*>(sm + 3 * 8192);
@@ -182,6 +205,10 @@ int fault(const std::string& what) {
       fa::sync_threads();
       if (tid == 0) fa::mbar_arrive(bar);  // one arrival of two
       fa::mbar_wait(bar, 0);
+      return;
+    }
+    if (what == "unbalanced_named_barrier") {
+      if (tid < 64) fa::named_bar_arrive(1, 128);  // half the arrivals, and nobody syncs
       return;
     }
     if (what == "misaligned_tma") {
