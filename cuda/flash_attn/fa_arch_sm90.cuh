@@ -86,6 +86,8 @@ inline void tma_store_4d(const TmaDesc* desc, const void* src, int c0, int c1, i
 }
 inline void tma_store_commit() { emu::tma_store_commit(); }
 inline void tma_store_wait_all() { emu::tma_store_wait(); }
+inline void tma_store_wait_read() { emu::tma_store_wait(); }
+inline void bulk_reduce_add_f32(float* dst, const void* src, uint32_t bytes) { emu::bulk_reduce_add(dst, src, bytes); }
 inline void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) { emu::bulk_load(dst, src, bytes, bar); }
 inline void fence_proxy_async() { emu::fence_proxy_async(); }
 inline void named_bar_sync(int id, int threads) { emu::named_barrier(id, threads, true); }
@@ -195,8 +197,17 @@ FA_DEV void tma_store_4d(const TmaDesc* desc, const void* src, int c0, int c1, i
       : "memory"));
 }
 FA_DEV void tma_store_commit() { FA_SM90_ONLY(asm volatile("cp.async.bulk.commit_group;\n" ::: "memory")); }
-// Waits until every committed TMA store has finished (reads and writes).
+// Waits until every committed TMA store or bulk reduction has finished (reads and writes).
 FA_DEV void tma_store_wait_all() { FA_SM90_ONLY(asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory")); }
+// Waits until every committed TMA store or bulk reduction has read its shared memory.
+FA_DEV void tma_store_wait_read() { FA_SM90_ONLY(asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory")); }
+// dst[i] += src[i] for bytes / 4 floats, shared -> global, asynchronous (a bulk group;
+// 16-byte aligned ends, size a multiple of 16).
+FA_DEV void bulk_reduce_add_f32(float* dst, const void* src, uint32_t bytes) {
+  FA_SM90_ONLY(asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+                            "r"(smem_u32(src)), "r"(bytes)
+                            : "memory"));
+}
 // 1-D copy of `bytes` (multiple of 16, 16-byte aligned ends) global -> shared.
 FA_DEV void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
   FA_SM90_ONLY(asm volatile(

@@ -7,6 +7,12 @@
 
 #include "flash_attn/fa_tile.cuh"
 
+#ifdef LLMPRE_FA_EMULATE
+#define FA_DEV_HOST_INLINE inline
+#else
+#define FA_DEV_HOST_INLINE __host__ __device__ __forceinline__
+#endif
+
 namespace llmpre {
 namespace cuda {
 namespace fa {
@@ -67,7 +73,8 @@ struct Sm90BwdSmem {
   static constexpr int kdS = kdO + C::STAGES * kStep;      // [BN x BM], one 128-byte panel
   static constexpr int kLse = kdS + C::BN * C::BM * 2;     // [STAGES][BM] fp32
   static constexpr int kDsum = kLse + C::STAGES * C::BM * 4;
-  static constexpr int kBars = kDsum + C::STAGES * C::BM * 4;
+  static constexpr int kDq = kDsum + C::STAGES * C::BM * 4;   // [2][BM x 64] fp32: dQ panels on their way out
+  static constexpr int kBars = kDq + 2 * C::BM * 64 * 4;
   // kv_full, q_full[S], q_empty[S], do_full[S], do_empty[S]
   static constexpr int kBytes = kBars + 8 * (1 + 4 * C::STAGES);
   static constexpr int kAlloc = kBytes + 1024;
@@ -78,6 +85,14 @@ template <int D>
 constexpr int sm90_bwd_smem_bytes() {
   return Sm90BwdSmem<D>::kAlloc;
 }
+
+// The Hopper backward's fp32 dQ accumulator (atomic mode) holds, for each
+// (batch, head, block of 64 queries, 64-column panel of head_dim), one
+// contiguous 64 x 64 tile that bulk reductions add into; element (r, c) of a
+// tile sits at r * 64 + ((c / 4) ^ (r % 8)) * 4 + c % 4 (16-byte chunks
+// permuted per row so the staging stores in shared memory spread over banks).
+// Rows run to seq_q_pad, so it takes batch * heads * seq_q_pad * head_dim floats.
+FA_DEV_HOST_INLINE int sm90_dq_tile_index(int r, int c) { return r * 64 + (((c >> 2) ^ (r & 7)) << 2) + (c & 3); }
 
 }  // namespace fa
 }  // namespace cuda

@@ -282,7 +282,8 @@ BwdPlan plan_backward(const FlashAttnBwdParams& p, int sms) {
   plan.dq_atomic = p.head_dim <= 128 && !p.deterministic;
   const int64_t seq_q_pad = (int64_t(p.seq_q) + fa::kRowPad - 1) / fa::kRowPad * fa::kRowPad;
   const size_t stats = size_t(p.batch) * p.heads * seq_q_pad * sizeof(float);
-  const size_t dq = plan.dq_atomic ? size_t(p.batch) * p.seq_q * p.heads * p.head_dim * sizeof(float) : 0;
+  // Rows to seq_q_pad: the Hopper backward keeps dQ in padded 64-row tiles.
+  const size_t dq = plan.dq_atomic ? size_t(p.batch) * seq_q_pad * p.heads * p.head_dim * sizeof(float) : 0;
   const size_t part = plan.splits > 1
                           ? size_t(plan.splits) * p.batch * p.seq_k * p.kv_heads * p.head_dim * sizeof(float)
                           : 0;

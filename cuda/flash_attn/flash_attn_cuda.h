@@ -71,8 +71,9 @@ struct FlashAttnBwdParams : FlashAttnFwdParams {
   void* dq = nullptr;
   void* dk = nullptr;
   void* dv = nullptr;
-  // false: dq accumulates with fp32 atomics (fastest; the summation order, so
-  // the last bits of dq, may vary between runs). true: dq comes from a
+  // false: dq accumulates in fp32 with atomics (portable kernels) or bulk
+  // reductions (Hopper) (fastest; the summation order, so the last bits of
+  // dq, may vary between runs). true: dq comes from a
   // separate query-major pass without atomics, bitwise reproducible. dk and
   // dv are reproducible either way.
   bool deterministic = false;

@@ -55,7 +55,7 @@ void run_bwd_sm90(const FaArgs& a, int sms, cudaStream_t stream) {
   make_seq_desc<D>(&p.tv, a.v, a.batch, a.seq_k, a.kv_heads, C::BN);
   make_seq_desc<D>(&p.tdk, a.dk, a.batch, a.seq_k, a.kv_heads, 64);
   make_seq_desc<D>(&p.tdv, a.dv, a.batch, a.seq_k, a.kv_heads, 64);
-  if (a.dq_accum) memset_async(a.dq_accum, 0, size_t(a.batch) * a.seq_q * a.heads * D * sizeof(float), stream);
+  if (a.dq_accum) memset_async(a.dq_accum, 0, size_t(a.batch) * a.seq_q_pad * a.heads * D * sizeof(float), stream);
   {
     auto kern = &flash_bwd_sm90_kernel<T, D, Causal>;
     constexpr int smem = sm90_bwd_smem_bytes<D>();
@@ -64,7 +64,10 @@ void run_bwd_sm90(const FaArgs& a, int sms, cudaStream_t stream) {
     FA_LAUNCH(kern, grid, 384, smem, stream, p);
   }
   if (a.dq_accum) {
-    launch_sum<T>(a.dq, a.dq_accum, 1, int64_t(a.batch) * a.seq_q * a.heads * D, a.scale, sms, stream);
+    const int64_t n = int64_t(a.batch) * a.seq_q * a.heads * (D / 8);
+    const int64_t want = (n + 255) / 256, cap = int64_t(sms) * 8;
+    auto kern = &flash_bwd_dq_convert_sm90_kernel<T, D>;
+    FA_LAUNCH(kern, dim3(unsigned(want < cap ? want : cap)), 256, 0, stream, a);
   } else {
     // Deterministic mode: dQ from the query-major pass (no atomics).
     using Q = DqCfg<D>;

@@ -13,7 +13,9 @@
 //   P^T = exp2(S^T scale log2e - lse2), dS^T = P^T (dP^T - dsum)   registers
 //   dV += P^T dO,  dK += dS^T Q        wgmma, P^T / dS^T from registers
 //   dQ += dS K     (atomic mode)       dS^T through shared memory, wgmma with
-//                                      both operands M/N-major, fp32 atomics
+//                                      both operands M/N-major; each 64 x 64
+//                                      panel added to the fp32 accumulator by
+//                                      one bulk reduction (cp.reduce.async.bulk)
 //
 // dK and dV stay in registers for the whole walk (fixed order: reproducible)
 // and leave through shared memory and TMA stores, or as fp32 partial sums
@@ -29,7 +31,7 @@ namespace cuda {
 namespace fa {
 
 // Named barriers of the consumer warpgroups (ids 1..15).
-constexpr int kBarDsFree = 1, kBarDsReady = 2, kBarEpilogue = 3, kBarStore0 = 4;
+constexpr int kBarDsFree = 1, kBarDsReady = 2, kBarEpilogue = 3, kBarStore0 = 4, kBarDq0 = 6;
 
 template <class T, int D, bool Causal>
 FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_bwd_sm90_kernel(const FA_GRID_CONSTANT Sm90BwdArgs p) {
@@ -233,13 +235,23 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_bwd_sm90_kernel(const FA_GRID_CONS
       wgmma_commit();
       wgmma_wait<0>();
       fence_acc(dq);
-      const int64_t q_stride = int64_t(a.heads) * D;
-      float* gdq = a.dq_accum + (int64_t(b) * a.seq_q + m0) * q_stride + int64_t(h) * D + 64 * cw;
+      // Stage the 64 x 64 panel in shared memory and add it to the fp32
+      // accumulator with one bulk reduction (rows past seq_q land in padding).
+      float* sdq = reinterpret_cast<float*>(sm + L::kDq) + cw * BM * 64;
+      if (l == 0) tma_store_wait_read();  // the previous panel has left the staging buffer
+      named_bar_sync(kBarDq0 + cw, 128);
 #pragma unroll
-      for (int i = 0; i < 32; ++i) {
+      for (int i = 0; i < 32; i += 2) {
         const int e = i % 4;
-        const int r = 16 * w + g + (e >> 1) * 8, c = 8 * (i / 4) + 2 * t + (e & 1);
-        if (m0 + r < a.seq_q) atomic_add_f32(gdq + r * q_stride + c, dq[i]);
+        const int r = 16 * w + g + (e >> 1) * 8, c = 8 * (i / 4) + 2 * t;
+        st_f32x2(sdq + sm90_dq_tile_index(r, c), dq[i], dq[i + 1]);
+      }
+      fence_proxy_async();
+      named_bar_sync(kBarDq0 + cw, 128);
+      if (l == 0) {
+        const int64_t tile = ((int64_t(b) * a.heads + h) * (a.seq_q_pad / BM) + m0 / BM) * (D / 64) + cw;
+        bulk_reduce_add_f32(a.dq_accum + tile * BM * 64, sdq, BM * 64 * 4);
+        tma_store_commit();
       }
     }
   }
@@ -268,6 +280,7 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_bwd_sm90_kernel(const FA_GRID_CONS
       tma_store_wait_all();
     }
   } else {
+    if (l == 0) tma_store_wait_all();  // dQ reductions
     const int64_t o = ((int64_t(split) * a.batch + b) * a.seq_k + n0) * k_stride + int64_t(hk) * D;
 #pragma unroll
     for (int i = 0; i < NK; i += 2) {
@@ -282,6 +295,32 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_bwd_sm90_kernel(const FA_GRID_CONS
 #else
   __trap();
 #endif
+}
+
+// dq = T(scale * dq_accum) from the tiled accumulator (sm90_dq_tile_index);
+// grid-stride, 8 head_dim elements of one query row per thread.
+template <class T, int D>
+FA_GLOBAL void FA_LAUNCH_BOUNDS(256, 4) flash_bwd_dq_convert_sm90_kernel(const FaArgs a) {
+  const int64_t per_row = D / 8;
+  const int64_t n = int64_t(a.batch) * a.seq_q * a.heads * per_row;
+  const int64_t stride = int64_t(grid_x()) * 256;
+#pragma unroll 1
+  for (int64_t i = int64_t(block_x()) * 256 + thread_idx(); i < n; i += stride) {
+    const int c8 = int(i % per_row) * 8;
+    const int64_t row = i / per_row;  // (b, q, h) in dq's order
+    const int h = int(row % a.heads);
+    const int64_t bq = row / a.heads;
+    const int q = int(bq % a.seq_q), b = int(bq / a.seq_q);
+    const int r = q % 64, panel = c8 / 64, c = c8 % 64;
+    const float* tile = a.dq_accum + (((int64_t(b) * a.heads + h) * (a.seq_q_pad / 64) + q / 64) * (D / 64) + panel) * 4096;
+    float x[8];
+    ld_f32x4(*reinterpret_cast<float(*)[4]>(x), tile + sm90_dq_tile_index(r, c));
+    ld_f32x4(*reinterpret_cast<float(*)[4]>(x + 4), tile + sm90_dq_tile_index(r, c + 4));
+    uint32_t o[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[e] = pack2<T>(x[2 * e] * a.scale, x[2 * e + 1] * a.scale);
+    st16(a.dq + row * D + c8, o);
+  }
 }
 
 }  // namespace fa

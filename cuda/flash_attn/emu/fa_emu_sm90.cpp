@@ -55,6 +55,8 @@ struct Store {
   TmaMap map;
   uint32_t src;
   int c[4];
+  float* reduce_dst = nullptr;  // set: a 1-D bulk add of reduce_bytes instead of a tensor store
+  uint32_t reduce_bytes = 0;
 };
 
 struct Named {
@@ -507,6 +509,15 @@ void tma_store_wait() {
   if (!g_store_open[size_t(current())].empty()) fail("cp.async.bulk.wait_group with TMA stores not committed");
   const unsigned char* smem = detail::smem_data();
   for (const Store& s : groups) {
+    if (s.reduce_dst) {
+      check_fenced(s.src, s.reduce_bytes, "bulk reduction");
+      for (uint32_t i = 0; i < s.reduce_bytes / 4; ++i) {
+        float v;
+        std::memcpy(&v, smem + s.src + 4 * i, 4);
+        s.reduce_dst[i] += v;
+      }
+      continue;
+    }
     const TmaMap& m = s.map;
     const uint32_t eb = m.elem_bytes;
     uint32_t idx = 0;
@@ -531,6 +542,20 @@ void tma_store_wait() {
           }
   }
   groups.clear();
+}
+
+void bulk_reduce_add(float* dst, const void* src, uint32_t bytes) {
+  const uint32_t off = smem_offset(src);
+  if (off % 16 || reinterpret_cast<uintptr_t>(dst) % 16 || bytes % 16 || bytes == 0)
+    fail("bulk reduction needs 16-byte aligned addresses and a size multiple of 16 (shared %u, %u bytes)", off, bytes);
+  if (!detail::in_smem(src, bytes)) fail("bulk reduction source overruns shared memory");
+  if (!detail::in_buffer(dst, bytes)) fail("bulk reduction destination %p (+%u) is in no buffer", static_cast<void*>(dst), bytes);
+  check_ordered(off, bytes, g_clock[size_t(current())], "bulk reduction");
+  Store s{};
+  s.src = off;
+  s.reduce_dst = dst;
+  s.reduce_bytes = bytes;
+  g_store_open[size_t(current())].push_back(s);
 }
 
 void fence_proxy_async() {

@@ -45,6 +45,7 @@ void tma_load(void* dst, const void* desc, int c0, int c1, int c2, int c3, void*
 void tma_store(const void* desc, const void* src, int c0, int c1, int c2, int c3);
 void tma_store_commit();
 void tma_store_wait();
+void bulk_reduce_add(float* dst, const void* src, uint32_t bytes);
 void bulk_load(void* dst, const void* src, uint32_t bytes, void* bar);
 void fence_proxy_async();
 void named_barrier(int id, int threads, bool wait);
