@@ -38,8 +38,10 @@ def pytest_terminal_summary(terminalreporter):
         return
     rows = [json.loads(line) for line in open(path)]
     terminalreporter.section("parallel layouts: throughput per device (CPU, gloo, 2 cores shared)")
-    terminalreporter.write_line(f"{'layout':<28} {'ranks':>5} {'tokens/card/s':>14} {'max memory GB':>14}")
+    terminalreporter.write_line(f"{'layout':<28} {'ranks':>5} {'tokens/card/s':>14} {'max memory GB':>14} "
+                                f"{'max rel. loss dev.':>19}")
     for r in rows:
+        dev = r.get("loss_deviation")
         terminalreporter.write_line(f"{r['layout']:<28} {r['ranks']:>5} {r['tokens_per_card_per_s']:>14.1f} "
-                                    f"{r['max_memory_gb']:>14.3f}")
+                                    f"{r['max_memory_gb']:>14.3f} {'-' if dev is None else f'{dev:.1e}':>19}")
     os.unlink(path)

@@ -86,12 +86,18 @@ def assert_same_weights(got: dict, want: dict):
     assert off <= total * 1e-4, (off, total)
 
 
-def record(name: str, output_dir, nproc: int) -> dict:
-    """Throughput and memory of a layout, as the log line reports them."""
+def max_loss_deviation(got: dict, want: dict) -> float:
+    """The largest |got - want| / |want| over the steps."""
+    return max(abs(got[step] - want[step]) / abs(want[step]) for step in want)
+
+
+def record(name: str, output_dir, nproc: int, loss_deviation: float | None = None) -> dict:
+    """Throughput and memory of a layout, as the log line reports them, and
+    its largest relative loss deviation from one process."""
     e = last_train_entry(output_dir)
     row = {"layout": name, "ranks": nproc,
            "tokens_per_card_per_s": e["interval_tokens_per_second_per_device"],
-           "max_memory_gb": round(e["max_memory_allocated"], 3)}
+           "max_memory_gb": round(e["max_memory_allocated"], 3), "loss_deviation": loss_deviation}
     path = os.environ.get("LLMPRE_LAYOUT_REPORT")
     if path:
         with open(path, "a") as fh:
