@@ -53,7 +53,7 @@ MUTANTS = [
  ("bwd: dS^T row", BWD, "const int row = key0 + (r & 1) * 8, col = 16 * kk + (r >> 1) * 8 + 2 * t;", "const int row = key0 + (r >> 1) * 8, col = 16 * kk + (r & 1) * 8 + 2 * t;"),
  ("bwd: lse2 stage", BWD, "bulk_load(sm + L::kLse + s * BM * 4, a.lse2 + stat, BM * 4, q_full + s);", "bulk_load(sm + L::kLse, a.lse2 + stat, BM * 4, q_full + s);"),
  ("bwd: no wait for dO", BWD, "    mbar_wait(do_full + s, par);\n    wgmma_fence();", "    wgmma_fence();"),
- ("bwd: query block order", BWD, "const int m0 = (m_begin + it % nm) * BM;\n    const uint32_t q_addr", "const int m0 = (m_begin + (it + 1) % nm) * BM;\n    const uint32_t q_addr"),
+ ("bwd: query block order", BWD, "const int m0 = walk.m0(it);\n    const uint32_t q_addr", "const int m0 = walk.m0((it + 1) % steps);\n    const uint32_t q_addr"),
  ("bwd: dQ staging reused before the bulk read", BWD, "      if (l == 0) tma_store_wait_read();  // the previous panel has left the staging buffer\n", ""),
  ("bwd: bulk reduction before all stores", BWD, "      fence_proxy_async();\n      named_bar_sync(kBarDq0 + cw, 128);\n      if (l == 0) {", "      fence_proxy_async();\n      if (l == 0) {"),
  ("bwd: dQ tile permutation in convert", BWD, "ld_f32x4(*reinterpret_cast<float(*)[4]>(x + 4), tile + sm90_dq_tile_index(r, c + 4));", "ld_f32x4(*reinterpret_cast<float(*)[4]>(x + 4), tile + sm90_dq_tile_index(r, c) + 4);"),

@@ -266,6 +266,33 @@ FA_DEV void query_range(int n0, int bn, int off, int seq_q, int window, int& beg
   }
 }
 
+// The (query head, query block) steps of a key-major backward block: block y
+// = hk * splits + split owns keys [n0, n0 + bn) of KV head hk and the split-th
+// slice of its GQA group's query heads, and walks those heads, each over the
+// bm-row query blocks that can see its keys. Step s is head head(s), rows m0(s).
+struct BwdWalk {
+  int hk = 0, split = 0, h_first = 0, m_begin = 0, nm = 0, steps = 0, bm = 1;
+  FA_DEV int head(int s) const { return h_first + s / nm; }
+  FA_DEV int m0(int s) const { return (m_begin + s % nm) * bm; }
+};
+
+template <bool Causal>
+FA_DEV BwdWalk bwd_walk(const FaArgs& a, int block_y, int n0, int bn, int bm) {
+  BwdWalk w;
+  w.bm = bm;
+  w.hk = block_y / a.splits;
+  w.split = block_y % a.splits;
+  w.h_first = w.hk * a.group + w.split * a.heads_per_split;
+  const int group_end = (w.hk + 1) * a.group;
+  const int h_stop = w.h_first + a.heads_per_split < group_end ? w.h_first + a.heads_per_split : group_end;
+  int q_begin, q_end;
+  query_range<Causal>(n0, bn, a.seq_k - a.seq_q, a.seq_q, a.window, q_begin, q_end);
+  w.m_begin = q_begin < a.seq_q ? q_begin / bm : 0;
+  w.nm = (q_begin < a.seq_q && q_end > q_begin) ? (q_end + bm - 1) / bm - w.m_begin : 0;
+  w.steps = h_stop > w.h_first ? (h_stop - w.h_first) * w.nm : 0;
+  return w;
+}
+
 }  // namespace fa
 }  // namespace cuda
 }  // namespace llmpre

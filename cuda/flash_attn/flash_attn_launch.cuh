@@ -33,13 +33,37 @@ void launch_sum(uint16_t* out, const float* part, int parts, int64_t n, float sc
   FA_LAUNCH(kern, grid, 256, 0, stream, out, part, parts, n, scale);
 }
 
+// Backward steps shared by the portable and the Hopper kernels.
+template <class T, int D>
+void launch_bwd_prep(const FaArgs& a, cudaStream_t stream) {
+  auto kern = &flash_bwd_prep_kernel<T, D>;
+  const dim3 grid(a.seq_q_pad / 64, a.heads, a.batch);
+  FA_LAUNCH(kern, grid, 128, 0, stream, a);
+}
+
+// dQ from the query-major pass (no atomics: the deterministic mode, and head_dim 256).
+template <class T, int D, bool Causal>
+void launch_bwd_dq(const FaArgs& a, cudaStream_t stream) {
+  using Q = DqCfg<D>;
+  auto kern = &flash_bwd_dq_kernel<T, D, Causal>;
+  constexpr int smem = dq_smem_bytes<D>();
+  set_max_dynamic_smem(kern, smem);
+  const dim3 grid((a.seq_q + Q::BM - 1) / Q::BM, a.heads, a.batch);
+  FA_LAUNCH(kern, grid, Q::NW * 32, smem, stream, a);
+}
+
+// dk, dv from the fp32 partial sums of a split GQA group (a.splits > 1).
+template <class T, int D>
+void launch_bwd_split_sums(const FaArgs& a, int sms, cudaStream_t stream) {
+  if (a.splits <= 1) return;
+  const int64_t n = int64_t(a.batch) * a.seq_k * a.kv_heads * D;
+  launch_sum<T>(a.dk, a.dk_part, a.splits, n, 1.f, sms, stream);
+  launch_sum<T>(a.dv, a.dv_part, a.splits, n, 1.f, sms, stream);
+}
+
 template <class T, int D, bool Causal>
 void run_bwd(const FaArgs& a, int sms, cudaStream_t stream) {
-  {
-    auto kern = &flash_bwd_prep_kernel<T, D>;
-    const dim3 grid(a.seq_q_pad / 64, a.heads, a.batch);
-    FA_LAUNCH(kern, grid, 128, 0, stream, a);
-  }
+  launch_bwd_prep<T, D>(a, stream);
   using Cfg = BwdCfg<D>;
   const dim3 kgrid((a.seq_k + Cfg::BN - 1) / Cfg::BN, a.kv_heads * a.splits, a.batch);
   const bool dq_atomic = D <= 128 && a.dq_accum != nullptr;  // else the dQ kernel
@@ -63,19 +87,8 @@ void run_bwd(const FaArgs& a, int sms, cudaStream_t stream) {
     if (dq_atomic)
       launch_sum<T>(a.dq, a.dq_accum, 1, int64_t(a.batch) * a.seq_q * a.heads * D, a.scale, sms, stream);
   }
-  if (!dq_atomic) {
-    using Q = DqCfg<D>;
-    auto kern = &flash_bwd_dq_kernel<T, D, Causal>;
-    constexpr int smem = dq_smem_bytes<D>();
-    set_max_dynamic_smem(kern, smem);
-    const dim3 grid((a.seq_q + Q::BM - 1) / Q::BM, a.heads, a.batch);
-    FA_LAUNCH(kern, grid, Q::NW * 32, smem, stream, a);
-  }
-  if (a.splits > 1) {
-    const int64_t n = int64_t(a.batch) * a.seq_k * a.kv_heads * D;
-    launch_sum<T>(a.dk, a.dk_part, a.splits, n, 1.f, sms, stream);
-    launch_sum<T>(a.dv, a.dv_part, a.splits, n, 1.f, sms, stream);
-  }
+  if (!dq_atomic) launch_bwd_dq<T, D, Causal>(a, stream);
+  launch_bwd_split_sums<T, D>(a, sms, stream);
 }
 
 }  // namespace fa

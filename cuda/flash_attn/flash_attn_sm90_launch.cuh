@@ -42,11 +42,7 @@ void run_fwd_sm90(const FaArgs& a, cudaStream_t stream) {
 template <class T, int D, bool Causal>
 void run_bwd_sm90(const FaArgs& a, int sms, cudaStream_t stream) {
   using C = Sm90BwdCfg<D>;
-  {
-    auto kern = &flash_bwd_prep_kernel<T, D>;
-    const dim3 grid(a.seq_q_pad / 64, a.heads, a.batch);
-    FA_LAUNCH(kern, grid, 128, 0, stream, a);
-  }
+  launch_bwd_prep<T, D>(a, stream);
   Sm90BwdArgs p;
   p.a = a;
   make_seq_desc<D>(&p.tq, a.q, a.batch, a.seq_q, a.heads, C::BM);
@@ -69,19 +65,9 @@ void run_bwd_sm90(const FaArgs& a, int sms, cudaStream_t stream) {
     auto kern = &flash_bwd_dq_convert_sm90_kernel<T, D>;
     FA_LAUNCH(kern, dim3(unsigned(want < cap ? want : cap)), 256, 0, stream, a);
   } else {
-    // Deterministic mode: dQ from the query-major pass (no atomics).
-    using Q = DqCfg<D>;
-    auto kern = &flash_bwd_dq_kernel<T, D, Causal>;
-    constexpr int smem = dq_smem_bytes<D>();
-    set_max_dynamic_smem(kern, smem);
-    const dim3 grid((a.seq_q + Q::BM - 1) / Q::BM, a.heads, a.batch);
-    FA_LAUNCH(kern, grid, Q::NW * 32, smem, stream, a);
+    launch_bwd_dq<T, D, Causal>(a, stream);  // deterministic mode
   }
-  if (a.splits > 1) {
-    const int64_t n = int64_t(a.batch) * a.seq_k * a.kv_heads * D;
-    launch_sum<T>(a.dk, a.dk_part, a.splits, n, 1.f, sms, stream);
-    launch_sum<T>(a.dv, a.dv_part, a.splits, n, 1.f, sms, stream);
-  }
+  launch_bwd_split_sums<T, D>(a, sms, stream);
 }
 
 }  // namespace fa

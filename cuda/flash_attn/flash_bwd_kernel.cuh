@@ -93,20 +93,12 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(BwdCfg<D>::NW * 32, 1) flash_bwd_dkdv_kernel(con
 
   const int tid = thread_idx(), lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int n_block = block_x();
-  const int hk = block_y() / a.splits, split = block_y() % a.splits, b = block_z();
-  const int h_first = hk * a.group + split * a.heads_per_split;
-  const int h_stop = h_first + a.heads_per_split < (hk + 1) * a.group ? h_first + a.heads_per_split
-                                                                        : (hk + 1) * a.group;
+  const int n_block = block_x(), b = block_z();
   const int n0 = n_block * BN;
   const int off = a.seq_k - a.seq_q;
   const int64_t q_stride = int64_t(a.heads) * D, k_stride = int64_t(a.kv_heads) * D;
-
-  int q_begin, q_end;
-  query_range<Causal>(n0, BN, off, a.seq_q, a.window, q_begin, q_end);
-  const int m_begin = q_begin < a.seq_q ? q_begin / BM : 0;
-  const int nm = (q_begin < a.seq_q && q_end > q_begin) ? (q_end + BM - 1) / BM - m_begin : 0;
-  const int steps = h_stop > h_first ? (h_stop - h_first) * nm : 0;
+  const BwdWalk walk = bwd_walk<Causal>(a, block_y(), n0, BN, BM);
+  const int hk = walk.hk, split = walk.split, steps = walk.steps;
 
   const uint16_t* gK = a.k + (int64_t(b) * a.seq_k + n0) * k_stride + int64_t(hk) * D;
   const uint16_t* gV = a.v + (int64_t(b) * a.seq_k + n0) * k_stride + int64_t(hk) * D;
@@ -114,10 +106,10 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(BwdCfg<D>::NW * 32, 1) flash_bwd_dkdv_kernel(con
   load_tile_async<BN, D, NT>(sV, gV, k_stride, a.seq_k - n0, a.v, tid);
   cp_async_commit();
 
-  // Step s = (head h_first + s / nm, query block m_begin + s % nm) into buffer buf.
+  // Step s (walk.head(s), rows walk.m0(s)) into buffer buf.
   auto load_step = [&](int s, int buf) {
-    const int h = h_first + s / nm;
-    const int m0 = (m_begin + s % nm) * BM;
+    const int h = walk.head(s);
+    const int m0 = walk.m0(s);
     const int64_t o = (int64_t(b) * a.seq_q + m0) * q_stride + int64_t(h) * D;
     load_tile_async<BM, D, NT>(sQ + buf * BM * LD, a.q + o, q_stride, a.seq_q - m0, a.q, tid);
     load_tile_async<BM, D, NT>(sdO + buf * BM * LD, a.dout + o, q_stride, a.seq_q - m0, a.dout, tid);
@@ -150,8 +142,8 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(BwdCfg<D>::NW * 32, 1) flash_bwd_dkdv_kernel(con
       cp_async_wait<0>();
     }
     sync_threads();
-    const int h = h_first + s / nm;
-    const int m0 = (m_begin + s % nm) * BM;
+    const int h = walk.head(s);
+    const int m0 = walk.m0(s);
     const uint16_t* cQ = sQ + buf * BM * LD;
     const uint16_t* cdO = sdO + buf * BM * LD;
     const float* cL = sL + buf * BM;

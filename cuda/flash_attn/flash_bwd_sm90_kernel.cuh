@@ -52,19 +52,11 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_bwd_sm90_kernel(const FA_GRID_CONS
 
   const int tid = thread_idx();
   const int wg = tid / 128;
-  const int n_block = block_x();
-  const int hk = block_y() / a.splits, split = block_y() % a.splits, b = block_z();
-  const int h_first = hk * a.group + split * a.heads_per_split;
-  const int h_stop = h_first + a.heads_per_split < (hk + 1) * a.group ? h_first + a.heads_per_split
-                                                                        : (hk + 1) * a.group;
-  const int n0 = n_block * BN;
+  const int b = block_z();
+  const int n0 = block_x() * BN;
   const int off = a.seq_k - a.seq_q;
-
-  int q_begin, q_end;
-  query_range<Causal>(n0, BN, off, a.seq_q, a.window, q_begin, q_end);
-  const int m_begin = q_begin < a.seq_q ? q_begin / BM : 0;
-  const int nm = (q_begin < a.seq_q && q_end > q_begin) ? (q_end + BM - 1) / BM - m_begin : 0;
-  const int steps = h_stop > h_first ? (h_stop - h_first) * nm : 0;
+  const BwdWalk walk = bwd_walk<Causal>(a, block_y(), n0, BN, BM);
+  const int hk = walk.hk, split = walk.split, steps = walk.steps;
 
   if (tid == 0) {
     mbar_init(kv_full, 1);
@@ -89,8 +81,8 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_bwd_sm90_kernel(const FA_GRID_CONS
       }
       for (int it = 0; it < steps; ++it) {
         const int s = it % S, par = (it / S) & 1;
-        const int h = h_first + it / nm;
-        const int m0 = (m_begin + it % nm) * BM;
+        const int h = walk.head(it);
+        const int m0 = walk.m0(it);
         const int64_t stat = (int64_t(b) * a.heads + h) * a.seq_q_pad + m0;
         mbar_wait(q_empty + s, par ^ 1);
         mbar_arrive_expect_tx(q_full + s, BM * D * 2 + BM * 4);
@@ -125,38 +117,35 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_bwd_sm90_kernel(const FA_GRID_CONS
   float st[NA], dpt[NA], dq[32];
   uint32_t pr[KQ][4], dsr[KQ][4];
 
+  // S^T = K Q^T and dP^T = V dO^T: this warpgroup's 64 rows of a key tile
+  // times a query tile, both K-major over head_dim.
+  auto issue_keys_x_queries = [&](float (&acc)[NA], uint32_t keys, uint32_t queries) {
+    fence_acc(acc);
+#pragma unroll
+    for (int kk = 0; kk < KD; ++kk) {
+      const uint32_t ko = uint32_t(kk / 4) * BN * 128 + uint32_t(cw) * 64 * 128 + uint32_t(kk % 4) * 32;
+      const uint32_t qo = uint32_t(kk / 4) * BM * 128 + uint32_t(kk % 4) * 32;
+      Wgmma<T, BM>::template ss<0, 0>(acc, kmajor_desc(keys + ko), kmajor_desc(queries + qo), kk > 0 ? 1 : 0);
+    }
+  };
+
   if (steps > 0) mbar_wait(kv_full, 0);
 #pragma unroll 1
   for (int it = 0; it < steps; ++it) {
     const int s = it % S, par = (it / S) & 1;
-    const int h = h_first + it / nm;
-    const int m0 = (m_begin + it % nm) * BM;
+    const int h = walk.head(it);
+    const int m0 = walk.m0(it);
     const uint32_t q_addr = smem_u32(sm + L::kQ + s * L::kStep);
     const uint32_t do_addr = smem_u32(sm + L::kdO + s * L::kStep);
     const float* sL = reinterpret_cast<const float*>(sm + L::kLse + s * BM * 4);
     const float* sDs = reinterpret_cast<const float*>(sm + L::kDsum + s * BM * 4);
 
-    // S^T and dP^T.
     mbar_wait(q_full + s, par);
     wgmma_fence();
-    fence_acc(st);
-#pragma unroll
-    for (int kk = 0; kk < KD; ++kk) {
-      const uint32_t ko = uint32_t(kk / 4) * BN * 128 + uint32_t(cw) * 64 * 128 + uint32_t(kk % 4) * 32;
-      const uint32_t qo = uint32_t(kk / 4) * BM * 128 + uint32_t(kk % 4) * 32;
-      Wgmma<T, BM>::template ss<0, 0>(st, kmajor_desc(k_addr + ko), kmajor_desc(q_addr + qo),
-                                      kk > 0 ? 1 : 0);
-    }
+    issue_keys_x_queries(st, k_addr, q_addr);
     mbar_wait(do_full + s, par);
     wgmma_fence();
-    fence_acc(dpt);
-#pragma unroll
-    for (int kk = 0; kk < KD; ++kk) {
-      const uint32_t vo = uint32_t(kk / 4) * BN * 128 + uint32_t(cw) * 64 * 128 + uint32_t(kk % 4) * 32;
-      const uint32_t oo = uint32_t(kk / 4) * BM * 128 + uint32_t(kk % 4) * 32;
-      Wgmma<T, BM>::template ss<0, 0>(dpt, kmajor_desc(v_addr + vo), kmajor_desc(do_addr + oo),
-                                      kk > 0 ? 1 : 0);
-    }
+    issue_keys_x_queries(dpt, v_addr, do_addr);
     wgmma_commit();
     wgmma_wait<0>();
     fence_acc(st);

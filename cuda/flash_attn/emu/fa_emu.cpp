@@ -448,9 +448,6 @@ void progress() { ++g_events; }
 unsigned char* smem_data() { return g_smem.data(); }
 int smem_size() { return g_smem_bytes; }
 bool in_smem(const void* p, size_t bytes) { return ::llmpre::cuda::fa::emu::in_smem(p, bytes); }
-void record_smem(const void* p, size_t bytes, bool write, const char* what) {
-  record(p, bytes, write, g_bar_gen, what);
-}
 bool in_buffer(const void* p, size_t bytes) { return find_buffer(p, bytes) != nullptr; }
 
 }  // namespace detail

@@ -26,8 +26,6 @@ void progress();
 unsigned char* smem_data();
 int smem_size();
 bool in_smem(const void* p, size_t bytes);
-// Records a generic-proxy access of shared memory for the race detector.
-void record_smem(const void* p, size_t bytes, bool write, const char* what);
 // Whether [p, p + bytes) lies in a registered global buffer.
 bool in_buffer(const void* p, size_t bytes);
 

@@ -163,6 +163,28 @@ void complete_tx(uint32_t bar, uint32_t bytes) {
   mbar_update(it->second);
 }
 
+// Walks the box of `m` at coordinates c, innermost dimension first: fn(index
+// in the box, whether the element lies inside the tensor, its byte offset
+// from the tensor's base). Returns the number of elements.
+template <class F>
+uint32_t for_each_box_element(const TmaMap& m, const int (&c)[4], F&& fn) {
+  uint32_t idx = 0;
+  for (uint32_t i3 = 0; i3 < m.box[3]; ++i3)
+    for (uint32_t i2 = 0; i2 < m.box[2]; ++i2)
+      for (uint32_t i1 = 0; i1 < m.box[1]; ++i1)
+        for (uint32_t i0 = 0; i0 < m.box[0]; ++i0, ++idx) {
+          const int64_t at[4] = {int64_t(c[0]) + i0, int64_t(c[1]) + i1, int64_t(c[2]) + i2, int64_t(c[3]) + i3};
+          bool in = true;
+          uint64_t g = 0;
+          for (int k = 0; k < 4; ++k) {
+            in = in && at[k] >= 0 && uint64_t(at[k]) < m.dims[k];
+            g += uint64_t(at[k]) * m.strides[k];
+          }
+          fn(idx, in, g);
+        }
+  return idx;
+}
+
 void land(const Load& l) {
   unsigned char* smem = detail::smem_data();
   if (!l.tensor) {
@@ -173,28 +195,16 @@ void land(const Load& l) {
   }
   const TmaMap& m = l.map;
   const uint32_t eb = m.elem_bytes;
-  uint32_t idx = 0;
-  for (uint32_t i3 = 0; i3 < m.box[3]; ++i3)
-    for (uint32_t i2 = 0; i2 < m.box[2]; ++i2)
-      for (uint32_t i1 = 0; i1 < m.box[1]; ++i1)
-        for (uint32_t i0 = 0; i0 < m.box[0]; ++i0, ++idx) {
-          const int64_t c[4] = {int64_t(l.c[0]) + i0, int64_t(l.c[1]) + i1, int64_t(l.c[2]) + i2,
-                                int64_t(l.c[3]) + i3};
-          bool in = true;
-          uint64_t g = 0;
-          for (int k = 0; k < 4; ++k) {
-            in = in && c[k] >= 0 && uint64_t(c[k]) < m.dims[k];
-            g += uint64_t(c[k]) * m.strides[k];
-          }
-          unsigned char* dst = smem + swizzle128(l.dst + idx * eb);
-          if (in) {
-            if (!detail::in_buffer(m.base + g, eb)) fail("TMA load reads outside its tensor's buffer");
-            std::memcpy(dst, m.base + g, eb);
-          } else {
-            std::memset(dst, 0, eb);  // out of bounds: zero fill
-          }
-        }
-  complete_tx(l.bar, idx * eb);
+  const uint32_t elems = for_each_box_element(m, l.c, [&](uint32_t idx, bool in, uint64_t g) {
+    unsigned char* dst = smem + swizzle128(l.dst + idx * eb);
+    if (in) {
+      if (!detail::in_buffer(m.base + g, eb)) fail("TMA load reads outside its tensor's buffer");
+      std::memcpy(dst, m.base + g, eb);
+    } else {
+      std::memset(dst, 0, eb);  // out of bounds: zero fill
+    }
+  });
+  complete_tx(l.bar, elems * eb);
   progress();
 }
 
@@ -520,26 +530,14 @@ void tma_store_wait() {
     }
     const TmaMap& m = s.map;
     const uint32_t eb = m.elem_bytes;
-    uint32_t idx = 0;
-    for (uint32_t i3 = 0; i3 < m.box[3]; ++i3)
-      for (uint32_t i2 = 0; i2 < m.box[2]; ++i2)
-        for (uint32_t i1 = 0; i1 < m.box[1]; ++i1)
-          for (uint32_t i0 = 0; i0 < m.box[0]; ++i0, ++idx) {
-            const int64_t c[4] = {int64_t(s.c[0]) + i0, int64_t(s.c[1]) + i1, int64_t(s.c[2]) + i2,
-                                  int64_t(s.c[3]) + i3};
-            bool in = true;
-            uint64_t g = 0;
-            for (int k = 0; k < 4; ++k) {
-              in = in && c[k] >= 0 && uint64_t(c[k]) < m.dims[k];
-              g += uint64_t(c[k]) * m.strides[k];
-            }
-            const uint32_t so = swizzle128(s.src + idx * eb);
-            check_fenced(so, eb, "TMA store");
-            if (!in) continue;  // clipped
-            unsigned char* dst = const_cast<unsigned char*>(m.base) + g;
-            if (!detail::in_buffer(dst, eb)) fail("TMA store writes outside its tensor's buffer");
-            std::memcpy(dst, smem + so, eb);
-          }
+    for_each_box_element(m, s.c, [&](uint32_t idx, bool in, uint64_t g) {
+      const uint32_t so = swizzle128(s.src + idx * eb);
+      check_fenced(so, eb, "TMA store");
+      if (!in) return;  // clipped
+      unsigned char* dst = const_cast<unsigned char*>(m.base) + g;
+      if (!detail::in_buffer(dst, eb)) fail("TMA store writes outside its tensor's buffer");
+      std::memcpy(dst, smem + so, eb);
+    });
   }
   groups.clear();
 }
