@@ -17,7 +17,7 @@ import numpy as np
 from llmpre import _core
 from llmpre._core import DataError
 
-__all__ = ["DataError", "open_corpus", "corpus_exists", "corpus_files"]
+__all__ = ["DataError", "open_corpus", "corpus_exists", "corpus_files", "require_tokens"]
 
 
 def _legacy_files(prefix: str) -> tuple[str, str]:
@@ -86,3 +86,22 @@ def open_corpus(prefix: str) -> _core.Corpus:
             f"{ids} + {idx}{hint}; check --data / input_dir"
         )
     return _core.Corpus.open_mmap(prefix)
+
+
+def require_tokens(prefix: str, corpus: _core.Corpus) -> None:
+    """Refuse a corpus with nothing to sample: 0 documents, or documents of 0 tokens.
+
+    Without this, an empty corpus surfaces as an empty train split and the
+    message blames the split."""
+    if corpus.num_docs == 0:
+        what = "has 0 documents"
+    elif corpus.num_tokens == 0:
+        what = f"has {corpus.num_docs} documents but 0 tokens"
+    else:
+        return
+    files = " + ".join(corpus_files(os.fspath(prefix)))
+    raise DataError(
+        f"corpus {prefix} ({files}) {what}; nothing to train on or sample: re-run "
+        "`llmpre data preprocess` on input that has text under --json-key, or point "
+        "--data / input_dir at another corpus"
+    )

@@ -17,7 +17,7 @@ import numpy as np
 
 from llmpre import _core
 from llmpre._core import DataError
-from llmpre.data.corpus import open_corpus
+from llmpre.data.corpus import open_corpus, require_tokens
 from llmpre.data.index_cache import BuildPolicy, IndexCache
 
 __all__ = ["GPTDataset", "IndexCache", "build_gpt_datasets", "SPLIT_NAMES"]
@@ -166,6 +166,7 @@ def build_gpt_datasets(prefix: str, split: str, num_samples, seq_length: int, se
     if seq_length <= 0:
         raise DataError(f"seq_length must be positive, got {seq_length}")
     corpus = corpus if corpus is not None else open_corpus(prefix)
+    require_tokens(prefix, corpus)
     bounds = _core.split_ranges(split, corpus.num_items)
     cache = IndexCache(data_cache, policy or BuildPolicy(share_folder=share_folder))
     out: dict[str, GPTDataset | None] = {}

@@ -178,6 +178,10 @@ def verify(prefix: str, vocab_size: Optional[int] = None) -> tuple[list[str], di
     else:
         raise DataError(f"{prefix}: no corpus here (no {prefix}.idx/.bin or {ids}/{idx}); "
                         "give the data PREFIX")
+    if not problems and facts.get("documents") == 0:
+        problems.append(f"{prefix}: the corpus has 0 documents (the files are consistent but "
+                        "empty); training and `llmpre data fingerprint` refuse it: re-run "
+                        "`llmpre data preprocess` on input that has text under --json-key")
     if not problems and vocab_size is not None:
         biggest = int(open_corpus(prefix).max_token())
         facts["max_token_id"] = biggest
