@@ -18,24 +18,58 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+from llmpre.errors import ConfigError
 from llmpre.models.config import MLAConfig, ModelConfig, MoEConfig, RopeScaling
-from llmpre.models.presets import PRESETS, get_preset
+from llmpre.models.presets import PRESETS, close_names, get_preset, is_known_name
 
 __all__ = ["ModelConfig", "RopeScaling", "MoEConfig", "MLAConfig", "PRESETS", "get_config", "get_preset",
            "build_model", "from_pretrained", "save_pretrained", "causal_lm_loss", "LlamaForCausalLM",
            "GPTForCausalLM"]
 
 
+_MODEL_DIR_NEEDS = ("a model directory needs config.json and model.safetensors; "
+                    "`llmpre models` lists the presets")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Absolute, ``./`` ``../`` ``~`` or a path separator: meant as a place on disk."""
+    seps = tuple(s for s in (os.sep, os.altsep) if s)
+    return (os.path.isabs(name) or name.startswith(("~", "." + os.sep, ".." + os.sep))
+            or any(s in name for s in seps))
+
+
+def check_model_dir(path: Union[str, os.PathLike]) -> Path:
+    """``path`` (``~`` expanded) if it is a directory holding config.json, else a
+    ConfigError that says what is missing."""
+    shown = os.fspath(path)
+    p = Path(os.path.expanduser(shown))
+    if not p.exists():
+        close = [] if os.path.isabs(shown) or shown.startswith(("~", ".")) else close_names(shown)
+        hint = f"; not a known preset or hub name either: did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"'{shown}': no such directory ({_MODEL_DIR_NEEDS}){hint}")
+    if not p.is_dir():
+        raise ConfigError(f"'{shown}': not a directory but a file ({_MODEL_DIR_NEEDS})")
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"'{shown}': directory has no config.json ({_MODEL_DIR_NEEDS})")
+    return p
+
+
 def get_config(name_or_path: Union[str, os.PathLike, ModelConfig]) -> ModelConfig:
     """A ModelConfig from a preset name / HF repo id, or an HF directory (or config.json) on disk."""
     if isinstance(name_or_path, ModelConfig):
         return name_or_path
-    path = Path(name_or_path)
-    if path.is_dir() or (path.is_file() and path.suffix == ".json"):
+    name = os.fspath(name_or_path)
+    path = Path(os.path.expanduser(name))
+    if path.is_file() and path.suffix == ".json":
         from llmpre.models.hf import load_hf_config
 
         return load_hf_config(path)
-    return get_preset(str(name_or_path))
+    meant_as_path = not isinstance(name_or_path, str) or _looks_like_path(name)
+    if path.is_dir() or (meant_as_path and not is_known_name(name)):
+        from llmpre.models.hf import load_hf_config
+
+        return load_hf_config(check_model_dir(name))
+    return get_preset(name)
 
 
 def build_model(config_or_name: Union[str, os.PathLike, ModelConfig], seed: Optional[int] = None, ops=None):
@@ -57,16 +91,17 @@ def from_pretrained(path: Union[str, os.PathLike], dtype: str = "float32", ops=N
     ``ops`` as for :func:`build_model`."""
     from llmpre.models.hf import from_pretrained as _from_pretrained
 
-    return _from_pretrained(path, dtype=dtype, ops=ops)
+    return _from_pretrained(check_model_dir(path), dtype=dtype, ops=ops)
 
 
 def save_pretrained(model, path: Union[str, os.PathLike], style: str = "v4",
-                    max_shard_bytes: Optional[int] = None) -> None:
+                    max_shard_bytes: Optional[int] = None, metadata: Optional[dict] = None) -> None:
     """Write ``model`` as an HF checkpoint directory (config.json + model.safetensors, or
-    shards + index when the weights exceed ``max_shard_bytes``)."""
+    shards + index when the weights exceed ``max_shard_bytes``); ``metadata`` (str -> str)
+    goes into the weights files."""
     from llmpre.models.hf import save_pretrained as _save_pretrained
 
-    _save_pretrained(model, path, style=style, max_shard_bytes=max_shard_bytes)
+    _save_pretrained(model, path, style=style, max_shard_bytes=max_shard_bytes, metadata=metadata)
 
 
 def causal_lm_loss(logits, labels, ignore_index: int = -100, aux_loss=None):

@@ -284,6 +284,17 @@ UNSUPPORTED = {"thudm/chatglm-6b": "GLM v1", "thudm/chatglm-6b-v1.1": "GLM v1"}
 _BY_LOWER = {**{k.lower(): v for k, v in ALIASES.items()}, **{k.lower(): k for k in PRESETS}}
 
 
+def is_known_name(name: str) -> bool:
+    """Whether ``name`` is a preset, a hub alias or a known-unsupported hub name (any case)."""
+    return str(name).lower() in _BY_LOWER or str(name).lower() in UNSUPPORTED
+
+
+def close_names(name: str, n: int = 5) -> list[str]:
+    """Presets and hub aliases spelled like ``name``, best first."""
+    spelled = {k.lower(): k for k in list(PRESETS) + list(ALIASES)}
+    return [spelled[c] for c in difflib.get_close_matches(str(name).lower(), spelled, n=n, cutoff=0.6)]
+
+
 def get_preset(name: str) -> ModelConfig:
     """The preset called ``name`` (case-insensitive; HF/PaddleNLP repo ids accepted)."""
     key = _BY_LOWER.get(str(name).lower())
@@ -293,8 +304,7 @@ def get_preset(name: str) -> ModelConfig:
         raise ConfigError(f"{name} is a {UNSUPPORTED[str(name).lower()]} model (2-D positions, post-LayerNorm "
                           "with scaled residuals), an architecture llmpre does not implement; use THUDM/chatglm2-6b "
                           "or THUDM/chatglm3-6b")
-    spelled = {k.lower(): k for k in list(PRESETS) + list(ALIASES)}
-    close = [spelled[c] for c in difflib.get_close_matches(str(name).lower(), spelled, n=5, cutoff=0.6)]
+    close = close_names(name)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise ConfigError(f"unknown model preset {name!r}: {hint}known presets: {', '.join(PRESETS)} "
                       "(`llmpre models` lists them), or pass a directory holding an HF config.json")
