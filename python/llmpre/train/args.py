@@ -17,6 +17,7 @@ harmless; any other value is refused by name. Unknown keys are refused too.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import typing
@@ -259,6 +260,15 @@ def _canonical(key: str) -> str:
     return ALIASES.get(key, key)
 
 
+def _close_keys(name: str, fmap: dict, limit: int = 4) -> list:
+    """Accepted keys spelled like ``name`` (typos: difflib, best first), then keys that
+    contain it or that it contains."""
+    close = difflib.get_close_matches(name, list(fmap) + list(ALIASES), n=3, cutoff=0.6)
+    if len(name) >= 3:  # a letter or two is inside every key
+        close += [n for n in fmap if (name in n or n in name) and n not in close]
+    return close[:limit]
+
+
 def _apply(values: dict, raw: dict, where: str) -> None:
     fmap = _field_map()
     for key, value in raw.items():
@@ -266,7 +276,7 @@ def _apply(values: dict, raw: dict, where: str) -> None:
         if name in ACCEPTED_NOOP:
             continue
         if name not in fmap and name != "sharding_stage":
-            close = [n for n in fmap if name in n or n in name][:3]
+            close = _close_keys(name, fmap)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"{where}: unknown argument `{key}`{hint} "
                               "(`llmpre train --help` lists every accepted key)")
