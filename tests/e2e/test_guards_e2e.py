@@ -69,7 +69,9 @@ def test_nonfinite_steps_are_skipped_when_allowed(tmp_path, monkeypatch):
     assert [e["step"] for e in m["skip"]] == [3, 4]
     train = {e["step"]: e for e in m["train"]}
     assert sorted(train) == [1, 2, 3, 4, 5, 6]
-    assert train[3]["loss"] == 0.0 and train[6]["skipped_steps"] == 2   # all-skipped interval logs 0
+    # an all-skipped interval has no loss: null, the non-finite value as text, counted
+    assert train[3]["loss"] is None and train[3]["nonfinite_loss"] == "nan"
+    assert train[3]["interval_skipped_steps"] == 1 and train[6]["skipped_steps"] == 2
     assert all(train[s]["loss"] > 0 for s in (1, 2, 5, 6))
 
 

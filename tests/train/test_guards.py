@@ -7,6 +7,7 @@ import types
 
 import pytest
 
+from llmpre.train import checkpoint as ckpt
 from llmpre.train import guards
 
 
@@ -51,7 +52,7 @@ def test_unknown_checkpoints_are_refused_and_debris_removed(tmp_path):
     with pytest.raises(guards.RunMismatchError, match="no run_config.json"):
         guards.check_run_directory(str(tmp_path), {"x": 1}, overwrite=False, has_checkpoints=True)
     os.makedirs(tmp_path / ".checkpoint-6.tmp-xyz")
-    assert guards.remove_debris(str(tmp_path)) == [".checkpoint-6.tmp-xyz"]
+    assert ckpt.remove_stale_temps(str(tmp_path)) == [".checkpoint-6.tmp-xyz"]
     assert os.listdir(tmp_path) == ["checkpoint-5"]
 
 

@@ -1,8 +1,17 @@
-"""``llmpre train``: pretrain a model from flags or a PaddleNLP argument file."""
+"""``llmpre train``: pretrain a model from flags or a PaddleNLP argument file.
+
+A parallel run is re-executed under ``paddle.distributed.launch``; this process
+then holds the output directory's run lock for its workers (node 0 only) and
+passes SIGTERM/SIGINT on to them (the launcher runs in a session of its own, so
+a terminal's Ctrl-C reaches the workers once, through here). Workers stop after
+their current step, save a checkpoint and exit 0; this process then reports the
+stop and exits 128 + the signal number, as a single process does.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -64,7 +73,8 @@ def _processes_needed(args) -> int:
 
 
 def _launch(launch: dict, args, argv: list[str]) -> int:
-    """Re-run this command under paddle.distributed.launch; returns its exit code."""
+    """Re-run this command under paddle.distributed.launch; returns its exit code
+    (128 + the signal number when it was stopped by a signal)."""
     nproc = int(launch.get("nproc_per_node") or _processes_needed(args))
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
            "--log_dir", os.path.join(args.output_dir, "launch_logs")]
@@ -78,7 +88,69 @@ def _launch(launch: dict, args, argv: list[str]) -> int:
     cmd += [script, "train", *argv]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(cmd, env=env)
+    lock = None
+    if str(launch.get("rank", "0")) == "0":   # node 0 holds the run's lock (global rank 0 is there)
+        from llmpre.train.lock import RunLock
+
+        lock = RunLock.acquire(args.output_dir)
+        env.update(lock.env())
+    try:
+        return _supervise(subprocess.Popen(cmd, env=env, start_new_session=True), script)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _workers(launcher_pid: int, script: str) -> list[int]:
+    """PIDs of the launcher's worker processes (children running ``script``)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == launcher_pid and script.encode() in argv:
+            pids.append(int(entry))
+    return pids
+
+
+def _supervise(proc: subprocess.Popen, script: str) -> int:
+    """Wait for the launcher, forwarding SIGTERM/SIGINT to its workers directly (the
+    launcher itself would kill them 30 s later)."""
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        targets = _workers(proc.pid, script)
+        for pid in targets or [proc.pid]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        if len(received) == 1:
+            print(f"llmpre: {signal.Signals(signum).name} passed to {len(targets)} worker(s); they "
+                  "stop after the current step and save a checkpoint (send it again to abort)",
+                  file=sys.stderr, flush=True)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except InterruptedError:
+                continue
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received and code == 0:
+        return 128 + received[0]
+    return code
 
 
 @click.command(
@@ -103,6 +175,11 @@ def train(argv):
     if not under_launcher and (launch or _processes_needed(args) > 1):
         sys.exit(_launch(launch, args, tokens))
 
-    from llmpre.train.trainer import run
+    from llmpre.train.trainer import TrainingStopped, run
 
-    run(args)
+    try:
+        run(args)
+    except TrainingStopped as e:
+        click.echo(f"llmpre: {e}", err=True)
+        # under the launcher a clean stop is a success for it; `llmpre train` reports the signal
+        sys.exit(0 if under_launcher else 128 + e.signum)

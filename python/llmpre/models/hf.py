@@ -155,6 +155,20 @@ def from_pretrained(path: PathLike, dtype: str = "float32", ops=None):
     return model
 
 
+def weights_metadata(path: PathLike) -> Optional[Dict[str, str]]:
+    """The metadata of the weights saved in directory ``path`` (its single file or first
+    shard), or None when there are none or they cannot be read."""
+    path = Path(path)
+    files = [path / WEIGHTS_NAME] if (path / WEIGHTS_NAME).is_file() else sorted(path.glob("model-*-of-*.safetensors"))
+    if not files or not (path / CONFIG_NAME).is_file():
+        return None
+    try:
+        with safe_open(str(files[0]), framework="np") as fh:
+            return dict(fh.metadata() or {})
+    except Exception:   # a damaged or foreign file: treated as absent, it is rewritten
+        return None
+
+
 def _dtype_name(model: nn.Layer) -> str:
     dtype = next(iter(model.parameters())).dtype
     return str(dtype).replace("paddle.", "")
@@ -184,14 +198,16 @@ def _shards(tensors: Dict[str, paddle.Tensor], max_bytes: Optional[int]) -> List
     return shards + [current]
 
 
-def save_pretrained(model: nn.Layer, path: PathLike, style: str = "v4", max_shard_bytes: Optional[int] = None) -> None:
+def save_pretrained(model: nn.Layer, path: PathLike, style: str = "v4", max_shard_bytes: Optional[int] = None,
+                    metadata: Optional[Dict[str, str]] = None) -> None:
     """Write ``path/config.json`` and the weights in HF layout: ``model.safetensors``, or
     ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json`` when the
     weights exceed ``max_shard_bytes``.
 
     Each file is written to a temporary name in ``path`` and renamed into place,
     weights first and config last, so a reader never sees a half-written checkpoint.
-    ``style`` picks the config keys (see :meth:`ModelConfig.to_hf_dict`).
+    ``style`` picks the config keys (see :meth:`ModelConfig.to_hf_dict`); ``metadata``
+    (strings) is stored in every weights file (see :func:`weights_metadata`).
     """
     path = Path(path)
     config = model.config.to_hf_dict(style=style)  # validates before anything is written
@@ -211,7 +227,8 @@ def save_pretrained(model: nn.Layer, path: PathLike, style: str = "v4", max_shar
         for name, keys in zip(names, shards):
             tmp = path / f".{name}.tmp{os.getpid()}"
             temps.append((tmp, path / name))
-            save_file({k: tensors[k] for k in keys}, str(tmp), metadata={"format": "pt"})  # HF needs format=pt
+            save_file({k: tensors[k] for k in keys}, str(tmp),
+                      metadata={**(metadata or {}), "format": "pt"})  # HF needs format=pt
         for name in sorted(files, key=lambda n: n == CONFIG_NAME):   # index before config
             tmp = path / f".{name}.tmp{os.getpid()}"
             temps.append((tmp, path / name))

@@ -54,6 +54,16 @@ class ParallelEngine:
         t = self.paddle.to_tensor(tokens)
         return t[:, :-1], t[:, 1:]
 
+    def any_rank(self, value: int) -> int:
+        """The largest of ``value`` over every rank of the launch."""
+        if self.world_size == 1:
+            return value
+        import paddle.distributed as dist
+
+        t = self.paddle.to_tensor([int(value)], dtype="int64")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
     def _data_mean(self, value: float) -> float:
         t = self.paddle.to_tensor([value], dtype="float32")
         self.env.data.all_reduce(t)

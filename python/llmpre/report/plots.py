@@ -55,6 +55,11 @@ def write_report(run_dir: str, out_dir: str | None = None) -> dict:
 
     fig, (by_step, by_tokens) = plt.subplots(1, 2, figsize=(11, 4))
     by_step.plot(*_series(train, "loss"), label="train loss")
+    skipped = [e["step"] for e in metrics.get("skip", [])]
+    if skipped:   # skipped (non-finite) steps: marked, never drawn as a loss
+        for i, step in enumerate(skipped):
+            by_step.axvline(step, color="red", alpha=0.35, lw=0.8,
+                            label=f"skipped step ({len(skipped)})" if i == 0 else None)
     if evals:
         by_step.plot(*_series(evals, "eval_loss"), "o-", label="eval loss")
     by_step.set_xlabel("step")
@@ -68,6 +73,7 @@ def write_report(run_dir: str, out_dir: str | None = None) -> dict:
     if eval_pts:
         by_tokens.plot(*zip(*eval_pts), "o-", label="eval loss")
     by_tokens.set_xlabel("tokens")
+    _compact_ticks(by_tokens)
     by_tokens.legend()
     by_tokens.grid(alpha=0.3)
     _save(fig, os.path.join(out_dir, "loss.png"))
@@ -98,6 +104,20 @@ def write_report(run_dir: str, out_dir: str | None = None) -> dict:
     return summary
 
 
+def _compact_ticks(ax) -> None:
+    """Token counts as 1.2M / 3.4B with at most 6 ticks, so labels never overlap."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    def fmt(x, _pos):
+        for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+            if abs(x) >= div:
+                return f"{x / div:g}{unit}"
+        return f"{x:g}"
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.xaxis.set_major_formatter(FuncFormatter(fmt))
+
+
 def _tokens_per_step(run_dir: str) -> int | None:
     try:
         with open(os.path.join(run_dir, "run_config.json"), encoding="utf-8") as fh:
@@ -120,14 +140,19 @@ def _summary(run_dir, train, evals, skips) -> dict:
     except (OSError, ValueError, KeyError):
         pass
     finished = os.path.exists(os.path.join(run_dir, "model.safetensors"))
+    finite = [e for e in train if isinstance(e.get("loss"), (int, float))]
+
+    def loss_of(e):   # an interval whose steps were all skipped has no loss
+        return e["loss"] if e in finite else f"none (skipped: {e.get('nonfinite_loss', 'non-finite')})"
+
     out = {
         "run_dir": os.path.abspath(run_dir),
         "status": "finished (final weights saved)" if finished else "running or interrupted",
         "last_logged_step": last["step"],
         "tokens": last.get("consumed_tokens", "n/a"),
-        "first_loss": train[0]["loss"],
-        "last_loss": last["loss"],
-        "min_loss": min(e["loss"] for e in train),
+        "first_loss": loss_of(train[0]),
+        "last_loss": loss_of(last),
+        "min_loss": min(e["loss"] for e in finite) if finite else "none (every logged step was skipped)",
     }
     if max_steps:
         out["schedule_steps"] = max_steps
@@ -141,6 +166,12 @@ def _summary(run_dir, train, evals, skips) -> dict:
     if peaks:
         out["peak_memory_gb"] = round(max(peaks), 3)
     out["skipped_steps"] = len(skips)
+    if skips:
+        shown = ", ".join(str(e["step"]) for e in skips[:20]) + (", ..." if len(skips) > 20 else "")
+        out["skipped_at_steps"] = shown
+    with_skips = [e for e in train if e.get("interval_skipped_steps")]
+    if with_skips and not skips:   # metrics without skip entries still tell
+        out["skipped_steps"] = sum(e["interval_skipped_steps"] for e in with_skips)
     times = [e["time"] for e in train if "time" in e]
     if len(times) > 1:
         out["wall_time_between_first_and_last_log_s"] = round(times[-1] - times[0], 1)

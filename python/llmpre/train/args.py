@@ -385,6 +385,9 @@ def parse_arguments(json_file: str | None, overrides: dict) -> TrainingArguments
     if args.output_dir is None:
         name = os.path.basename(os.path.normpath(args.model_name_or_path)) or "model"
         args.output_dir = os.path.join("output", name.replace("/", "_"))
+    from llmpre.train.lock import check_output_dir
+
+    check_output_dir(args.output_dir)   # before the data cache or a launcher looks at it
     return args
 
 

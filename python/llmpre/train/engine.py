@@ -97,6 +97,10 @@ class LocalEngine:
     def train_mode(self, on: bool) -> None:
         self.model.train() if on else self.model.eval()
 
+    def any_rank(self, value: int) -> int:
+        """The largest of ``value`` over all ranks (here: this one)."""
+        return value
+
     def full_model(self):
         """The whole model on this process (for the final HF export)."""
         return self.model

@@ -113,14 +113,3 @@ def clear_run_directory(output_dir: str) -> list[str]:
             os.unlink(path)
             removed.append(name)
     return removed
-
-
-def remove_debris(output_dir: str) -> list[str]:
-    """Temporary checkpoint directories left by a process killed mid-save."""
-    removed = []
-    if os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            if name.startswith(".checkpoint-") and os.path.isdir(os.path.join(output_dir, name)):
-                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
-                removed.append(name)
-    return removed

@@ -2,7 +2,12 @@
 when installed.
 
 ``<output_dir>/metrics.jsonl`` holds one JSON object per event
-(``{"type": "train" | "eval" | "test" | "skip", "step": N, ...}``). A resumed run
+(``{"type": "train" | "eval" | "test" | "skip" | "stop", "step": N, ...}``). A
+non-finite value is stored as null (JSON has no nan/inf): a logging interval
+whose steps were all skipped has ``"loss": null`` and its value as a string in
+``nonfinite_loss``; ``interval_skipped_steps`` counts the skipped steps of the
+interval and ``skipped_steps`` those of the run (also a scalar, so VisualDL and
+TensorBoard show skips; a null loss is not drawn there). A resumed run
 appends to it, so a step can appear twice (the second time after a restart):
 readers keep the last entry per (type, step) — :func:`read_metrics` does.
 
@@ -24,7 +29,7 @@ logger = logging.getLogger("llmpre")
 
 SCALARS = {
     "train": ("loss", "learning_rate", "grad_norm", "interval_tokens_per_second_per_device",
-              "current_memory_allocated", "max_memory_allocated", "loss_scale"),
+              "current_memory_allocated", "max_memory_allocated", "loss_scale", "skipped_steps"),
     "eval": ("eval_loss",),
     "test": ("test_loss",),
 }

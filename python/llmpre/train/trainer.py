@@ -6,7 +6,14 @@ pure function of the step), so the continuation computes exactly what an
 uninterrupted run would. A step whose loss or gradient norm is not finite is
 skipped under fp16 loss scaling (the scale drops), skipped up to
 ``max_nonfinite_skips`` times otherwise, and then stops training with the
-step and the last good checkpoint in the message.
+step and the last good checkpoint in the message; skipped steps are logged as
+skipped (the non-finite loss and a count), never as a loss of 0.
+
+One run per output directory (:mod:`llmpre.train.lock`). SIGTERM or SIGINT
+finishes the current step, writes a checkpoint at it and stops with
+:class:`TrainingStopped`; a second signal (more than a second later: launchers
+repeat theirs) aborts at once. A run with nothing left to train still writes the
+final weights when they are missing or older than its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -17,22 +24,40 @@ import logging
 import math
 import os
 import random
+import re
+import signal
 import sys
 import time
 
 import numpy as np
 
-from llmpre.errors import ConfigError
+from llmpre.errors import ConfigError, LlmpreError
 from llmpre.runtime import configure_threads, import_paddle
 from llmpre.train import checkpoint as ckpt
 from llmpre.train import guards
 from llmpre.train.args import TrainingArguments
+from llmpre.train.lock import RunLock
 from llmpre.train.metrics import flops_per_token, format_log, memory_gb
 from llmpre.train.monitor import Monitor
 from llmpre.train.precision import DynamicLossScaler, Precision
 from llmpre.train.schedule import schedule_from_args
 
 logger = logging.getLogger("llmpre")
+
+FINAL_STEP_KEY = "llmpre_step"   # metadata of the final weights: the step they are from
+
+
+class TrainingStopped(Exception):
+    """Training stopped on a signal after saving a checkpoint at ``step``."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; "
+                         f"{checkpoint} saved: run the same command to resume")
+
+
+class FinalSaveError(LlmpreError):
+    """The final HF weights could not be written."""
 
 
 def setup_logging() -> None:
@@ -162,6 +187,8 @@ class Trainer:
         self.lr_at = schedule_from_args(args)
         self.global_step = 0
         self.skipped_steps = 0
+        self._saved_step = None   # the step of this run's newest checkpoint save
+        self._stop = None         # (signal, time) of a stop request
         self.flops_per_token = flops_per_token(
             self.config.hidden_size, self.config.intermediate_size,
             self.config.num_hidden_layers, self.config.vocab_size, args.max_seq_length)
@@ -185,6 +212,7 @@ class Trainer:
 
     def save(self) -> str:
         path = self.engine.save(self.args.output_dir, self.global_step, self._state())
+        self._saved_step = self.global_step
         removed = ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit) \
             if self.engine.is_main else []
         logger.info("Saving checkpoint to %s%s", path,
@@ -216,9 +244,9 @@ class Trainer:
             return args.resume_from_checkpoint
         has_checkpoints = bool(ckpt.list_checkpoints(args.output_dir))
         guards.check_run_directory(args.output_dir, identity, args.overwrite_output_dir, has_checkpoints)
-        debris = guards.remove_debris(args.output_dir)
+        debris = ckpt.remove_stale_temps(args.output_dir) + _remove_stale_final_temps(args.output_dir)
         if debris:
-            logger.info("Removed %d incomplete checkpoint(s) left by an interrupted save: %s",
+            logger.info("Removed %d incomplete save(s) left by an interrupted run: %s",
                         len(debris), ", ".join(debris))
         return ckpt.latest_valid_checkpoint(args.output_dir, warn=logger.warning)
 
@@ -285,24 +313,68 @@ class Trainer:
 
     def train(self) -> dict:
         args = self.args
-        if self.env is None or self.env.world_size == 1:
-            resume = self._prepare_run_directory()
-        else:   # rank 0 checks and tidies the run directory; every rank resumes from its choice
-            message = None
-            try:
-                resume = self._prepare_run_directory() if self.engine.is_main else None
-            except (ConfigError, guards.RunMismatchError, ckpt.CheckpointError) as e:
-                resume, message = None, f"error:{e}"
-            reply = _broadcast_text(self.paddle, message or resume)
-            if reply and reply.startswith("error:"):
-                raise ConfigError(reply[len("error:"):])
-            resume = reply
-        self.monitor = Monitor(args.output_dir, args.report_to, args.logging_dir,
-                               enabled=self.engine.is_main)
+        self._lock = None
         try:
-            return self._train(resume)
+            if self.env is None or self.env.world_size == 1:
+                self._lock = RunLock.for_worker(args.output_dir)
+                resume = self._prepare_run_directory()
+            else:   # rank 0 locks, checks and tidies the run directory; every rank resumes from its choice
+                message = None
+                try:
+                    if self.engine.is_main:
+                        self._lock = RunLock.for_worker(args.output_dir)
+                        resume = self._prepare_run_directory()
+                    else:
+                        resume = None
+                except LlmpreError as e:
+                    resume, message = None, f"error:{e}"
+                reply = _broadcast_text(self.paddle, message or resume)
+                if reply and reply.startswith("error:"):
+                    raise ConfigError(reply[len("error:"):])
+                resume = reply
+            self.monitor = Monitor(args.output_dir, args.report_to, args.logging_dir,
+                                   enabled=self.engine.is_main)
+            previous = self._install_signal_handlers()
+            try:
+                return self._train(resume)
+            finally:
+                self._restore_signal_handlers(previous)
+                self.monitor.close()
         finally:
-            self.monitor.close()
+            if self._lock is not None:
+                self._lock.release()
+
+    # ---- signals -------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM/SIGINT: stop after the current step (see the module docstring)."""
+        self._stop: tuple | None = None
+        previous = {}
+        if threading_main():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    def _restore_signal_handlers(self, previous: dict) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        now = time.monotonic()
+        if self._stop is None:
+            self._stop = (signum, now)
+            logger.warning("%s received: stopping after the current step and saving a checkpoint "
+                           "(send it again to abort at once)", name)
+        elif now - self._stop[1] > 1.0:   # the launcher's own repeats come within a second
+            sys.stderr.write(f"{name} received again: aborting at step {self.global_step} "
+                             "without saving\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+
+    def _stop_requested(self) -> int:
+        """The signal number when this or any other rank was asked to stop, else 0."""
+        mine = self._stop[0] if self._stop else 0
+        return self.engine.any_rank(mine)
 
     def _train(self, resume: str | None) -> dict:
         args, paddle = self.args, self.paddle
@@ -313,6 +385,9 @@ class Trainer:
         if self.global_step >= args.max_steps:
             logger.info("Nothing to do: global_step %d >= max_steps %d", self.global_step,
                         args.max_steps)
+            if self._final_weights_missing():
+                logger.info("The final weights of step %d are missing: writing them", self.global_step)
+                self.save_final()
             return {}
 
         acc = args.gradient_accumulation_steps
@@ -323,7 +398,9 @@ class Trainer:
         bar = _progress(args, self.global_step)
         train_start = interval_start = time.time()
         interval_losses: list = []
-        interval_steps = 0
+        interval_steps = interval_skipped = 0
+        skipped_loss = float("nan")
+        self._saved_step = None
         start_step = self.global_step
         eval_steps = args.effective_eval_steps
         self.engine.train_mode(True)
@@ -333,26 +410,40 @@ class Trainer:
             if status == "ok":
                 interval_losses.append(step_loss)
             else:
+                interval_skipped += 1
+                skipped_loss = step_loss if not math.isfinite(step_loss) else float("nan")
                 logger.warning("step %d: non-finite loss or gradients; %s", self.global_step,
                                f"step skipped, loss scale now {self.scaler.scale:g}"
                                if status == "overflow" else
                                f"step skipped ({self.skipped_steps} of {args.max_nonfinite_skips} allowed)")
-                self.monitor.log("skip", self.global_step, {"reason": status, "grad_norm": grad_norm,
-                                                            "loss_scale": self.scaler.scale})
+                self.monitor.log("skip", self.global_step, {
+                    "reason": status, "loss": _json_number(step_loss),
+                    "grad_norm": _json_number(grad_norm), "loss_scale": self.scaler.scale})
             if bar is not None:
                 bar.update(1)
 
             if self.global_step % args.logging_steps == 0 or self.global_step == args.max_steps:
                 runtime = time.time() - interval_start
-                loss_value = sum(interval_losses) / len(interval_losses) if interval_losses else 0.0
-                self._log_train(loss_value, grad_norm, runtime, interval_steps, seq)
-                interval_losses, interval_steps = [], 0
+                # an interval of skipped steps only has the non-finite loss (or nan) to show
+                loss_value = (sum(interval_losses) / len(interval_losses) if interval_losses
+                              else skipped_loss)
+                self._log_train(loss_value, grad_norm, runtime, interval_steps, seq, interval_skipped)
+                interval_losses, interval_steps, interval_skipped = [], 0, 0
                 interval_start = time.time()
             paused = time.time()
             if args.do_eval and self.global_step % eval_steps == 0:
                 self.evaluate("eval")
             if self.global_step % args.save_steps == 0:
                 self.save()
+            stop = self._stop_requested() if self.global_step < args.max_steps else 0
+            if stop:
+                if bar is not None:
+                    bar.close()
+                path = self.save() if self._saved_step != self.global_step else \
+                    os.path.join(args.output_dir, f"{ckpt.PREFIX}{self.global_step}")
+                self.monitor.log("stop", self.global_step, {"signal": signal.Signals(stop).name,
+                                                            "checkpoint": path, "time": time.time()})
+                raise TrainingStopped(stop, self.global_step, path)
             interval_start += time.time() - paused  # evaluation and saving are not training time
         if bar is not None:
             bar.close()
@@ -366,7 +457,8 @@ class Trainer:
         logger.info("Effective Tokens per second: %.2f", summary["train_tokens_per_second"])
         return summary
 
-    def _log_train(self, loss: float, grad_norm: float, runtime: float, steps: int, seq: int):
+    def _log_train(self, loss: float, grad_norm: float, runtime: float, steps: int, seq: int,
+                   skipped: int = 0):
         cur, peak = memory_gb(self.paddle)
         samples = self.samples_per_step * steps * self.dims.data_parallel_size   # global
         tokens_per_s = samples * seq / runtime / max(1, self.dims.world_size)  # per device
@@ -384,19 +476,50 @@ class Trainer:
             "interval_steps_per_second": round(steps / runtime, 4),
             "progress_or_epoch": round(consumed / len(self.data.datasets["train"]), 4),
         }
+        if skipped:   # not in PaddleNLP's line: shown only when steps were skipped
+            values["skipped_steps"] = skipped
         logger.info(format_log(values))
-        self.monitor.log("train", self.global_step, {
-            **values, "grad_norm": grad_norm, "loss_scale": self.scaler.scale,
-            "skipped_steps": self.skipped_steps, "consumed_tokens": consumed * seq,
-            "time": time.time()})
+        record = {**values, "loss": _json_number(values["loss"]), "grad_norm": _json_number(grad_norm),
+                  "loss_scale": self.scaler.scale, "skipped_steps": self.skipped_steps,
+                  "interval_skipped_steps": skipped, "consumed_tokens": consumed * seq,
+                  "time": time.time()}
+        if record["loss"] is None:
+            record["nonfinite_loss"] = str(loss)
+        self.monitor.log("train", self.global_step, record)
+
+    def _final_weights_missing(self) -> bool:
+        """Whether output_dir lacks the final weights of this step (rank 0 decides)."""
+        from llmpre.models.hf import weights_metadata
+
+        missing = None
+        if self.engine.is_main:
+            meta = weights_metadata(self.args.output_dir)
+            missing = "1" if meta is None or meta.get(FINAL_STEP_KEY) != str(self.global_step) else ""
+        if self.env is not None and self.env.world_size > 1:
+            missing = _broadcast_text(self.paddle, missing)
+        return bool(missing)
 
     def save_final(self) -> None:
         """Final weights in HuggingFace layout in output_dir (loadable by from_pretrained);
-        a parallel run assembles them from its final checkpoint."""
+        a parallel run assembles them from its final checkpoint. Each file replaces the
+        previous one atomically; a failure (a full disk) is one line, and the previous
+        final weights, if any, stay."""
+        try:
+            self._save_final()
+        except (OSError, _safetensors_error()) as e:
+            last = ckpt.latest_checkpoint(self.args.output_dir)
+            raise FinalSaveError(
+                f"saving the final weights to {self.args.output_dir} failed ({e}); any previous "
+                "final weights there are intact" + (f", and {last} holds this run's state: free "
+                "space and run the same command again to write them" if last else "")) from e
+        logger.info("Saved the final model to %s", self.args.output_dir)
+
+    def _save_final(self) -> None:
         from llmpre.models import save_pretrained
 
+        meta = {FINAL_STEP_KEY: str(self.global_step)}
         if self.env is None:
-            save_pretrained(self.model, self.args.output_dir)
+            save_pretrained(self.model, self.args.output_dir, metadata=meta)
         else:
             path = os.path.join(self.args.output_dir, f"{ckpt.PREFIX}{self.global_step}")
             if not os.path.isdir(path):
@@ -409,9 +532,42 @@ class Trainer:
                 tensors = GlobalTensors(path)
                 for name, p in full.named_parameters():
                     p.set_value(self.paddle.to_tensor(tensors.param(name)).astype(p.dtype))
-                save_pretrained(full, self.args.output_dir)
+                save_pretrained(full, self.args.output_dir, metadata=meta)
             self.env.barrier()
-        logger.info("Saved the final model to %s", self.args.output_dir)
+
+
+def _json_number(value: float):
+    """A float for metrics.jsonl: None for inf/nan (JSON has no such numbers)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _safetensors_error():
+    from safetensors import SafetensorError
+
+    return SafetensorError
+
+
+_FINAL_TEMP = re.compile(r"^\..+\.tmp(\d+)$")   # models.hf.save_pretrained's temporaries
+
+
+def _remove_stale_final_temps(output_dir: str) -> list[str]:
+    """Temporaries of a final-weights save whose writer is gone."""
+    removed = []
+    if os.path.isdir(output_dir):
+        for name in sorted(os.listdir(output_dir)):
+            m = _FINAL_TEMP.match(name)
+            path = os.path.join(output_dir, name)
+            if m and os.path.isfile(path) and not ckpt.pid_alive(int(m.group(1))):
+                os.unlink(path)
+                removed.append(name)
+    return removed
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _broadcast_text(paddle, text: str | None) -> str | None:
