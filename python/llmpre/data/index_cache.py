@@ -17,7 +17,9 @@ What llmpre adds:
   one left by a crash is harmless (the lock dies with its process);
 * every file is written to a temporary name and renamed, the ``.dsc`` last,
   so a crash or a concurrent reader never sees a partial index under a final
-  name (PaddleNLP treats a directory holding all the files as complete);
+  name (PaddleNLP treats a directory holding all the files as complete); the
+  temporary names carry the builder's host and pid, and a successful build
+  removes those of killed builders in its directory (:mod:`llmpre.data.leftovers`);
 * waiting ranks print what they wait for and give up after a timeout
   (``LLMPRE_INDEX_WAIT_TIMEOUT`` seconds, default 3600) with an error that
   says which files never appeared.
@@ -33,6 +35,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import sys
 import tempfile
 import time
@@ -42,6 +45,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from llmpre._core import DataError
+from llmpre.data.leftovers import owner_tag, parse_owner, remove_leftovers
 
 __all__ = ["BuildPolicy", "IndexCache", "RankInfo", "atomic_write", "save_arrays"]
 
@@ -97,7 +101,7 @@ class BuildPolicy:
 def atomic_write(path: str, write: Callable) -> None:
     """Write through a temporary file in the same directory, then rename."""
     d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + owner_tag(), suffix="-" + os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -111,6 +115,19 @@ def atomic_write(path: str, write: Callable) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+_CACHE_TEMP = re.compile(r"\.tmp-(?P<middle>(?:[A-Za-z0-9._-]+\.pid\d+\.)?[a-z0-9_]{8})-.+")
+
+
+def remove_cache_leftovers(directory: str) -> list[str]:
+    """Remove the ``.tmp-<host>.pid<pid>.<random>-<file>`` files (and untagged old
+    ``.tmp-<random>-<file>`` ones) of killed index builders in ``directory``."""
+    def owner_of(name: str):
+        m = _CACHE_TEMP.fullmatch(name)
+        return parse_owner(m["middle"]) if m else None
+
+    return remove_leftovers(directory, owner_of, f"index build in {directory}")
 
 
 def _umask() -> int:
@@ -246,6 +263,7 @@ class IndexCache:
                 arrays = build()
                 save_arrays(target, desc, arrays)
                 lock.remove()
+            remove_cache_leftovers(directory)
         except PermissionError as e:
             raise DataError(f"cannot write the index cache in {directory} ({e}); pass a writable "
                             "--data-cache directory") from None

@@ -20,7 +20,8 @@ import numpy as np
 
 from llmpre._core import DataError
 from llmpre.data.corpus import corpus_files, open_corpus
-from llmpre.data.writer import DTYPE_CODES, _default_file_mode, index_bytes
+from llmpre.data.leftovers import owner_tag
+from llmpre.data.writer import DTYPE_CODES, _default_file_mode, index_bytes, remove_corpus_leftovers
 
 __all__ = ["inspect", "merge", "verify"]
 
@@ -79,7 +80,7 @@ def merge(prefixes: Sequence[str], output_prefix: str) -> dict:
     all_docs = np.concatenate(docs)
     itemsize = np.dtype(dtype).itemsize
     base_name = os.path.basename(out)
-    fd, bin_tmp = tempfile.mkstemp(prefix=f".{base_name}.", suffix=".bin.tmp", dir=directory)
+    fd, bin_tmp = tempfile.mkstemp(prefix=f".{base_name}.{owner_tag()}", suffix=".bin.tmp", dir=directory)
     idx_tmp = None
     try:
         with os.fdopen(fd, "wb") as f:
@@ -94,7 +95,8 @@ def merge(prefixes: Sequence[str], output_prefix: str) -> dict:
                         f.write(np.ascontiguousarray(tokens[start:start + n], dtype=np.dtype(dtype).newbyteorder("<")).tobytes())
             f.flush()
             os.fsync(f.fileno())
-        fd2, idx_tmp = tempfile.mkstemp(prefix=f".{base_name}.", suffix=".idx.tmp", dir=directory)
+        fd2, idx_tmp = tempfile.mkstemp(prefix=f".{base_name}.{owner_tag()}", suffix=".idx.tmp",
+                                        dir=directory)
         with os.fdopen(fd2, "wb") as f:
             f.write(index_bytes(dtype, all_sizes, all_docs))
             f.flush()
@@ -113,6 +115,7 @@ def merge(prefixes: Sequence[str], output_prefix: str) -> dict:
         for t in (bin_tmp, idx_tmp):
             if t is not None and os.path.exists(t):
                 os.unlink(t)
+    remove_corpus_leftovers(out)
     return {"inputs": len(prefixes), "documents": len(all_docs) - 1, "items": len(all_sizes),
             "tokens": int(all_sizes.sum(dtype=np.int64)), "dtype": dtype}
 

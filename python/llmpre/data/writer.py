@@ -20,6 +20,9 @@ document), so corpora made here open in PaddleNLP and vice versa.
 Nothing is written under the final names until :meth:`CorpusWriter.finalize`:
 tokens and index go to temporary files beside the target, which are renamed
 into place at the end, so an interrupted or failed write leaves no half corpus.
+The temporary names carry the writer's host and pid
+(``.<name>.<host>.pid<pid>.<random>.bin.tmp``); a successful write removes
+those of killed writers of the same prefix (:mod:`llmpre.data.leftovers`).
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from llmpre._core import DataError
+from llmpre.data.leftovers import owner_tag, remove_leftovers, suffixed_owner
 
-__all__ = ["DTYPE_CODES", "CorpusWriter", "best_dtype", "index_bytes", "write_corpus"]
+__all__ = ["DTYPE_CODES", "CorpusWriter", "best_dtype", "index_bytes", "remove_corpus_leftovers",
+           "write_corpus"]
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -132,7 +137,8 @@ class CorpusWriter:
         self._idx_tmp: Optional[str] = None
         self._bin = None
         try:
-            fd, self._bin_tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".bin.tmp", dir=directory)
+            fd, self._bin_tmp = tempfile.mkstemp(prefix=f".{base}.{owner_tag()}", suffix=".bin.tmp",
+                                                 dir=directory)
             self._bin = os.fdopen(fd, "wb")
         except OSError as e:
             self._discard()
@@ -263,7 +269,7 @@ class CorpusWriter:
             os.fsync(self._bin.fileno())
             self._bin.close()
             fd, self._idx_tmp = tempfile.mkstemp(
-                prefix=f".{os.path.basename(self.prefix)}.", suffix=".idx.tmp", dir=directory
+                prefix=f".{os.path.basename(self.prefix)}.{owner_tag()}", suffix=".idx.tmp", dir=directory
             )
             with os.fdopen(fd, "wb") as f:
                 f.write(self._index_bytes())
@@ -281,6 +287,7 @@ class CorpusWriter:
             self._discard()
             raise DataError(f"{self.prefix}: cannot write the corpus files ({e})") from None
         self._done = True
+        remove_corpus_leftovers(self.prefix)
 
     def abort(self) -> None:
         """Drop everything written so far; the target files are not touched."""
@@ -313,6 +320,16 @@ class CorpusWriter:
                 self._discard()
         except Exception:  # interpreter shutdown: attributes may be gone
             pass
+
+
+def remove_corpus_leftovers(prefix: Union[str, os.PathLike]) -> list[str]:
+    """Remove the ``.<name>.*.bin.tmp`` / ``.idx.tmp`` files of earlier writers of ``prefix``
+    that were killed (see :mod:`llmpre.data.leftovers`); returns their paths."""
+    prefix = os.path.abspath(os.fspath(prefix))
+    start = f".{os.path.basename(prefix)}."
+    return remove_leftovers(os.path.dirname(prefix),
+                            lambda name: suffixed_owner(name, start, (".bin.tmp", ".idx.tmp")),
+                            f"write of {prefix}.bin/.idx")
 
 
 def _default_file_mode() -> int:
