@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -21,18 +22,64 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
 
 
+# Optimizer state of a single-process checkpoint and of a sharded one (llmpre.parallel.ckpt).
+_OPTIMIZER_FILE = re.compile(r"optimizer\.safetensors|optim-tp\d+-pp\d+-sh\d+\.safetensors")
+
+
+def verify_for_export(path: Path) -> list[str]:
+    """Check a training checkpoint's manifest for export: every file but the optimizer
+    state must be present with its recorded size and sha256 (else CheckpointError, as
+    for resuming); the optimizer files are not needed, so their problems are returned
+    ("optimizer.safetensors missing") instead of refusing the checkpoint."""
+    from llmpre.train.checkpoint import FORMAT, MANIFEST, CheckpointError, verify_checkpoint
+
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"] if manifest.get("format") == FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        files = None
+    if not isinstance(files, dict):
+        verify_checkpoint(str(path))  # no, unreadable or foreign manifest: its own message
+        raise CheckpointError(f"{path / MANIFEST}: no file list; the checkpoint is damaged")
+    optimizer = []
+    for name, meta in files.items():
+        fpath = path / name
+        if _OPTIMIZER_FILE.fullmatch(name):
+            if not fpath.is_file():
+                optimizer.append(f"{name} missing")
+            elif fpath.stat().st_size != meta.get("bytes"):
+                optimizer.append(f"{name} truncated or changed")
+            continue
+        if not fpath.is_file():
+            raise CheckpointError(f"{fpath}: missing; the checkpoint is damaged")
+        if fpath.stat().st_size != meta.get("bytes") or _sha256(fpath) != meta.get("sha256"):
+            raise CheckpointError(f"{fpath}: size or checksum differs from the manifest; "
+                                  "the checkpoint is damaged, export another one")
+    return optimizer
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_llmpre_checkpoint(path: Path, dtype: str):
     """A model from a training checkpoint (``checkpoint-N/`` of a single-process run,
     or the sharded checkpoint of any parallel layout, reassembled), after checking
-    its manifest."""
+    its manifest (the optimizer state may be missing: a warning says so)."""
     import paddle
 
     from llmpre.models import ModelConfig
     from llmpre.models.hf import build
     from llmpre.parallel.ckpt import GlobalTensors
-    from llmpre.train.checkpoint import verify_checkpoint
 
-    verify_checkpoint(str(path))
+    optimizer = verify_for_export(path)
+    if optimizer:
+        click.echo(f"warning: {path}: optimizer state {', '.join(optimizer)}; the weights verify and "
+                   "are exported, but this checkpoint cannot resume training", err=True)
     state = json.loads((path / "trainer_state.json").read_text())
     if "model_config" not in state:
         raise ConfigError(f"{path / 'trainer_state.json'}: no model_config; not an llmpre checkpoint")
