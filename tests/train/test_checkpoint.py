@@ -84,3 +84,62 @@ def test_latest_valid_checkpoint_skips_damaged_ones(tmp_path):
     warnings = []
     assert ckpt.latest_valid_checkpoint(str(tmp_path), warnings.append).endswith("checkpoint-1")
     assert "checkpoint-2" in warnings[0]
+
+
+def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(tmp_path):
+    for step in (2, 4):
+        ckpt.save_checkpoint(str(tmp_path), step, writers(b"z"))
+        with open(tmp_path / f"checkpoint-{step}" / "model.safetensors", "r+b") as fh:
+            fh.write(b"!")            # one flipped byte in each
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.latest_valid_checkpoint(str(tmp_path))
+    msg = str(e.value)
+    assert "2 checkpoint(s) and none of them verifies" in msg
+    assert "checkpoint-2" in msg and "checkpoint-4" in msg
+    assert "resume_from_checkpoint" in msg and "overwrite_output_dir" in msg
+    assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path))] == [2, 4]   # nothing deleted
+
+
+def test_damaged_checkpoints_do_not_count_toward_the_limit(tmp_path):
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(str(tmp_path), step, writers(b"v"))
+    ckpt._known.clear()                       # as seen by a later process
+    for step in (2, 3):
+        os.unlink(tmp_path / f"checkpoint-{step}" / "trainer_state.json")
+    # keep=1: checkpoint-1 is the only valid one and has no valid newer one: it stays
+    assert ckpt.rotate_checkpoints(str(tmp_path), 1) == []
+    assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path))] == [1, 2, 3]
+    # a new valid save makes checkpoint-1 and the damaged ones older than it removable
+    ckpt.save_checkpoint(str(tmp_path), 4, writers(b"v"))
+    removed = ckpt.rotate_checkpoints(str(tmp_path), 1)
+    assert [os.path.basename(p) for p in removed] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path))] == [4]
+
+
+def test_failed_first_save_does_not_claim_previous_checkpoints(tmp_path):
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.save_checkpoint(str(tmp_path), 1, writers(b"a", fail_on="model.safetensors"))
+    assert "no checkpoint of this run exists yet" in str(e.value)
+    assert "intact" not in str(e.value)
+
+
+def test_stale_temporaries_are_removed_only_when_their_writer_is_gone(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    names = {
+        "live": f".checkpoint-3.tmp-{host}-{os.getpid()}-ab12",        # this process: in use
+        "dead": f".checkpoint-4.tmp-{host}-{dead.pid}-cd34",           # its writer has exited
+        "other_host": ".checkpoint-5.tmp-elsewhere-node-1-ef56",        # lock held: that run ended
+        "legacy": ".checkpoint-6.tmp-gh78",                            # no writer recorded
+        "trash": f".checkpoint-1.trash-{host}-{dead.pid}-ij90",
+    }
+    for name in names.values():
+        os.makedirs(tmp_path / name)
+    removed = ckpt.remove_stale_temps(str(tmp_path))
+    assert sorted(removed) == sorted(names[k] for k in ("dead", "other_host", "legacy", "trash"))
+    assert os.listdir(tmp_path) == [names["live"]]

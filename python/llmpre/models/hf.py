@@ -155,6 +155,16 @@ def from_pretrained(path: PathLike, dtype: str = "float32", ops=None):
     return model
 
 
+def _fault_delay() -> None:
+    """Test hook: ``LLMPRE_FAULT_FINAL_SAVE_DELAY=<seconds>`` sleeps after each weights
+    file of a save, so a test can kill the process in the middle of one."""
+    delay = float(os.environ.get("LLMPRE_FAULT_FINAL_SAVE_DELAY", "0") or 0)
+    if delay > 0:
+        import time
+
+        time.sleep(delay)
+
+
 def weights_metadata(path: PathLike) -> Optional[Dict[str, str]]:
     """The metadata of the weights saved in directory ``path`` (its single file or first
     shard), or None when there are none or they cannot be read."""
@@ -229,6 +239,7 @@ def save_pretrained(model: nn.Layer, path: PathLike, style: str = "v4", max_shar
             temps.append((tmp, path / name))
             save_file({k: tensors[k] for k in keys}, str(tmp),
                       metadata={**(metadata or {}), "format": "pt"})  # HF needs format=pt
+            _fault_delay()
         for name in sorted(files, key=lambda n: n == CONFIG_NAME):   # index before config
             tmp = path / f".{name}.tmp{os.getpid()}"
             temps.append((tmp, path / name))
