@@ -17,7 +17,7 @@ JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
 SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp cuda paddle_ops -type f 2>/dev/null)
 
-.PHONY: setup train test cuda-build clean
+.PHONY: setup train test cuda-build paddle-gpu-glue-check clean
 
 $(VENV)/.llmpre-installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ cuda-build: setup
 	    "-DLLMPRE_CUDA_ARCHS=$(CUDA_ARCHS)" -DLLMPRE_FA_SM90=$(FA_SM90) -DPython_EXECUTABLE=$(abspath $(PY)) \
 	    -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir)
 	$(VENV)/bin/cmake --build build/cuda -j $(JOBS)
+
+# Compile-only check of the Paddle GPU glue (paddle_ops/*.cc and paddle_ops/cuda/*.cc with every
+# CUDA path on) against the installed Paddle's headers and the CUDA toolkit's; no GPU, no CUDA
+# build of Paddle, nothing linked (see tools/paddle_gpu_glue_check.sh).
+paddle-gpu-glue-check: setup
+	JOBS=$(JOBS) bash tools/paddle_gpu_glue_check.sh $(PY)
 
 clean:
 	rm -rf build $(VENV)

@@ -6,9 +6,10 @@
 // tensors here after the shared shape/dtype checks, and CPU tensors to the CPU
 // kernels. Each function takes the op's checked inputs and returns the same
 // outputs as the CPU path; it calls the raw-pointer launchers of cuda/<op>/ on
-// the tensor's stream. None exist yet: the CUDA issues add them one op at a
-// time, and until then a GPU tensor gets a clear error from check_cpu(). This
-// cannot be built or run on a machine without a CUDA build of Paddle.
+// the tensor's stream. An op without one (swiglu) gives a GPU tensor a clear
+// error from check_cpu(). Every definition must match its declaration here:
+// `make paddle-gpu-glue-check` compiles these files as a CUDA build of Paddle
+// would (no GPU needed) and fails on a definition this header lacks.
 #pragma once
 
 #include <vector>
@@ -34,6 +35,17 @@ paddle::Tensor RotaryCuda(const paddle::Tensor& x, const paddle::Tensor& cos, co
 std::vector<paddle::Tensor> SwiGluForwardCuda(const paddle::Tensor& gate, const paddle::Tensor& up);
 std::vector<paddle::Tensor> SwiGluBackwardCuda(const paddle::Tensor& gate, const paddle::Tensor& up,
                                                const paddle::Tensor& dout);
+#endif
+
+#ifdef LLMPRE_CUDA_FLASH_ATTENTION
+// Same inputs, attributes and outputs as the CPU functions of flash_attention_op.cc.
+std::vector<paddle::Tensor> FlashAttentionForwardCuda(
+    const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
+    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale);
+std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
+    const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
+    const paddle::optional<paddle::Tensor>& alibi_slopes, const paddle::Tensor& out,
+    const paddle::Tensor& lse, const paddle::Tensor& dout, bool causal, int window, float scale);
 #endif
 
 #ifdef LLMPRE_CUDA_CROSS_ENTROPY

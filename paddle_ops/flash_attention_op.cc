@@ -15,18 +15,6 @@
 #include "flash_attn/flash_attn.h"
 #include "op_common.h"
 
-#ifdef LLMPRE_CUDA_FLASH_ATTENTION
-// GPU half (paddle_ops/cuda/flash_attention_cuda.cc, see cuda_ops.h): same
-// inputs, attributes and outputs as the CPU functions below.
-std::vector<paddle::Tensor> FlashAttentionForwardCuda(
-    const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
-    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale);
-std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
-    const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
-    const paddle::optional<paddle::Tensor>& alibi_slopes, const paddle::Tensor& out,
-    const paddle::Tensor& lse, const paddle::Tensor& dout, bool causal, int window, float scale);
-#endif
-
 namespace {
 using namespace llmpre::ops;
 constexpr const char* kOp = "llmpre_flash_attention";
