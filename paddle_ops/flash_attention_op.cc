@@ -1,5 +1,5 @@
 // llmpre_flash_attention: tiled attention with an online softmax (kernel:
-// cpp/kernels/flash_attn).
+// cpp/kernels/flash_attention).
 //   inputs  q [batch, seq_q, heads, head_dim], k [batch, seq_k, kv_heads, head_dim],
 //           v [batch, seq_k, kv_heads, v_head_dim] (all float32 or all bfloat16),
 //           alibi_slopes (optional) [heads] float32
@@ -12,7 +12,7 @@
 #include <cmath>
 
 #include "cuda_ops.h"
-#include "flash_attn/flash_attn.h"
+#include "flash_attention/flash_attention.h"
 #include "op_common.h"
 
 namespace {
@@ -21,7 +21,7 @@ constexpr const char* kOp = "llmpre_flash_attention";
 
 // Validates the forward's inputs and attributes; returns the kernel parameters
 // without pointers.
-k::FlashAttnFwdParams params(const paddle::Tensor& q, const paddle::Tensor& kt,
+k::FlashAttentionFwdParams params(const paddle::Tensor& q, const paddle::Tensor& kt,
                              const paddle::Tensor& v,
                              const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal,
                              int window, float scale) {
@@ -37,7 +37,7 @@ k::FlashAttnFwdParams params(const paddle::Tensor& q, const paddle::Tensor& kt,
            ") must be a positive multiple of `k`'s kv_heads (", ks[2], ")");
   PD_CHECK(qs[3] >= 1 && vs[3] >= 1, kOp, ": head_dim must be >= 1, got q ", shape_str(qs), " and v ",
            shape_str(vs));
-  k::FlashAttnFwdParams p;
+  k::FlashAttentionFwdParams p;
   p.dtype = kernel_dtype(q, kOp, "q");
   check_same_dtype(q, "q", kt, "k", kOp);
   check_same_dtype(q, "q", v, "v", kOp);
@@ -77,7 +77,7 @@ void check_all_cpu(const paddle::Tensor& q, const paddle::Tensor& kt, const padd
 std::vector<paddle::Tensor> FlashAttentionForward(
     const paddle::Tensor& q_in, const paddle::Tensor& k_in, const paddle::Tensor& v_in,
     const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale) {
-  k::FlashAttnFwdParams p = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
+  k::FlashAttentionFwdParams p = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
 #ifdef LLMPRE_CUDA_FLASH_ATTENTION
   if (q_in.is_gpu()) return FlashAttentionForwardCuda(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
 #endif
@@ -93,7 +93,7 @@ std::vector<paddle::Tensor> FlashAttentionForward(
   p.alibi_slopes = alibi_slopes ? slopes.data<float>() : nullptr;
   p.out = out.data();
   p.lse = lse.data<float>();
-  run_kernel(kOp, [&] { k::flash_attn_forward(p); });
+  run_kernel(kOp, [&] { k::flash_attention_forward(p); });
   return {out, lse};
 }
 
@@ -101,7 +101,7 @@ std::vector<paddle::Tensor> FlashAttentionBackward(
     const paddle::Tensor& q_in, const paddle::Tensor& k_in, const paddle::Tensor& v_in,
     const paddle::optional<paddle::Tensor>& alibi_slopes, const paddle::Tensor& out_in,
     const paddle::Tensor& lse_in, const paddle::Tensor& dout_in, bool causal, int window, float scale) {
-  const k::FlashAttnFwdParams fp = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
+  const k::FlashAttentionFwdParams fp = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
 #ifdef LLMPRE_CUDA_FLASH_ATTENTION
   if (q_in.is_gpu())
     return FlashAttentionBackwardCuda(q_in, k_in, v_in, alibi_slopes, out_in, lse_in, dout_in, causal,
@@ -133,8 +133,8 @@ std::vector<paddle::Tensor> FlashAttentionBackward(
   paddle::Tensor dq = paddle::empty(q.shape(), q.dtype(), q.place());
   paddle::Tensor dk = paddle::empty(kt.shape(), kt.dtype(), kt.place());
   paddle::Tensor dv = paddle::empty(v.shape(), v.dtype(), v.place());
-  k::FlashAttnBwdParams p;
-  static_cast<k::FlashAttnFwdParams&>(p) = fp;
+  k::FlashAttentionBwdParams p;
+  static_cast<k::FlashAttentionFwdParams&>(p) = fp;
   p.q = q.data();
   p.k = kt.data();
   p.v = v.data();
@@ -145,7 +145,7 @@ std::vector<paddle::Tensor> FlashAttentionBackward(
   p.dq = dq.data();
   p.dk = dk.data();
   p.dv = dv.data();
-  run_kernel(kOp, [&] { k::flash_attn_backward(p); });
+  run_kernel(kOp, [&] { k::flash_attention_backward(p); });
   return {dq, dk, dv};
 }
 

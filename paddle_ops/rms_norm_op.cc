@@ -1,10 +1,10 @@
-// llmpre_rms_norm: RMSNorm over the last axis (kernel: cpp/kernels/rmsnorm).
+// llmpre_rms_norm: RMSNorm over the last axis (kernel: cpp/kernels/rms_norm).
 //   inputs  X [..., hidden] fp32|bf16, Weight [hidden] (X's dtype)
 //   attrs   epsilon: float
 //   outputs Y (X's shape and dtype), InvRms [prod(X.shape[:-1])] fp32 (saved for backward)
 #include "cuda_ops.h"
 #include "op_common.h"
-#include "rmsnorm/rmsnorm.h"
+#include "rms_norm/rms_norm.h"
 
 namespace {
 using namespace llmpre::ops;

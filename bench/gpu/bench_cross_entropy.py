@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
 
-SUMMARY = ("rmsnorm", "rope", "cross_entropy")  # benchmarks in <out>/summary_kernels_i.md
+SUMMARY = ("rms_norm", "rotary", "cross_entropy")  # benchmarks in <out>/summary_kernels_i.md
 
 IGNORE = -100
 SHAPES = [(8192, 151936, "bfloat16"), (8192, 128256, "bfloat16"), (8192, 50257, "bfloat16"),

@@ -2,7 +2,7 @@
 // editing the module file:
 //
 //   #include "bindings/registry.h"
-//   LLMPRE_CUDA_BINDINGS(rmsnorm, m) { m.def("rmsnorm_forward", ...); }
+//   LLMPRE_CUDA_BINDINGS(rms_norm, m) { m.def("rms_norm_forward", ...); }
 //
 // The module (cuda_module.cpp) runs every registered function at import.
 #pragma once

@@ -45,7 +45,7 @@ template <class... Args>
 }
 }  // namespace detail
 
-// LLMPRE_REQUIRE(rows >= 0, "rmsnorm: rows must be >= 0, got ", rows);
+// LLMPRE_REQUIRE(rows >= 0, "rms_norm: rows must be >= 0, got ", rows);
 #define LLMPRE_REQUIRE(cond, ...) \
   do {                            \
     if (!(cond)) ::llmpre::cuda::detail::fail(__FILE__, __LINE__, __VA_ARGS__); \

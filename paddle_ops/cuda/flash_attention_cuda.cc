@@ -1,11 +1,11 @@
 // GPU half of llmpre_flash_attention (paddle_ops/flash_attention_op.cc sends
 // GPU tensors here after its shared shape checks; see cuda_ops.h). Calls the
-// raw-pointer launchers of cuda/flash_attn on the tensors' stream.
+// raw-pointer launchers of cuda/flash_attention on the tensors' stream.
 //
 // What the CUDA kernels add to the op's contract: q, k, v in bfloat16 or
 // float16 (float32 on GPU is refused with a hint), v_head_dim == head_dim,
 // head_dim among those compiled in (64, 128, 256 by default). The backward
-// accumulates dq with fp32 atomics unless LLMPRE_FLASH_ATTN_DETERMINISTIC=1
+// accumulates dq with fp32 atomics unless LLMPRE_FLASH_ATTENTION_DETERMINISTIC=1
 // or FLAGS_cudnn_deterministic=1 is set in the environment, which selects the
 // bitwise-reproducible dq pass (dk and dv are reproducible either way).
 //
@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "cuda_ops.h"
-#include "flash_attn/flash_attn_cuda.h"
+#include "flash_attention/flash_attention_cuda.h"
 #include "op_common.h"
 
 namespace {
@@ -68,14 +68,14 @@ paddle::Tensor dense(const paddle::Tensor& t) {
 }
 
 // The fields shared by forward and backward; the op has checked the shapes.
-llmpre::cuda::FlashAttnFwdParams shape_params(const paddle::Tensor& q, const paddle::Tensor& kt,
+llmpre::cuda::FlashAttentionFwdParams shape_params(const paddle::Tensor& q, const paddle::Tensor& kt,
                                               const paddle::Tensor& v, bool causal, int window, float scale) {
   const auto &qs = q.shape(), &ks = kt.shape(), &vs = v.shape();
   PD_CHECK(vs[3] == qs[3], kOp, ": the CUDA kernel needs v_head_dim == head_dim, got ", vs[3], " and ",
            qs[3], " (use a CPU tensor or llmpre.ops.reference.attention)");
-  PD_CHECK(llmpre::cuda::flash_attn_head_dim_compiled(int(qs[3])), kOp, ": the CUDA kernel has no head_dim ",
-           qs[3], " in this build (rebuild with it in LLMPRE_FLASH_ATTN_HEAD_DIMS, or use the reference op)");
-  llmpre::cuda::FlashAttnFwdParams p;
+  PD_CHECK(llmpre::cuda::flash_attention_head_dim_compiled(int(qs[3])), kOp, ": the CUDA kernel has no head_dim ",
+           qs[3], " in this build (rebuild with it in LLMPRE_FLASH_ATTENTION_HEAD_DIMS, or use the reference op)");
+  llmpre::cuda::FlashAttentionFwdParams p;
   p.batch = int(qs[0]);
   p.seq_q = int(qs[1]);
   p.heads = int(qs[2]);
@@ -90,7 +90,7 @@ llmpre::cuda::FlashAttnFwdParams shape_params(const paddle::Tensor& q, const pad
 }
 
 bool deterministic_requested() {
-  for (const char* name : {"LLMPRE_FLASH_ATTN_DETERMINISTIC", "FLAGS_cudnn_deterministic"}) {
+  for (const char* name : {"LLMPRE_FLASH_ATTENTION_DETERMINISTIC", "FLAGS_cudnn_deterministic"}) {
     const char* v = std::getenv(name);
     if (v && (std::string(v) == "1" || std::string(v) == "true" || std::string(v) == "True")) return true;
   }
@@ -105,7 +105,7 @@ std::vector<paddle::Tensor> FlashAttentionForwardCuda(
   check_gpu(k_in, q_in, "k");
   check_gpu(v_in, q_in, "v");
   if (alibi_slopes) check_gpu(*alibi_slopes, q_in, "alibi_slopes");
-  llmpre::cuda::FlashAttnFwdParams p = shape_params(q_in, k_in, v_in, causal, window, scale);
+  llmpre::cuda::FlashAttentionFwdParams p = shape_params(q_in, k_in, v_in, causal, window, scale);
   DeviceGuard guard(q_in);
   const paddle::Tensor q = dense(q_in), kt = dense(k_in), v = dense(v_in);
   paddle::Tensor slopes;
@@ -120,7 +120,7 @@ std::vector<paddle::Tensor> FlashAttentionForwardCuda(
   p.alibi_slopes = alibi_slopes ? slopes.data<float>() : nullptr;
   p.out = out.data();
   p.lse = lse.data<float>();
-  run_kernel(kOp, [&] { llmpre::cuda::flash_attn_forward(p, q.stream()); });
+  run_kernel(kOp, [&] { llmpre::cuda::flash_attention_forward(p, q.stream()); });
   return {out, lse};
 }
 
@@ -138,8 +138,8 @@ std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
   check_gpu(lse_in, q_in, "lse");
   check_gpu(dout_in, q_in, "grad of out");
   if (alibi_slopes) check_gpu(*alibi_slopes, q_in, "alibi_slopes");
-  llmpre::cuda::FlashAttnBwdParams p;
-  static_cast<llmpre::cuda::FlashAttnFwdParams&>(p) = shape_params(q_in, k_in, v_in, causal, window, scale);
+  llmpre::cuda::FlashAttentionBwdParams p;
+  static_cast<llmpre::cuda::FlashAttentionFwdParams&>(p) = shape_params(q_in, k_in, v_in, causal, window, scale);
   const std::vector<int64_t> os = {p.batch, p.seq_q, p.heads, p.head_dim};
   const std::vector<int64_t> ls = {p.batch, p.heads, p.seq_q};
   PD_CHECK(out_in.shape() == os, kOp, ": `out` must be ", shape_str(os), ", got ", shape_str(out_in.shape()));
@@ -159,7 +159,7 @@ std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
   paddle::Tensor dv = paddle::empty(v.shape(), v.dtype(), v.place());
   p.deterministic = deterministic_requested();
   size_t ws_bytes = 0;
-  run_kernel(kOp, [&] { ws_bytes = llmpre::cuda::flash_attn_bwd_workspace_bytes(p); });
+  run_kernel(kOp, [&] { ws_bytes = llmpre::cuda::flash_attention_bwd_workspace_bytes(p); });
   // 256 spare bytes so the workspace can start on a 256-byte boundary.
   const std::vector<int64_t> ws_shape = {static_cast<int64_t>(ws_bytes + 256)};
   paddle::Tensor ws = paddle::empty(ws_shape, paddle::DataType::UINT8, q.place());
@@ -175,6 +175,6 @@ std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
   p.dq = dq.data();
   p.dk = dk.data();
   p.dv = dv.data();
-  run_kernel(kOp, [&] { llmpre::cuda::flash_attn_backward(p, q.stream()); });
+  run_kernel(kOp, [&] { llmpre::cuda::flash_attention_backward(p, q.stream()); });
   return {dq, dk, dv};
 }

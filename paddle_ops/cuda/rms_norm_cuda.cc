@@ -1,6 +1,6 @@
 // GPU half of llmpre_rms_norm (paddle_ops/rms_norm_op.cc sends GPU tensors
 // here after its shared checks; see cuda_ops.h). Calls the raw-pointer
-// launchers of cuda/rmsnorm on the tensor's stream and returns what the CPU
+// launchers of cuda/rms_norm on the tensor's stream and returns what the CPU
 // path returns: Y (x's shape and dtype) and InvRms [rows] fp32; the backward
 // returns dX (x's dtype) and dWeight (weight's dtype). dWeight is reduced over
 // rows through an fp32 workspace (a Paddle tensor on the same stream) in a
@@ -15,7 +15,7 @@
 
 #include "cuda_ops.h"
 #include "op_common.h"
-#include "rmsnorm/rmsnorm_cuda.h"
+#include "rms_norm/rms_norm_cuda.h"
 
 namespace {
 
@@ -79,7 +79,7 @@ std::vector<paddle::Tensor> RmsNormForwardCuda(const paddle::Tensor& x_in, const
   p.weight = w.data();
   p.y = y.data();
   p.inv_rms = inv.data<float>();
-  run_kernel(kOp, [&] { llmpre::cuda::rmsnorm_forward(p, x.stream()); });
+  run_kernel(kOp, [&] { llmpre::cuda::rms_norm_forward(p, x.stream()); });
   return {y, inv};
 }
 
@@ -103,7 +103,7 @@ std::vector<paddle::Tensor> RmsNormBackwardCuda(const paddle::Tensor& x_in, cons
   paddle::Tensor dx = new_output(x.shape(), x.dtype(), x.place());
   paddle::Tensor dw = new_output(w.shape(), w.dtype(), w.place());
   size_t ws_bytes = 0;
-  run_kernel(kOp, [&] { ws_bytes = llmpre::cuda::rmsnorm_backward_workspace_bytes(p); });
+  run_kernel(kOp, [&] { ws_bytes = llmpre::cuda::rms_norm_backward_workspace_bytes(p); });
   paddle::Tensor ws = new_output({static_cast<int64_t>(ws_bytes / sizeof(float)) + 1}, paddle::DataType::FLOAT32,
                                  x.place());
   p.x = x.data();
@@ -114,6 +114,6 @@ std::vector<paddle::Tensor> RmsNormBackwardCuda(const paddle::Tensor& x_in, cons
   p.dweight = dw.data();
   p.workspace = ws.data<float>();
   p.workspace_bytes = static_cast<size_t>(ws.numel()) * sizeof(float);
-  run_kernel(kOp, [&] { llmpre::cuda::rmsnorm_backward(p, x.stream()); });
+  run_kernel(kOp, [&] { llmpre::cuda::rms_norm_backward(p, x.stream()); });
   return {dx, dw};
 }

@@ -1,6 +1,6 @@
 // GPU half of llmpre_rotary (paddle_ops/rotary_op.cc sends GPU tensors here
 // after its shared checks and after casting the tables to contiguous fp32 and
-// the position ids to int64; see cuda_ops.h). Calls cuda/rope's launcher on
+// the position ids to int64; see cuda_ops.h). Calls cuda/rotary's launcher on
 // the tensor's stream for one tensor (the op is called once for q and once
 // for k); inverse = true is the backward. Returns Out (x's shape and dtype).
 // A position outside the tables cannot raise from the device: that token's
@@ -15,7 +15,7 @@
 
 #include "cuda_ops.h"
 #include "op_common.h"
-#include "rope/rope_cuda.h"
+#include "rotary/rotary_cuda.h"
 
 namespace {
 
@@ -69,7 +69,7 @@ paddle::Tensor RotaryCuda(const paddle::Tensor& x_in, const paddle::Tensor& cos_
            ": the GPU path takes float32 cos/sin tables, got ", dtype_str(cos.dtype()), " and ",
            dtype_str(sin.dtype()));
   const auto& xs = x.shape();
-  llmpre::cuda::RopeParams p;
+  llmpre::cuda::RotaryParams p;
   p.batch = xs[0];
   p.seq = xs[1];
   p.heads_q = xs[2];
@@ -93,6 +93,6 @@ paddle::Tensor RotaryCuda(const paddle::Tensor& x_in, const paddle::Tensor& cos_
   p.q_out = out.data();
   p.cos = cos.data<float>();
   p.sin = sin.data<float>();
-  run_kernel(kOp, [&] { llmpre::cuda::rope_apply(p, x.stream()); });
+  run_kernel(kOp, [&] { llmpre::cuda::rotary_apply(p, x.stream()); });
   return out;
 }

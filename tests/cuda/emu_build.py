@@ -1,4 +1,4 @@
-"""Builds ``_cuda_emu``: the CUDA sources of cuda/rmsnorm, cuda/rope and
+"""Builds ``_cuda_emu``: the CUDA sources of cuda/rms_norm, cuda/rotary and
 cuda/cross_entropy, their pybind11 bindings (cuda/bindings/*_bind.cpp,
 unchanged) and tests/cuda/emu/emu_module.cpp, compiled by the host C++
 compiler against the CPU emulator in tests/cuda/emu/include. The result has
@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 EMU = Path(__file__).resolve().parent / "emu"
-OPS = ("rmsnorm", "rope", "cross_entropy")
+OPS = ("rms_norm", "rotary", "cross_entropy")
 
 
 def sources() -> list[Path]:

@@ -1,5 +1,5 @@
 """CPU tests of what the GPU checks rest on (bench/gpu/harness.py and
-check_{rmsnorm,rope,cross_entropy}.py): storage rounding, the error rule, the
+check_{rms_norm,rotary,cross_entropy}.py): storage rounding, the error rule, the
 float64 references, and the checks' verdicts on emulated kernels: an ideal
 kernel (the truth rounded once) must pass every case, and kernels with
 typical bugs must fail. No GPU and no CUDA build are needed.
@@ -18,8 +18,8 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench" / "gpu"))
 import check_cross_entropy as cce  # noqa: E402
-import check_rmsnorm as crms  # noqa: E402
-import check_rope as crope  # noqa: E402
+import check_rms_norm as crms  # noqa: E402
+import check_rotary as crot  # noqa: E402
 import harness as H  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def test_hbm_peaks_and_tables(tmp_path):
 RMS_CASES = [(7, 40, "bfloat16"), (5, 257, "float32"), (6, 130, "float16"), (0, 64, "bfloat16")]
 
 
-def test_rmsnorm_truth_matches_finite_differences():
+def test_rms_norm_truth_matches_finite_differences():
     rng = np.random.default_rng(0)
     x, w, g = rng.standard_normal((3, 9)), rng.standard_normal(9), rng.standard_normal((3, 9))
     t = crms.truth(x, w, g, 1e-6)
@@ -97,7 +97,7 @@ def test_rmsnorm_truth_matches_finite_differences():
 
 
 @pytest.mark.parametrize("case", RMS_CASES)
-def test_rmsnorm_ideal_kernel_passes(case):
+def test_rms_norm_ideal_kernel_passes(case):
     r = crms.check_case(crms.rounded_truth_kernel, *case)
     assert r["passed"], r
 
@@ -122,44 +122,44 @@ def _rms_bug(kind):
 
 @pytest.mark.parametrize("kind,dtype", [("tail", "float32"), ("dx_no_weight", "bfloat16"),
                                         ("dweight_half_rows", "float16"), ("inv_rms_squared", "bfloat16")])
-def test_rmsnorm_check_catches_bugs(kind, dtype):
+def test_rms_norm_check_catches_bugs(kind, dtype):
     r = crms.check_case(_rms_bug(kind), 6, 257, dtype)
     assert not r["passed"]
 
 
-def test_rmsnorm_naive_itself_passes_the_rule():
+def test_rms_norm_naive_itself_passes_the_rule():
     # err(naive) <= 2 err(naive): the rule accepts a kernel exactly as accurate as the naive one
     def naive_kernel(x, w, g, eps, dtype, shift=0):
         return crms.naive(x, w, g, eps, dtype)
     assert crms.check_case(naive_kernel, 5, 100, "bfloat16")["passed"]
 
 
-def test_rmsnorm_run_writes_a_report(tmp_path):
+def test_rms_norm_run_writes_a_report(tmp_path):
     out = crms.run(str(tmp_path), kernel=crms.rounded_truth_kernel, cases=RMS_CASES[:2])
     assert out["passed"] and out["cases"] == 2
-    assert json.loads((tmp_path / "check_rmsnorm.json").read_text())["passed"] is True
+    assert json.loads((tmp_path / "check_rms_norm.json").read_text())["passed"] is True
     out = crms.run(str(tmp_path), kernel=_rms_bug("tail"), cases=[(4, 64, "float32", 0)])
     assert not out["passed"] and out["failures"][0]["results"][0]["name"] == "y"
 
 
 # ----------------------------------------------------------------------------- RoPE
-ROPE_CASES = [crope.Case(2, 9, 3, 1, 16, 16, False, "none", "bfloat16"),
-              crope.Case(1, 7, 2, 2, 12, 8, True, "batch", "float32"),
-              crope.Case(2, 5, 2, 0, 10, 6, False, "shared", "float16"),
-              crope.Case(2, 6, 2, 1, 8, 8, True, "bad", "bfloat16")]
+ROTARY_CASES = [crot.Case(2, 9, 3, 1, 16, 16, False, "none", "bfloat16"),
+                crot.Case(1, 7, 2, 2, 12, 8, True, "batch", "float32"),
+                crot.Case(2, 5, 2, 0, 10, 6, False, "shared", "float16"),
+                crot.Case(2, 6, 2, 1, 8, 8, True, "bad", "bfloat16")]
 
 
-def test_rope_truth_is_a_rotation():
+def test_rotary_truth_is_a_rotation():
     rng = np.random.default_rng(0)
-    c = crope.Case(2, 5, 3, 1, 8, 8, False, "batch", "float32")
-    inp = crope.make_inputs(rng, c)
-    t = crope.truth(inp, False)
+    c = crot.Case(2, 5, 3, 1, 8, 8, False, "batch", "float32")
+    inp = crot.make_inputs(rng, c)
+    t = crot.truth(inp, False)
     # norms are kept and the inverse undoes the forward, up to the fp32 tables'
     # rounding: cos^2 + sin^2 = 1 within a few 2^-24
     tol = 4 * 2.0 ** -24
     np.testing.assert_allclose(np.linalg.norm(t["q"], axis=-1), np.linalg.norm(inp["q"], axis=-1), rtol=tol)
-    cc, ss = crope.table_rows_for(inp["cos"], inp["sin"], c.seq, inp["ids"])
-    np.testing.assert_allclose(crope.rotate(t["q"], cc, -ss, False), inp["q"], rtol=2 * tol, atol=1e-12)
+    cc, ss = crot.table_rows_for(inp["cos"], inp["sin"], c.seq, inp["ids"])
+    np.testing.assert_allclose(crot.rotate(t["q"], cc, -ss, False), inp["q"], rtol=2 * tol, atol=1e-12)
     # rotate_half pairs (i, i + r/2): the first feature of a head at position p
     b, s, h = 1, 3, 2
     p = inp["ids"][b, s]
@@ -167,41 +167,41 @@ def test_rope_truth_is_a_rotation():
     assert t["q"][b, s, h, 0] == pytest.approx(a0 * inp["cos"][p, 0] - b0 * inp["sin"][p, 0])
 
 
-@pytest.mark.parametrize("case", ROPE_CASES, ids=lambda c: c.label())
-def test_rope_ideal_kernel_passes(case):
-    r = crope.check_case(crope.rounded_truth_kernel, case)
+@pytest.mark.parametrize("case", ROTARY_CASES, ids=lambda c: c.label())
+def test_rotary_ideal_kernel_passes(case):
+    r = crot.check_case(crot.rounded_truth_kernel, case)
     assert r["passed"], r
 
 
-def _rope_bug(kind):
+def _rotary_bug(kind):
     def kernel(inp, c):
         if kind == "inverse_sign":       # the backward rotates forward again
-            t = crope.truth({**inp, "gq": inp["gq"], "gk": inp["gk"]}, c.interleaved)
-            cc, ss = crope.table_rows_for(inp["cos"], inp["sin"], c.seq, inp["ids"])
-            t["dq"] = crope.rotate(inp["gq"], cc, ss, c.interleaved)
+            t = crot.truth({**inp, "gq": inp["gq"], "gk": inp["gk"]}, c.interleaved)
+            cc, ss = crot.table_rows_for(inp["cos"], inp["sin"], c.seq, inp["ids"])
+            t["dq"] = crot.rotate(inp["gq"], cc, ss, c.interleaved)
         elif kind == "layout":           # interleaved pairs treated as rotate_half
-            t = crope.truth(inp, not c.interleaved)
+            t = crot.truth(inp, not c.interleaved)
         elif kind == "tail_zeroed":      # pass-through features not copied
-            t = crope.truth(inp, c.interleaved)
+            t = crot.truth(inp, c.interleaved)
             t["q"][..., c.rot_dim:] = 0
         elif kind == "ids_ignored":
-            t = crope.truth({**inp, "ids": None}, c.interleaved)
+            t = crot.truth({**inp, "ids": None}, c.interleaved)
         elif kind == "bad_clamped":      # out-of-range positions clamped instead of NaN
             ids = np.clip(inp["ids"], 0, inp["cos"].shape[0] - 1)
-            t = crope.truth({**inp, "ids": ids}, c.interleaved)
+            t = crot.truth({**inp, "ids": ids}, c.interleaved)
         return {k: H.rounder(c.dtype)(v) for k, v in t.items()}
     return kernel
 
 
 @pytest.mark.parametrize("kind,case", [
-    ("inverse_sign", crope.Case(1, 6, 2, 1, 8, 8, False, "none", "bfloat16")),
-    ("layout", crope.Case(1, 6, 2, 1, 8, 8, True, "none", "bfloat16")),
-    ("tail_zeroed", crope.Case(1, 6, 2, 1, 12, 8, False, "none", "float16")),
-    ("ids_ignored", crope.Case(2, 6, 2, 1, 8, 8, False, "batch", "float32")),
-    ("bad_clamped", crope.Case(2, 6, 2, 1, 8, 8, False, "bad", "bfloat16")),
+    ("inverse_sign", crot.Case(1, 6, 2, 1, 8, 8, False, "none", "bfloat16")),
+    ("layout", crot.Case(1, 6, 2, 1, 8, 8, True, "none", "bfloat16")),
+    ("tail_zeroed", crot.Case(1, 6, 2, 1, 12, 8, False, "none", "float16")),
+    ("ids_ignored", crot.Case(2, 6, 2, 1, 8, 8, False, "batch", "float32")),
+    ("bad_clamped", crot.Case(2, 6, 2, 1, 8, 8, False, "bad", "bfloat16")),
 ])
-def test_rope_check_catches_bugs(kind, case):
-    assert not crope.check_case(_rope_bug(kind), case)["passed"]
+def test_rotary_check_catches_bugs(kind, case):
+    assert not crot.check_case(_rotary_bug(kind), case)["passed"]
 
 
 # ----------------------------------------------------------------------------- cross-entropy
@@ -267,7 +267,7 @@ def test_cross_entropy_check_catches_bugs(kind, dtype):
 
 def test_check_modules_import_without_a_gpu():
     # run_all.py imports every check/bench module; none may need the device at import
-    for name in ("check_rmsnorm", "check_rope", "check_cross_entropy", "bench_rmsnorm", "bench_rope",
+    for name in ("check_rms_norm", "check_rotary", "check_cross_entropy", "bench_rms_norm", "bench_rotary",
                  "bench_cross_entropy"):
         assert os.path.exists(ROOT / "bench" / "gpu" / f"{name}.py")
         __import__(name)

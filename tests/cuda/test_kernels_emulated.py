@@ -1,4 +1,4 @@
-"""The real CUDA sources of cuda/rmsnorm, cuda/rope and cuda/cross_entropy,
+"""The real CUDA sources of cuda/rms_norm, cuda/rotary and cuda/cross_entropy,
 and their pybind11 bindings, run on the CPU emulator (tests/cuda/emu,
 built by emu_build.py) through the GPU checks' own wrappers: every case the
 GPU run will check (bench/gpu/check_*.py CASES) must pass here first.
@@ -24,8 +24,8 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "bench" / "gpu"))
 sys.path.insert(0, str(ROOT / "tests" / "cuda"))
 import check_cross_entropy as cce  # noqa: E402
-import check_rmsnorm as crms  # noqa: E402
-import check_rope as crope  # noqa: E402
+import check_rms_norm as crms  # noqa: E402
+import check_rotary as crot  # noqa: E402
 import emu_build  # noqa: E402
 import harness as H  # noqa: E402
 
@@ -45,7 +45,7 @@ def _failures(summary):
     return "\n".join(f"{f['case']}: {f['results']}" for f in summary["failures"])
 
 
-@pytest.mark.parametrize("check", [crms, crope, cce], ids=["rmsnorm", "rope", "cross_entropy"])
+@pytest.mark.parametrize("check", [crms, crot, cce], ids=["rms_norm", "rotary", "cross_entropy"])
 def test_every_gpu_case_passes_on_the_emulator(cu, check):
     summary = check.run(None, kernel=check.GpuKernel(cu))
     assert summary["passed"], _failures(summary)
@@ -53,7 +53,7 @@ def test_every_gpu_case_passes_on_the_emulator(cu, check):
 
 
 @pytest.mark.parametrize("sms,per_sm", [(1, 1), (40, 4)])
-def test_rmsnorm_any_grid_size(cu, sms, per_sm):
+def test_rms_norm_any_grid_size(cu, sms, per_sm):
     # one CTA looping over every row, and more CTAs than row groups
     cu.configure(sms, per_sm)
     try:
@@ -72,46 +72,46 @@ def _rms_backward_bits(cu, rows, hidden, dtype):
     return out
 
 
-def test_rmsnorm_dweight_is_bitwise_reproducible(cu):
+def test_rms_norm_dweight_is_bitwise_reproducible(cu):
     for hidden in (1024, 20480):  # tiled and looped reductions
         a, b = _rms_backward_bits(cu, 29, hidden, "bfloat16")
         np.testing.assert_array_equal(a, b)
 
 
-def test_rmsnorm_workspace_size_and_errors(cu):
+def test_rms_norm_workspace_size_and_errors(cu):
     # the bound: min(rows, SMs x backward CTAs per SM) fp32 rows of hidden
-    assert cu.rmsnorm_backward_workspace_bytes(1000, 4096, "bf16") == 3 * 2 * 4096 * 4
-    assert cu.rmsnorm_backward_workspace_bytes(5, 4096, "bf16") == 5 * 4096 * 4
+    assert cu.rms_norm_backward_workspace_bytes(1000, 4096, "bf16") == 3 * 2 * 4096 * 4
+    assert cu.rms_norm_backward_workspace_bytes(5, 4096, "bf16") == 5 * 4096 * 4
     x = H.DeviceBuffer.of(cu, np.zeros((8, 64), np.float32))
     try:
         p = x.ptr
         need = min(8, 3 * 2) * 64 * 4  # 6 CTAs' fp32 rows of 64
-        with pytest.raises(ValueError, match=rf"rmsnorm\.cu:\d+: rmsnorm_backward: needs {need} bytes"):
-            cu.rmsnorm_backward(p, p, p, p, p, p, p, need - 4, 8, 64, "fp32")
-        with pytest.raises(ValueError, match=r"rmsnorm\.cu:\d+: rmsnorm_forward: `weight` is a null pointer"):
-            cu.rmsnorm_forward(p, 0, p, p, 8, 64, 1e-6, "fp32")
+        with pytest.raises(ValueError, match=rf"rms_norm\.cu:\d+: rms_norm_backward: needs {need} bytes"):
+            cu.rms_norm_backward(p, p, p, p, p, p, p, need - 4, 8, 64, "fp32")
+        with pytest.raises(ValueError, match=r"rms_norm\.cu:\d+: rms_norm_forward: `weight` is a null pointer"):
+            cu.rms_norm_forward(p, 0, p, p, 8, 64, 1e-6, "fp32")
         with pytest.raises(ValueError, match=r"hidden must be in \[1, "):
-            cu.rmsnorm_forward(p, p, p, p, 8, 0, 1e-6, "fp32")
+            cu.rms_norm_forward(p, p, p, p, 8, 0, 1e-6, "fp32")
         with pytest.raises(ValueError, match=r"kernel_args\.h:\d+: dtype must be one of .* got 'int8'"):
-            cu.rmsnorm_forward(p, p, p, p, 8, 64, 1e-6, "int8")
+            cu.rms_norm_forward(p, p, p, p, 8, 64, 1e-6, "int8")
     finally:
         x.free()
 
 
-def test_rope_argument_errors(cu):
+def test_rotary_argument_errors(cu):
     x = H.DeviceBuffer.of(cu, np.zeros(4096, np.float32))
     try:
         p = x.ptr
         base = dict(q=p, q_out=p, k=0, k_out=0, cos=p, sin=p, position_ids=0, batch=1, seq=4, heads_q=2, heads_k=0,
                     head_dim=8, rot_dim=8, table_rows=4, ids_batch=0, interleaved=False, inverse=False, dtype="fp32")
-        cu.rope_apply(**base)  # valid
+        cu.rotary_apply(**base)  # valid
         for change, msg in [(dict(rot_dim=7), "rot_dim .* must be even"), (dict(rot_dim=10), "rot_dim"),
                             (dict(table_rows=3), "without position_ids positions run to seq-1=3"),
                             (dict(ids_batch=2, position_ids=p, batch=3), "position_ids must have 1 or batch=3"),
                             (dict(ids_batch=1), "pass position_ids together with ids_batch"),
                             (dict(heads_k=2), "heads_k=2 needs k and k_out")]:
-            with pytest.raises(ValueError, match=r"rope\.cu:\d+: rope_apply: " + msg):
-                cu.rope_apply(**{**base, **change})
+            with pytest.raises(ValueError, match=r"rotary\.cu:\d+: rotary_apply: " + msg):
+                cu.rotary_apply(**{**base, **change})
     finally:
         x.free()
 
@@ -138,8 +138,8 @@ def test_emulator_catches_writes_outside_a_buffer(cu):
 
 
 @pytest.mark.parametrize("name,shapes", [
-    ("bench_rmsnorm", [(9, 1024, "bfloat16"), (7, 4096, "float32")]),
-    ("bench_rope", [(1, 16, 4, 2, 64, 64, False, "tiny"), (1, 8, 2, 1, 64, 32, True, "tiny partial")]),
+    ("bench_rms_norm", [(9, 1024, "bfloat16"), (7, 4096, "float32")]),
+    ("bench_rotary", [(1, 16, 4, 2, 64, 64, False, "tiny"), (1, 8, 2, 1, 64, 32, True, "tiny partial")]),
     ("bench_cross_entropy", [(4, 50257, "bfloat16"), (3, 1000, "float32")]),
 ])
 def test_benchmark_scripts_run(cu, tmp_path, monkeypatch, name, shapes):

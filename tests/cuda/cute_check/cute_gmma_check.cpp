@@ -13,7 +13,7 @@
 //    CuTe's slice (K-major and M/N-major operands).
 //
 // Prints one line per failure and "checked N slices" at the end; exit 1 on
-// any failure. Built by tests/cuda/test_flash_attn_cute.py. (On the host,
+// any failure. Built by tests/cuda/test_flash_attention_cute.py. (On the host,
 // CuTe cannot turn a pointer into a shared-memory address and says so with
 // "ERROR: cast_smem_ptr_to_uint" for each descriptor: start addresses are
 // compared through the element addresses instead.)

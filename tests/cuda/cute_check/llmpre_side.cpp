@@ -1,12 +1,12 @@
 // The llmpre side of cute_gmma_check.cpp: the kernels' layout and descriptor
-// helpers (fa_arch_sm90.cuh, emulator build) and the emulator's reading of a
+// helpers (arch_sm90.cuh, emulator build) and the emulator's reading of a
 // descriptor, behind plain functions, in a translation unit of its own (the
 // emulator defines CUDA's host types, which CuTe's translation unit gets from
 // the CUDA headers).
 #include <cstdint>
 
-#include "flash_attn/emu/fa_emu_internal.h"
-#include "flash_attn/fa_arch_sm90.cuh"
+#include "flash_attention/emu/emu_internal.h"
+#include "flash_attention/arch_sm90.cuh"
 
 namespace fa = llmpre::cuda::fa;
 

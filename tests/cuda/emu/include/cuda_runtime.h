@@ -1,5 +1,5 @@
-// CPU emulation of the small CUDA subset llmpre's row kernels use (cuda/rmsnorm,
-// cuda/rope, cuda/cross_entropy), for tests only: it lets g++ compile the very
+// CPU emulation of the small CUDA subset llmpre's row kernels use (cuda/rms_norm,
+// cuda/rotary, cuda/cross_entropy), for tests only: it lets g++ compile the very
 // same kernel sources and run each CUDA block as fibers, with __syncthreads
 // and warp shuffles as barriers. Blocks run one after another, so a static
 // local is exactly one block's shared memory. It checks indexing,

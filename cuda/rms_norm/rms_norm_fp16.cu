@@ -1,0 +1,12 @@
+// RMSNorm kernels for __half storage (one file per dtype so builds parallelise).
+#include "rms_norm/rms_norm_kernels.cuh"
+
+namespace llmpre {
+namespace cuda {
+namespace rms_norm {
+template void forward<__half>(const RmsNormParams&, cudaStream_t);
+template void backward<__half>(const RmsNormParams&, cudaStream_t);
+template size_t backward_workspace_bytes<__half>(const RmsNormParams&);
+}  // namespace rms_norm
+}  // namespace cuda
+}  // namespace llmpre
