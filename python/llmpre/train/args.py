@@ -142,6 +142,10 @@ class TrainingArguments:
     sharding: str = _f("", "Sharding stage: stage1 (optimizer state), stage2 (+ gradients), stage3 "
                        "(+ parameters); a number N means degree N at stage1 (--sharding 4).")
     sequence_parallel: bool = _f(False, "Megatron sequence parallelism on top of tp (--sp).")
+    distributed_timeout: typing.Optional[int] = _f(
+        None, "Seconds every rank waits for the others at the rendezvous, the process-group "
+        "setup and checkpoint barriers; the error names the ranks that did not arrive (unset: "
+        "LLMPRE_DIST_TIMEOUT, else 1800). On NCCL also Paddle's per-collective timeout.")
 
     @property
     def effective_eval_steps(self) -> int:
