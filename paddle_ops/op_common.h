@@ -25,9 +25,9 @@ inline std::string shape_str(const std::vector<int64_t>& s) {
 inline std::string dtype_str(paddle::DataType d) { return phi::DataTypeToString(d); }
 
 // float32 -> kFloat32, bfloat16 -> kBFloat16; any other dtype is an error.
-inline k::DType kernel_dtype(const paddle::Tensor& t, const char* op, const char* arg) {
-  if (t.dtype() == paddle::DataType::FLOAT32) return k::DType::kFloat32;
-  if (t.dtype() == paddle::DataType::BFLOAT16) return k::DType::kBFloat16;
+inline llmpre::DType kernel_dtype(const paddle::Tensor& t, const char* op, const char* arg) {
+  if (t.dtype() == paddle::DataType::FLOAT32) return llmpre::DType::kFloat32;
+  if (t.dtype() == paddle::DataType::BFLOAT16) return llmpre::DType::kBFloat16;
   PD_THROW(op, ": `", arg, "` must be float32 or bfloat16, got ", dtype_str(t.dtype()));
 }
 

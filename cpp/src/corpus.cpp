@@ -47,42 +47,6 @@ int64_t max_of(const void* base, int64_t start, int64_t n, int64_t best) {
 
 bool dtype_code_valid(int code) { return code >= 1 && code <= 10; }
 
-size_t dtype_itemsize(DType d) {
-  switch (d) {
-    case DType::kUInt8:
-    case DType::kInt8:
-      return 1;
-    case DType::kInt16:
-    case DType::kUInt16:
-      return 2;
-    case DType::kInt32:
-    case DType::kUInt32:
-    case DType::kFloat32:
-      return 4;
-    case DType::kInt64:
-    case DType::kUInt64:
-    case DType::kFloat64:
-      return 8;
-  }
-  throw DataError("internal: unknown dtype");
-}
-
-const char* dtype_name(DType d) {
-  switch (d) {
-    case DType::kUInt8: return "uint8";
-    case DType::kInt8: return "int8";
-    case DType::kInt16: return "int16";
-    case DType::kInt32: return "int32";
-    case DType::kInt64: return "int64";
-    case DType::kFloat64: return "float64";
-    case DType::kFloat32: return "float32";
-    case DType::kUInt16: return "uint16";
-    case DType::kUInt32: return "uint32";
-    case DType::kUInt64: return "uint64";
-  }
-  return "unknown";
-}
-
 MappedFile::MappedFile(const std::string& path) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -170,6 +134,9 @@ void CorpusView::read(int64_t item, int64_t offset, int64_t length, int64_t* out
     case DType::kUInt16: copy_as_int64<uint16_t>(tokens, start, length, out); break;
     case DType::kUInt32: copy_as_int64<uint32_t>(tokens, start, length, out); break;
     case DType::kUInt64: copy_as_int64<uint64_t>(tokens, start, length, out); break;
+    case DType::kFloat16:
+    case DType::kBFloat16:  // no .idx code; neither the reader nor the numpy front door makes them
+      throw DataError(std::string("internal: ") + dtype_name(dtype) + " is not a token dtype");
   }
 }
 
@@ -251,6 +218,9 @@ int64_t max_token_serial(const CorpusView& v, int64_t begin, int64_t end) {
       case DType::kUInt16: best = max_of<uint16_t>(v.tokens, start, n, best); break;
       case DType::kUInt32: best = max_of<uint32_t>(v.tokens, start, n, best); break;
       case DType::kUInt64: best = max_of<uint64_t>(v.tokens, start, n, best); break;
+      case DType::kFloat16:
+      case DType::kBFloat16:
+        throw DataError(std::string("internal: ") + dtype_name(v.dtype) + " is not a token dtype");
     }
   }
   return best;
@@ -270,7 +240,7 @@ int64_t max_token(const CorpusView& v, int64_t begin, int64_t end, int threads) 
 MMapCorpus::MMapCorpus(const std::string& prefix)
     : prefix_(prefix), idx_(prefix + ".idx"), bin_(prefix + ".bin") {
   header_ = parse_idx_header(idx_.data(), idx_.size(), idx_.path());
-  const size_t itemsize = dtype_itemsize(header_.dtype);
+  const size_t itemsize = dtype_size(header_.dtype);
   if (bin_.size() % itemsize != 0) {
     std::ostringstream m;
     m << bin_.path() << ": size " << bin_.size() << " bytes is not a multiple of the "

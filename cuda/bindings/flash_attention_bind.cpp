@@ -14,14 +14,13 @@ namespace py = pybind11;
 
 namespace {
 
-using llmpre::cuda::FaDtype;
 using llmpre::cuda::FlashAttentionKernel;
 using llmpre::cuda::FlashAttentionBwdParams;
 using llmpre::cuda::FlashAttentionFwdParams;
 
-FaDtype parse_dtype(const std::string& s) {
-  if (s == "bf16" || s == "bfloat16") return FaDtype::kBFloat16;
-  if (s == "fp16" || s == "float16") return FaDtype::kFloat16;
+llmpre::DType parse_dtype(const std::string& s) {
+  if (s == "bf16" || s == "bfloat16") return llmpre::DType::kBFloat16;
+  if (s == "fp16" || s == "float16") return llmpre::DType::kFloat16;
   throw std::invalid_argument("flash_attention: dtype must be 'bf16' or 'fp16', got '" + s + "'");
 }
 

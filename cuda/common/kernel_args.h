@@ -1,5 +1,6 @@
 // Host-side pieces every launcher shares: the storage dtype of a kernel's
-// tensors, its parsing from the names the bindings accept, and precondition
+// tensors (llmpre::DType of llmpre/dtype.h; the row kernels take float32,
+// float16 and bfloat16), its parsing from the names the bindings accept, and precondition
 // checks that throw std::invalid_argument naming file:line and the fix
 // (pybind11 turns it into a Python ValueError). No device code here, so the
 // pybind11 bindings and the Paddle wrappers can include it from plain C++.
@@ -10,22 +11,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "llmpre/dtype.h"
+
 namespace llmpre {
 namespace cuda {
-
-// Storage type of the activations a kernel reads and writes; arithmetic is fp32.
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
-
-inline int dtype_bytes(DType d) { return d == DType::kFloat32 ? 4 : 2; }
-
-inline const char* dtype_name(DType d) {
-  switch (d) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat16: return "float16";
-    case DType::kBFloat16: return "bfloat16";
-  }
-  return "unknown";
-}
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

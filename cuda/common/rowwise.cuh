@@ -249,18 +249,19 @@ int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
 // `T` naming it (float, __half, __nv_bfloat16).
 #define LLMPRE_DISPATCH_DTYPE(dtype, T, ...)                                          \
   switch (dtype) {                                                                     \
-    case ::llmpre::cuda::DType::kFloat32: {                                            \
+    case ::llmpre::DType::kFloat32: {                                                  \
       using T = float;                                                                 \
       __VA_ARGS__;                                                                     \
     } break;                                                                           \
-    case ::llmpre::cuda::DType::kFloat16: {                                            \
+    case ::llmpre::DType::kFloat16: {                                                  \
       using T = __half;                                                                \
       __VA_ARGS__;                                                                     \
     } break;                                                                           \
-    case ::llmpre::cuda::DType::kBFloat16: {                                           \
+    case ::llmpre::DType::kBFloat16: {                                                 \
       using T = __nv_bfloat16;                                                         \
       __VA_ARGS__;                                                                     \
     } break;                                                                           \
     default:                                                                           \
-      LLMPRE_REQUIRE(false, "unknown dtype code ", static_cast<int>(dtype));           \
+      LLMPRE_REQUIRE(false, "dtype must be float32, float16 or bfloat16, got ",        \
+                     ::llmpre::dtype_name(dtype));                                     \
   }

@@ -59,7 +59,7 @@ void check_shapes(const FlashAttentionFwdParams& p) {
               compiled_head_dims() + "; CMake option LLMPRE_FLASH_ATTENTION_HEAD_DIMS)");
   require(std::isfinite(p.scale) && p.scale > 0.f,
           "scale must be finite and > 0 (1/sqrt(head_dim) by default), got " + std::to_string(p.scale));
-  require(p.dtype == FaDtype::kBFloat16 || p.dtype == FaDtype::kFloat16,
+  require(p.dtype == DType::kBFloat16 || p.dtype == DType::kFloat16,
           "dtype must be bfloat16 or float16");
 }
 
@@ -347,12 +347,12 @@ void flash_attention_forward(const FlashAttentionFwdParams& p, cudaStream_t stre
   check_device(hopper ? smem_need_fwd_sm90(p.head_dim) : smem_need_fwd(p.head_dim));
   const FaArgs a = make_args(p);
   if (hopper) {
-    if (p.dtype == FaDtype::kBFloat16) {
+    if (p.dtype == DType::kBFloat16) {
       forward_sm90_t<Bf16>(a, p.head_dim, p.causal, stream);
     } else {
       forward_sm90_t<Fp16>(a, p.head_dim, p.causal, stream);
     }
-  } else if (p.dtype == FaDtype::kBFloat16) {
+  } else if (p.dtype == DType::kBFloat16) {
     forward_t<Bf16>(a, p.head_dim, p.causal, stream);
   } else {
     forward_t<Fp16>(a, p.head_dim, p.causal, stream);
@@ -402,12 +402,12 @@ void flash_attention_backward(const FlashAttentionBwdParams& p, cudaStream_t str
   a.splits = plan.splits;
   a.heads_per_split = plan.heads_per_split;
   if (hopper) {
-    if (p.dtype == FaDtype::kBFloat16) {
+    if (p.dtype == DType::kBFloat16) {
       backward_sm90_t<Bf16>(a, p.head_dim, p.causal, dev.sms, stream);
     } else {
       backward_sm90_t<Fp16>(a, p.head_dim, p.causal, dev.sms, stream);
     }
-  } else if (p.dtype == FaDtype::kBFloat16) {
+  } else if (p.dtype == DType::kBFloat16) {
     backward_t<Bf16>(a, p.head_dim, p.causal, dev.sms, stream);
   } else {
     backward_t<Fp16>(a, p.head_dim, p.causal, dev.sms, stream);

@@ -40,10 +40,11 @@ typedef CUstream_st* cudaStream_t;
 #include <cuda_runtime.h>
 #endif
 
+#include "llmpre/dtype.h"
+
 namespace llmpre {
 namespace cuda {
 
-enum class FaDtype : int { kBFloat16 = 0, kFloat16 = 1 };
 enum class FlashAttentionKernel : int { kAuto = 0, kPortable = 1, kHopper = 2 };
 
 struct FlashAttentionFwdParams {
@@ -58,7 +59,7 @@ struct FlashAttentionFwdParams {
   bool causal = true;
   int window = -1;     // > 0: sliding window of this many keys; <= 0: none
   float scale = 0.f;   // > 0 (callers pass 1/sqrt(head_dim) for the default)
-  FaDtype dtype = FaDtype::kBFloat16;
+  DType dtype = DType::kBFloat16;       // kBFloat16 or kFloat16
   // kHopper where unavailable: std::invalid_argument with the reason
   FlashAttentionKernel kernel = FlashAttentionKernel::kAuto;
 };

@@ -405,7 +405,7 @@ __global__ void __launch_bounds__(kCta)
 
 // ============================================================== launch plans
 inline bool vector_rows(const RmsNormParams& p, bool backward) {
-  const int n = 16 / dtype_bytes(p.dtype);
+  const int n = 16 / int(dtype_size(p.dtype));
   bool ok = p.hidden % n == 0 && aligned16(p.x) && aligned16(p.weight);
   if (backward) ok = ok && aligned16(p.dy) && aligned16(p.dx);
   else ok = ok && aligned16(p.y);

@@ -54,9 +54,9 @@ llmpre::cuda::CrossEntropyParams sizes(const paddle::Tensor& logits, int64_t ign
   p.rows = logits.numel() / p.vocab;
   p.ignore_index = ignore_index;
   switch (logits.dtype()) {
-    case paddle::DataType::FLOAT32: p.dtype = llmpre::cuda::DType::kFloat32; break;
-    case paddle::DataType::BFLOAT16: p.dtype = llmpre::cuda::DType::kBFloat16; break;
-    case paddle::DataType::FLOAT16: p.dtype = llmpre::cuda::DType::kFloat16; break;
+    case paddle::DataType::FLOAT32: p.dtype = llmpre::DType::kFloat32; break;
+    case paddle::DataType::BFLOAT16: p.dtype = llmpre::DType::kBFloat16; break;
+    case paddle::DataType::FLOAT16: p.dtype = llmpre::DType::kFloat16; break;
     default: PD_THROW(kOp, ": `logits` must be float32, bfloat16 or float16, got ", dtype_str(logits.dtype()));
   }
   return p;

@@ -47,9 +47,9 @@ class DeviceGuard {
   bool switched_ = false;
 };
 
-llmpre::cuda::FaDtype gpu_dtype(const paddle::Tensor& q) {
-  if (q.dtype() == paddle::DataType::BFLOAT16) return llmpre::cuda::FaDtype::kBFloat16;
-  if (q.dtype() == paddle::DataType::FLOAT16) return llmpre::cuda::FaDtype::kFloat16;
+llmpre::DType gpu_dtype(const paddle::Tensor& q) {
+  if (q.dtype() == paddle::DataType::BFLOAT16) return llmpre::DType::kBFloat16;
+  if (q.dtype() == paddle::DataType::FLOAT16) return llmpre::DType::kFloat16;
   PD_THROW(kOp, ": the CUDA kernel takes bfloat16 or float16 `q`, `k`, `v`; got ", dtype_str(q.dtype()),
            " (cast to bfloat16, or use llmpre.ops.reference.attention for float32 on GPU)");
 }

@@ -47,11 +47,11 @@ void check_gpu(const paddle::Tensor& t, const paddle::Tensor& x, const char* arg
            " like the rotated tensor, got ", t.place().DebugString());
 }
 
-llmpre::cuda::DType gpu_dtype(const paddle::Tensor& t) {
+llmpre::DType gpu_dtype(const paddle::Tensor& t) {
   switch (t.dtype()) {
-    case paddle::DataType::FLOAT32: return llmpre::cuda::DType::kFloat32;
-    case paddle::DataType::BFLOAT16: return llmpre::cuda::DType::kBFloat16;
-    case paddle::DataType::FLOAT16: return llmpre::cuda::DType::kFloat16;
+    case paddle::DataType::FLOAT32: return llmpre::DType::kFloat32;
+    case paddle::DataType::BFLOAT16: return llmpre::DType::kBFloat16;
+    case paddle::DataType::FLOAT16: return llmpre::DType::kFloat16;
     default: PD_THROW(kOp, ": `x` must be float32, bfloat16 or float16, got ", dtype_str(t.dtype()));
   }
 }

@@ -38,7 +38,8 @@ def sources() -> list[Path]:
 
 def inputs() -> list[Path]:
     headers = [p for d in ("common", *OPS) for p in sorted((ROOT / "cuda" / d).glob("*.h*"))]
-    return sources() + headers + [ROOT / "cuda" / "bindings" / "registry.h"] + sorted((EMU / "include").glob("*.h"))
+    shared = [ROOT / "cuda" / "bindings" / "registry.h", ROOT / "cpp" / "include" / "llmpre" / "dtype.h"]
+    return sources() + headers + shared + sorted((EMU / "include").glob("*.h"))
 
 
 def compiler() -> str | None:
@@ -48,7 +49,7 @@ def compiler() -> str | None:
 def flags() -> list[str]:
     import pybind11
 
-    return ["-std=c++17", "-O1", "-fPIC", "-pthread", "-w", f"-I{EMU / 'include'}", f"-I{ROOT / 'cuda'}",
+    return ["-std=c++17", "-O1", "-fPIC", "-pthread", "-w", f"-I{EMU / 'include'}", f"-I{ROOT / 'cuda'}", f"-I{ROOT / 'cpp' / 'include'}",
             f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
 
 

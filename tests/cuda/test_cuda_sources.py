@@ -87,3 +87,27 @@ def test_one_name_per_op():
     found = [f"{f}:{i + 1}" for f in code for i, line in enumerate((ROOT / f).read_text().splitlines())
              if RETIRED.search(line)]
     assert not found, f"other names of an op: {found[:10]}"
+
+
+def test_one_dtype_enum():
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "cpp", "cuda", "paddle_ops", "tests/cuda"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout: no file list")
+    enums = [f for f in files if f.endswith((".h", ".cuh", ".cc", ".cpp", ".cu", ".inc"))
+             and re.search(r"\benum\s+(class\s+)?\w*[Dd][Tt]ype\b", (ROOT / f).read_text())]
+    assert enums == ["cpp/include/llmpre/dtype.h"], f"dtype enums outside llmpre/dtype.h: {enums}"
+    # Its codes are PaddleNLP's .idx codes, as the Python corpus writer writes them.
+    import numpy as np
+
+    from llmpre.data.writer import DTYPE_CODES
+
+    text = (ROOT / "cpp" / "include" / "llmpre" / "dtype.h").read_text()
+    codes = {k: int(v) for k, v in re.findall(r"^\s*(k\w+) = (\d+),", text, re.M)}
+    names = dict(re.findall(r'case DType::(k\w+): return "(\w+)";', text))
+    by_name = {names[k]: code for k, code in codes.items()}
+    assert len(set(codes.values())) == len(codes) == len(names) == 12
+    for dt, code in DTYPE_CODES.items():
+        assert by_name[np.dtype(dt).name] == code, np.dtype(dt).name

@@ -56,7 +56,7 @@ def test_layouts_and_descriptors_match_cute(tmp_path):
         pytest.skip("no CUDA toolkit headers (cuda_runtime_api.h) found; CuTe includes them")
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     assert cxx, "a C++17 compiler is needed"
-    emu_flags = ["-std=c++17", "-O1", "-DLLMPRE_FA_EMULATE", f"-I{ROOT / 'cuda'}", "-w"]
+    emu_flags = ["-std=c++17", "-O1", "-DLLMPRE_FA_EMULATE", f"-I{ROOT / 'cuda'}", f"-I{ROOT / 'cpp' / 'include'}", "-w"]
     cute_flags = ["-std=c++17", "-O1", "-w", f"-I{cutlass}", *(f"-I{p}" for p in cuda)]
     units = [(CHECK / "cute_gmma_check.cpp", cute_flags), (CHECK / "llmpre_side.cpp", emu_flags),
              (EMU / "emu.cpp", emu_flags), (EMU / "emu_sm90.cpp", emu_flags)]

@@ -35,7 +35,7 @@ def selftest(tmp_path_factory) -> Path:
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     assert cxx, "a C++17 compiler is needed (it also builds llmpre's C++ core)"
     out = tmp_path_factory.mktemp("flash_attention_emu_selftest")
-    flags = ["-std=c++17", "-O1", "-DLLMPRE_FA_EMULATE", f"-I{ROOT / 'cuda'}", "-w"]
+    flags = ["-std=c++17", "-O1", "-DLLMPRE_FA_EMULATE", f"-I{ROOT / 'cuda'}", f"-I{ROOT / 'cpp' / 'include'}", "-w"]
     units = [EMU / "selftest_sm90.cpp", EMU / "emu.cpp", EMU / "emu_sm90.cpp"]
 
     def compile_one(src: Path) -> str:

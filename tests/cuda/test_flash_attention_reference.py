@@ -167,7 +167,7 @@ def emulator(tmp_path_factory) -> Path:
     assert cxx, "a C++17 compiler is needed (it also builds llmpre's C++ core)"
     out = tmp_path_factory.mktemp("flash_attention_emu")
     flags = ["-std=c++17", "-O1", "-DLLMPRE_FA_EMULATE", "-DLLMPRE_FA_SM90", "-DLLMPRE_FA_HDIM_64",
-             "-DLLMPRE_FA_HDIM_128", "-DLLMPRE_FA_HDIM_256", f"-I{ROOT / 'cuda'}", "-w"]
+             "-DLLMPRE_FA_HDIM_128", "-DLLMPRE_FA_HDIM_256", f"-I{ROOT / 'cuda'}", f"-I{ROOT / 'cpp' / 'include'}", "-w"]
     units = [(p, ["-x", "c++"]) for p in [FA / "flash_attention.cu", *sorted((FA / "instantiations").glob("*.cu"))]]
     units += [(p, []) for p in sorted((FA / "emu").glob("emu*.cpp"))]
 

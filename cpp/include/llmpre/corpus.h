@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "llmpre/dtype.h"
+
 namespace llmpre {
 
 // Every error about data on disk: the message names the file and the fix.
@@ -22,23 +24,9 @@ class DataError : public std::runtime_error {
   explicit DataError(const std::string& msg) : std::runtime_error(msg) {}
 };
 
-// PaddleNLP's dtype codes (indexed_dataset.py `dtypes`).
-enum class DType : uint8_t {
-  kUInt8 = 1,
-  kInt8 = 2,
-  kInt16 = 3,
-  kInt32 = 4,
-  kInt64 = 5,
-  kFloat64 = 6,
-  kFloat32 = 7,
-  kUInt16 = 8,
-  kUInt32 = 9,
-  kUInt64 = 10,
-};
-
+// A token file's dtype code is PaddleNLP's (indexed_dataset.py `dtypes`), which
+// is the DType with that value (llmpre/dtype.h); float16 and bfloat16 have none.
 bool dtype_code_valid(int code);
-size_t dtype_itemsize(DType d);
-const char* dtype_name(DType d);  // numpy spelling: "uint16", "int32", ...
 
 // A read-only memory mapping of a whole file (empty files map to nothing).
 class MappedFile {

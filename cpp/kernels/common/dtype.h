@@ -1,12 +1,17 @@
 // Element types the CPU kernels store, and the conversions they compute with.
 //
-// Kernels read and write fp32 or bf16 and always accumulate in fp32. bf16 is
-// the upper half of an IEEE fp32 (Paddle's phi::dtype::bfloat16 layout);
-// rounding to it is round-to-nearest-even, NaN stays NaN.
+// Kernels read and write fp32 or bf16 (DType::kFloat32 / kBFloat16 of the
+// shared enum, llmpre/dtype.h) and always accumulate in fp32. bf16 is the
+// upper half of an IEEE fp32 (Paddle's phi::dtype::bfloat16 layout); rounding
+// to it is round-to-nearest-even, NaN stays NaN.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "llmpre/dtype.h"
 
 // Helpers called from kernel loops: always inlined, so that each ISA build of a
 // kernel body (isa.h) compiles them with its own instruction set.
@@ -18,9 +23,11 @@
 
 namespace llmpre::kernels {
 
-enum class DType : uint8_t { kFloat32 = 0, kBFloat16 = 1 };
-
-inline const char* dtype_name(DType d) { return d == DType::kFloat32 ? "float32" : "bfloat16"; }
+// The storage types every CPU kernel implements; `fn` names the kernel in the error.
+inline void check_dtype(DType d, const char* fn) {
+  if (d != DType::kFloat32 && d != DType::kBFloat16)
+    throw std::invalid_argument(std::string(fn) + ": dtype must be float32 or bfloat16, got " + dtype_name(d));
+}
 
 // A bf16 value in memory (a distinct type so overloads pick the right conversion).
 struct bf16 {

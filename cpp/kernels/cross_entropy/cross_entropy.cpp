@@ -26,6 +26,7 @@ std::string S(int64_t v) { return std::to_string(v); }
 
 void check(const CrossEntropyParams& p, const char* fn, const int64_t* labels,
            std::initializer_list<const void*> buffers) {
+  check_dtype(p.dtype, fn);
   if (p.rows < 0 || p.vocab <= 0)
     throw std::invalid_argument(std::string(fn) + ": rows must be >= 0 and vocab > 0, got rows=" +
                                 S(p.rows) + ", vocab=" + S(p.vocab));

@@ -24,7 +24,7 @@ void check_params(const FlashAttentionFwdParams& p, bool backward) {
               std::to_string(p.kv_heads) + ")");
   require(p.head_dim >= 1 && p.v_head_dim >= 1, "head_dim and v_head_dim must be >= 1");
   require(std::isfinite(p.scale) && p.scale > 0.f, "scale must be a positive finite number");
-  require(p.dtype == DType::kFloat32 || p.dtype == DType::kBFloat16, "dtype must be fp32 or bf16");
+  check_dtype(p.dtype, "flash_attention");
   const bool has_q = p.batch * p.seq_q > 0, has_k = p.batch * p.seq_k > 0;
   require(!has_q || (p.q && p.out && p.lse), "q, out and lse must not be null");
   require(!has_k || (p.k && p.v), "k and v must not be null");

@@ -22,6 +22,7 @@ namespace avx2 {
 LLMPRE_END_AVX2
 
 void check(const RmsNormParams& p, const char* fn, std::initializer_list<const void*> buffers) {
+  check_dtype(p.dtype, fn);
   if (p.rows < 0 || p.hidden <= 0)
     throw std::invalid_argument(std::string(fn) + ": rows must be >= 0 and hidden > 0, got rows=" +
                                 std::to_string(p.rows) + ", hidden=" + std::to_string(p.hidden));

@@ -22,6 +22,7 @@ std::string S(int64_t v) { return std::to_string(v); }
 
 void check(const RotaryParams& p, const void* x, const float* cos, const float* sin,
            const int64_t* ids, const void* out) {
+  check_dtype(p.dtype, "rotary");
   if (p.batch < 0 || p.seq < 0 || p.heads < 0 || p.head_dim <= 0)
     throw std::invalid_argument("rotary: bad shape [batch=" + S(p.batch) + ", seq=" + S(p.seq) +
                                 ", heads=" + S(p.heads) + ", head_dim=" + S(p.head_dim) + "]");

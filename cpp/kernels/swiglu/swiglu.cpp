@@ -21,6 +21,7 @@ LLMPRE_END_AVX2
 
 
 void check(const SwiGluParams& p, const char* fn, std::initializer_list<const void*> buffers) {
+  check_dtype(p.dtype, fn);
   if (p.n < 0) throw std::invalid_argument(std::string(fn) + ": n must be >= 0, got " + std::to_string(p.n));
   if (p.n == 0) return;
   for (const void* b : buffers)

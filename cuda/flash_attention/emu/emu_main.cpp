@@ -93,7 +93,7 @@ int run(const std::string& dir) {
   p.causal = geti("causal", "1") != 0;
   p.window = geti("window", "-1");
   p.scale = std::stof(get("scale", "0"));
-  p.dtype = get("dtype", "bf16") == "fp16" ? llmpre::cuda::FaDtype::kFloat16 : llmpre::cuda::FaDtype::kBFloat16;
+  p.dtype = get("dtype", "bf16") == "fp16" ? llmpre::DType::kFloat16 : llmpre::DType::kBFloat16;
   p.deterministic = geti("deterministic", "0") != 0;
   const std::string kernel = get("kernel", "auto");
   p.kernel = kernel == "hopper"     ? llmpre::cuda::FlashAttentionKernel::kHopper
