@@ -65,6 +65,19 @@ k::FlashAttentionFwdParams params(const paddle::Tensor& q, const paddle::Tensor&
   return p;
 }
 
+// The backward's saved tensors and incoming gradient, on any device.
+void check_backward_inputs(const k::FlashAttentionFwdParams& fp, const paddle::Tensor& q, const paddle::Tensor& out,
+                           const paddle::Tensor& lse, const paddle::Tensor& dout) {
+  const std::vector<int64_t> os = {fp.batch, fp.seq_q, fp.heads, fp.v_head_dim};
+  const std::vector<int64_t> ls = {fp.batch, fp.heads, fp.seq_q};
+  PD_CHECK(out.shape() == os, kOp, ": `out` must be ", shape_str(os), ", got ", shape_str(out.shape()));
+  check_same_dtype(q, "q", out, "out", kOp);
+  check_same_shape(out, "out", dout, "grad of out", kOp);
+  check_same_dtype(q, "q", dout, "grad of out", kOp);
+  PD_CHECK(lse.shape() == ls && lse.dtype() == paddle::DataType::FLOAT32, kOp, ": `lse` must be float32 ",
+           shape_str(ls), ", got ", dtype_str(lse.dtype()), " ", shape_str(lse.shape()));
+}
+
 void check_all_cpu(const paddle::Tensor& q, const paddle::Tensor& kt, const paddle::Tensor& v,
                    const paddle::optional<paddle::Tensor>& alibi_slopes) {
   check_cpu(q, kOp, "q");
@@ -102,29 +115,20 @@ std::vector<paddle::Tensor> FlashAttentionBackward(
     const paddle::optional<paddle::Tensor>& alibi_slopes, const paddle::Tensor& out_in,
     const paddle::Tensor& lse_in, const paddle::Tensor& dout_in, bool causal, int window, float scale) {
   const k::FlashAttentionFwdParams fp = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
+  if (!has_grad(dout_in))
+    return {paddle::zeros(q_in.shape(), q_in.dtype(), q_in.place()),
+            paddle::zeros(k_in.shape(), k_in.dtype(), k_in.place()),
+            paddle::zeros(v_in.shape(), v_in.dtype(), v_in.place())};
+  check_backward_inputs(fp, q_in, out_in, lse_in, dout_in);
 #ifdef LLMPRE_CUDA_FLASH_ATTENTION
   if (q_in.is_gpu())
     return FlashAttentionBackwardCuda(q_in, k_in, v_in, alibi_slopes, out_in, lse_in, dout_in, causal,
                                       window, scale);
 #endif
   check_all_cpu(q_in, k_in, v_in, alibi_slopes);
-  if (!has_grad(dout_in))
-    return {paddle::zeros(q_in.shape(), q_in.dtype(), q_in.place()),
-            paddle::zeros(k_in.shape(), k_in.dtype(), k_in.place()),
-            paddle::zeros(v_in.shape(), v_in.dtype(), v_in.place())};
   check_cpu(out_in, kOp, "out");
   check_cpu(lse_in, kOp, "lse");
   check_cpu(dout_in, kOp, "grad of out");
-  const std::vector<int64_t> os = {fp.batch, fp.seq_q, fp.heads, fp.v_head_dim};
-  const std::vector<int64_t> ls = {fp.batch, fp.heads, fp.seq_q};
-  PD_CHECK(out_in.shape() == os, kOp, ": `out` must be ", shape_str(os), ", got ",
-           shape_str(out_in.shape()));
-  check_same_dtype(q_in, "q", out_in, "out", kOp);
-  check_same_shape(out_in, "out", dout_in, "grad of out", kOp);
-  check_same_dtype(q_in, "q", dout_in, "grad of out", kOp);
-  PD_CHECK(lse_in.shape() == ls && lse_in.dtype() == paddle::DataType::FLOAT32, kOp,
-           ": `lse` must be float32 ", shape_str(ls), ", got ", dtype_str(lse_in.dtype()), " ",
-           shape_str(lse_in.shape()));
 
   const paddle::Tensor q = contiguous(q_in), kt = contiguous(k_in), v = contiguous(v_in);
   const paddle::Tensor out = contiguous(out_in), lse = contiguous(lse_in), dout = contiguous(dout_in);

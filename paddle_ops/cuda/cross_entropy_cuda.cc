@@ -7,58 +7,26 @@
 // cannot raise from the device: that position's loss and gradient row come
 // out NaN (the CPU path raises instead).
 //
-// Compiled only against a CUDA build of Paddle (not on the CPU-only CI, and
-// not yet anywhere: no CUDA Paddle was available when it was written).
-#include <cuda_runtime.h>
-
+// Linked only into a CUDA build of Paddle; `make paddle-gpu-glue-check`
+// compiles it without one (it has not run on a GPU yet).
 #include <cstdint>
 #include <vector>
 
-#include "cuda_ops.h"
-#include "op_common.h"
 #include "cross_entropy/cross_entropy_cuda.h"
+#include "cuda_ops.h"
+#include "gpu_glue.h"
 
 namespace {
 
 using namespace llmpre::ops;
 constexpr const char* kOp = "llmpre_cross_entropy";
 
-// Makes the tensor's GPU current for the launches, restoring the old one.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(const paddle::Tensor& t) {
-    cudaGetDevice(&old_);
-    const int want = t.place().GetDeviceId();
-    if (want != old_) {
-      PD_CHECK(cudaSetDevice(want) == cudaSuccess, kOp, ": cannot switch to GPU ", want);
-      switched_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (switched_) cudaSetDevice(old_);
-  }
-
- private:
-  int old_ = 0;
-  bool switched_ = false;
-};
-
-void check_gpu(const paddle::Tensor& t, const paddle::Tensor& logits, const char* arg) {
-  PD_CHECK(t.is_gpu() && t.place() == logits.place(), kOp, ": `", arg, "` must be on ",
-           logits.place().DebugString(), " like `logits`, got ", t.place().DebugString());
-}
-
 llmpre::cuda::CrossEntropyParams sizes(const paddle::Tensor& logits, int64_t ignore_index) {
   llmpre::cuda::CrossEntropyParams p;
   p.vocab = logits.shape().back();
   p.rows = logits.numel() / p.vocab;
   p.ignore_index = ignore_index;
-  switch (logits.dtype()) {
-    case paddle::DataType::FLOAT32: p.dtype = llmpre::DType::kFloat32; break;
-    case paddle::DataType::BFLOAT16: p.dtype = llmpre::DType::kBFloat16; break;
-    case paddle::DataType::FLOAT16: p.dtype = llmpre::DType::kFloat16; break;
-    default: PD_THROW(kOp, ": `logits` must be float32, bfloat16 or float16, got ", dtype_str(logits.dtype()));
-  }
+  p.dtype = gpu_dtype(logits, kOp, "logits");
   return p;
 }
 
@@ -70,8 +38,8 @@ std::vector<int64_t> leading(const std::vector<int64_t>& s) {
 
 std::vector<paddle::Tensor> CrossEntropyForwardCuda(const paddle::Tensor& logits_in, const paddle::Tensor& labels_in,
                                                     int64_t ignore_index) {
-  check_gpu(labels_in, logits_in, "labels");
-  DeviceGuard guard(logits_in);
+  check_same_gpu(logits_in, "logits", labels_in, "labels", kOp);
+  DeviceGuard guard(logits_in, kOp);
   paddle::Tensor logits = contiguous(logits_in);
   paddle::Tensor labels = as_int64(labels_in, kOp, "labels");  // a GPU cast for int32 labels
   llmpre::cuda::CrossEntropyParams p = sizes(logits, ignore_index);
@@ -91,12 +59,12 @@ std::vector<paddle::Tensor> CrossEntropyForwardCuda(const paddle::Tensor& logits
 std::vector<paddle::Tensor> CrossEntropyBackwardCuda(const paddle::Tensor& logits_in, const paddle::Tensor& labels_in,
                                                      const paddle::Tensor& stats_in, const paddle::Tensor& dloss_in,
                                                      int64_t ignore_index) {
-  check_gpu(labels_in, logits_in, "labels");
-  check_gpu(stats_in, logits_in, "stats");
-  DeviceGuard guard(logits_in);
+  check_same_gpu(logits_in, "logits", labels_in, "labels", kOp);
+  check_same_gpu(logits_in, "logits", stats_in, "stats", kOp);
+  DeviceGuard guard(logits_in, kOp);
   paddle::Tensor logits = contiguous(logits_in);
   if (!has_grad(dloss_in)) return {paddle::zeros(logits.shape(), logits.dtype(), logits.place())};
-  check_gpu(dloss_in, logits_in, "grad of loss");
+  check_same_gpu(logits_in, "logits", dloss_in, "grad of loss", kOp);
   llmpre::cuda::CrossEntropyParams p = sizes(logits, ignore_index);
   PD_CHECK(dloss_in.numel() == p.rows, kOp, ": the gradient of loss must have ", p.rows, " elements, got ",
            shape_str(dloss_in.shape()));

@@ -6,15 +6,13 @@
 // rows through an fp32 workspace (a Paddle tensor on the same stream) in a
 // fixed order, so it is bitwise reproducible.
 //
-// Compiled only against a CUDA build of Paddle (not on the CPU-only CI, and
-// not yet anywhere: no CUDA Paddle was available when it was written).
-#include <cuda_runtime.h>
-
+// Linked only into a CUDA build of Paddle; `make paddle-gpu-glue-check`
+// compiles it without one (it has not run on a GPU yet).
 #include <cstdint>
 #include <vector>
 
 #include "cuda_ops.h"
-#include "op_common.h"
+#include "gpu_glue.h"
 #include "rms_norm/rms_norm_cuda.h"
 
 namespace {
@@ -22,46 +20,12 @@ namespace {
 using namespace llmpre::ops;
 constexpr const char* kOp = "llmpre_rms_norm";
 
-// Makes the tensor's GPU current for the launches, restoring the old one.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(const paddle::Tensor& t) {
-    cudaGetDevice(&old_);
-    const int want = t.place().GetDeviceId();
-    if (want != old_) {
-      PD_CHECK(cudaSetDevice(want) == cudaSuccess, kOp, ": cannot switch to GPU ", want);
-      switched_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (switched_) cudaSetDevice(old_);
-  }
-
- private:
-  int old_ = 0;
-  bool switched_ = false;
-};
-
-void check_gpu(const paddle::Tensor& t, const paddle::Tensor& x, const char* arg) {
-  PD_CHECK(t.is_gpu() && t.place() == x.place(), kOp, ": `", arg, "` must be on ", x.place().DebugString(),
-           " like `x`, got ", t.place().DebugString());
-}
-
-llmpre::DType gpu_dtype(const paddle::Tensor& t) {
-  switch (t.dtype()) {
-    case paddle::DataType::FLOAT32: return llmpre::DType::kFloat32;
-    case paddle::DataType::BFLOAT16: return llmpre::DType::kBFloat16;
-    case paddle::DataType::FLOAT16: return llmpre::DType::kFloat16;
-    default: PD_THROW(kOp, ": `x` must be float32, bfloat16 or float16, got ", dtype_str(t.dtype()));
-  }
-}
-
 llmpre::cuda::RmsNormParams sizes(const paddle::Tensor& x, float eps) {
   llmpre::cuda::RmsNormParams p;
   p.hidden = x.shape().back();
   p.rows = p.hidden == 0 ? 0 : x.numel() / p.hidden;
   p.eps = eps;
-  p.dtype = gpu_dtype(x);
+  p.dtype = gpu_dtype(x, kOp, "x");
   return p;
 }
 
@@ -69,8 +33,8 @@ llmpre::cuda::RmsNormParams sizes(const paddle::Tensor& x, float eps) {
 
 std::vector<paddle::Tensor> RmsNormForwardCuda(const paddle::Tensor& x_in, const paddle::Tensor& w_in,
                                                float epsilon) {
-  check_gpu(w_in, x_in, "weight");
-  DeviceGuard guard(x_in);
+  check_same_gpu(x_in, "x", w_in, "weight", kOp);
+  DeviceGuard guard(x_in, kOp);
   paddle::Tensor x = contiguous(x_in), w = contiguous(w_in);
   llmpre::cuda::RmsNormParams p = sizes(x, epsilon);
   paddle::Tensor y = new_output(x.shape(), x.dtype(), x.place());
@@ -86,15 +50,15 @@ std::vector<paddle::Tensor> RmsNormForwardCuda(const paddle::Tensor& x_in, const
 std::vector<paddle::Tensor> RmsNormBackwardCuda(const paddle::Tensor& x_in, const paddle::Tensor& w_in,
                                                 const paddle::Tensor& inv_in, const paddle::Tensor& dy_in,
                                                 float epsilon) {
-  check_gpu(w_in, x_in, "weight");
-  DeviceGuard guard(x_in);
+  check_same_gpu(x_in, "x", w_in, "weight", kOp);
+  DeviceGuard guard(x_in, kOp);
   paddle::Tensor x = contiguous(x_in), w = contiguous(w_in);
   if (!has_grad(dy_in))
     return {paddle::zeros(x.shape(), x.dtype(), x.place()), paddle::zeros(w.shape(), w.dtype(), w.place())};
   check_same_shape(x, "x", dy_in, "grad of y", kOp);
   check_same_dtype(x, "x", dy_in, "grad of y", kOp);
-  check_gpu(dy_in, x_in, "grad of y");
-  check_gpu(inv_in, x_in, "inv_rms");
+  check_same_gpu(x_in, "x", dy_in, "grad of y", kOp);
+  check_same_gpu(x_in, "x", inv_in, "inv_rms", kOp);
   llmpre::cuda::RmsNormParams p = sizes(x, epsilon);
   PD_CHECK(inv_in.dtype() == paddle::DataType::FLOAT32 && inv_in.numel() == p.rows, kOp,
            ": `inv_rms` must be the forward's float32 [", p.rows, "], got ", dtype_str(inv_in.dtype()), " ",

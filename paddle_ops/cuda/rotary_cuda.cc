@@ -6,15 +6,13 @@
 // A position outside the tables cannot raise from the device: that token's
 // rotated features come out NaN (the CPU path raises instead).
 //
-// Compiled only against a CUDA build of Paddle (not on the CPU-only CI, and
-// not yet anywhere: no CUDA Paddle was available when it was written).
-#include <cuda_runtime.h>
-
+// Linked only into a CUDA build of Paddle; `make paddle-gpu-glue-check`
+// compiles it without one (it has not run on a GPU yet).
 #include <cstdint>
 #include <vector>
 
 #include "cuda_ops.h"
-#include "op_common.h"
+#include "gpu_glue.h"
 #include "rotary/rotary_cuda.h"
 
 namespace {
@@ -22,48 +20,14 @@ namespace {
 using namespace llmpre::ops;
 constexpr const char* kOp = "llmpre_rotary";
 
-// Makes the tensor's GPU current for the launch, restoring the old one.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(const paddle::Tensor& t) {
-    cudaGetDevice(&old_);
-    const int want = t.place().GetDeviceId();
-    if (want != old_) {
-      PD_CHECK(cudaSetDevice(want) == cudaSuccess, kOp, ": cannot switch to GPU ", want);
-      switched_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (switched_) cudaSetDevice(old_);
-  }
-
- private:
-  int old_ = 0;
-  bool switched_ = false;
-};
-
-void check_gpu(const paddle::Tensor& t, const paddle::Tensor& x, const char* arg) {
-  PD_CHECK(t.is_gpu() && t.place() == x.place(), kOp, ": `", arg, "` must be on ", x.place().DebugString(),
-           " like the rotated tensor, got ", t.place().DebugString());
-}
-
-llmpre::DType gpu_dtype(const paddle::Tensor& t) {
-  switch (t.dtype()) {
-    case paddle::DataType::FLOAT32: return llmpre::DType::kFloat32;
-    case paddle::DataType::BFLOAT16: return llmpre::DType::kBFloat16;
-    case paddle::DataType::FLOAT16: return llmpre::DType::kFloat16;
-    default: PD_THROW(kOp, ": `x` must be float32, bfloat16 or float16, got ", dtype_str(t.dtype()));
-  }
-}
-
 }  // namespace
 
 paddle::Tensor RotaryCuda(const paddle::Tensor& x_in, const paddle::Tensor& cos_in, const paddle::Tensor& sin_in,
                           const paddle::optional<paddle::Tensor>& position_ids, bool interleaved, bool inverse) {
-  check_gpu(cos_in, x_in, "cos");
-  check_gpu(sin_in, x_in, "sin");
-  if (position_ids) check_gpu(*position_ids, x_in, "position_ids");
-  DeviceGuard guard(x_in);
+  check_same_gpu(x_in, "x", cos_in, "cos", kOp);
+  check_same_gpu(x_in, "x", sin_in, "sin", kOp);
+  if (position_ids) check_same_gpu(x_in, "x", *position_ids, "position_ids", kOp);
+  DeviceGuard guard(x_in, kOp);
   paddle::Tensor x = contiguous(x_in), cos = contiguous(cos_in), sin = contiguous(sin_in);
   PD_CHECK(cos.dtype() == paddle::DataType::FLOAT32 && sin.dtype() == paddle::DataType::FLOAT32, kOp,
            ": the GPU path takes float32 cos/sin tables, got ", dtype_str(cos.dtype()), " and ",
@@ -79,7 +43,7 @@ paddle::Tensor RotaryCuda(const paddle::Tensor& x_in, const paddle::Tensor& cos_
   p.table_rows = cos.shape()[0];
   p.interleaved = interleaved;
   p.inverse = inverse;
-  p.dtype = gpu_dtype(x);
+  p.dtype = gpu_dtype(x, kOp, "x");
   paddle::Tensor ids;
   if (position_ids) {
     PD_CHECK(position_ids->dtype() == paddle::DataType::INT64, kOp, ": `position_ids` must be int64 here, got ",
