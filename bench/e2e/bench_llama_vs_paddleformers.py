@@ -26,6 +26,15 @@ all rounds:
   kernels (matmul ~3.5x faster on this AMD EPYC). llmpre always runs with its
   default environment.
 
+- llmpre's training engine (``--engine``): the step the trainer runs, with
+  llmpre's own AdamW and the global-norm clipping (``forward_backward``,
+  ``reduce``, ``grad_norm``, ``step``), fused ops. With ``--llmpre-src DIR``
+  the same configuration also runs from another llmpre source tree (DIR is the
+  folder holding its ``llmpre`` package, with the compiled ``_core`` and
+  ``ops/_paddle_ops`` modules copied beside it), so two versions of the engine
+  are timed side by side, round-robin, on one machine. ``--engine-only`` runs
+  just these.
+
 The ratios reported are llmpre's tokens/s over the best PaddleFormers
 configuration with and without the variable: from the median step time (the
 headline), from the fastest step of each configuration (the least disturbed
@@ -100,6 +109,67 @@ def worker_llmpre(ops_kind: str, warmup: int, steps: int) -> dict:
             "times": times, "cpu": cpu, "first_loss": losses[0], "last_loss": losses[-1]}
 
 
+def _use_source_tree(src: str) -> None:
+    """Import llmpre from ``src`` instead of the installed (editable) package."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+    sys.path.insert(0, os.path.abspath(src))
+    for name in [m for m in sys.modules if m == "llmpre" or m.startswith("llmpre.")]:
+        del sys.modules[name]
+
+
+def worker_llmpre_engine(warmup: int, steps: int) -> dict:
+    """The trainer's step through llmpre's engine (either engine API: the single
+    ``Engine`` or the former ``LocalEngine``)."""
+    if os.environ.get("LLMPRE_BENCH_SRC"):
+        _use_source_tree(os.environ["LLMPRE_BENCH_SRC"])
+    import functools
+
+    from llmpre.runtime import configure_threads, import_paddle
+
+    configure_threads()
+    paddle = import_paddle()
+    import llmpre
+    from llmpre.models import ModelConfig, build_model
+    from llmpre.ops.select import describe, select_ops
+    from llmpre.parallel.dims import ParallelDims
+    from llmpre.parallel.env import init_parallel
+    from llmpre.train.args import parse_arguments
+    from llmpre.train.optim import clip_coefficient
+    from llmpre.train.precision import Precision
+
+    chosen = select_ops()
+    config = ModelConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER,
+                         num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=HEADS,
+                         max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False)
+    model = build_model(config, seed=0, ops=chosen)
+    args = parse_arguments(None, {"model": "llama-tiny", "output_dir": "/tmp/llmpre-bench-engine",
+                                  "weight_decay": "0.01", "max_grad_norm": "1.0"})
+    loss_fn = functools.partial(chosen.cross_entropy, ignore_index=-100)
+    precision = Precision.from_args(args)
+    try:
+        from llmpre.train.engine import Engine
+        engine = Engine(paddle, model, precision, args, init_parallel(ParallelDims()), loss_fn)
+    except ImportError:   # llmpre before the single engine
+        from llmpre.train.engine import LocalEngine
+        engine = LocalEngine(paddle, model, loss_fn, precision, args)
+    import numpy as np
+
+    tokens = np.random.default_rng(0).integers(0, VOCAB, size=(BATCH, SEQ + 1)).astype("int64")
+    losses = []
+
+    def step():
+        losses.append(engine.forward_backward(lambda: tokens, 1, 1.0))
+        engine.reduce()
+        norm = engine.grad_norm()
+        engine.step(1e-4, grad_scale=clip_coefficient(norm, 1.0))
+        engine.zero_grad()
+
+    times, cpu = _time_steps(paddle, step, warmup, steps)
+    return {"ops": f"{type(engine).__name__} from {os.path.dirname(llmpre.__file__)}; {describe(chosen)}",
+            "params": sum(int(p.size) for p in model.parameters()),
+            "times": times, "cpu": cpu, "first_loss": losses[0], "last_loss": losses[-1]}
+
+
 def worker_paddleformers(attn: str, warmup: int, steps: int) -> dict:
     import warnings
 
@@ -157,30 +227,43 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--pf-python", default=DEFAULT_PF_PYTHON)
     p.add_argument("--skip-reference", action="store_true", help="skip llmpre with reference ops")
+    p.add_argument("--engine", action="store_true", help="also time llmpre's training engine step")
+    p.add_argument("--engine-only", action="store_true", help="time only llmpre's engine step(s)")
+    p.add_argument("--llmpre-src", help="another llmpre source tree whose engine is timed side by side")
     p.add_argument("--json")
     args = p.parse_args()
 
     if args.worker:
         kind, _, variant = args.worker.partition(":")
         result = (worker_llmpre(variant, args.warmup, args.steps) if kind == "llmpre"
+                  else worker_llmpre_engine(args.warmup, args.steps) if kind == "engine"
                   else worker_paddleformers(variant, args.warmup, args.steps))
         print(json.dumps(result))
         return
 
-    if not os.path.exists(args.pf_python):
+    engines = [("llmpre engine (this tree)", sys.executable, "engine:", {}, ())]
+    if args.llmpre_src:
+        engines.append((f"llmpre engine ({args.llmpre_src})", sys.executable, "engine:",
+                        {"LLMPRE_BENCH_SRC": args.llmpre_src}, ()))
+    if args.engine_only:
+        configs = engines
+    elif not os.path.exists(args.pf_python):
         raise SystemExit(f"--pf-python {args.pf_python} does not exist: make the benchmark venv with "
                          "`python -m venv /work/benchvenv-pf && /work/benchvenv-pf/bin/pip install "
                          "paddlepaddle==3.3.1 paddleformers==1.2.0`")
     # (label, python, worker, extra env, env vars removed)
-    configs = [("llmpre fused ops", sys.executable, "llmpre:fused", {}, ())]
-    if not args.skip_reference:
-        configs.append(("llmpre reference ops", sys.executable, "llmpre:reference", {}, ()))
-    for attn in ("eager", "sdpa"):
-        name = f"paddleformers:{attn}"
-        label = f"PaddleFormers attention={attn}"
-        configs.append((label, args.pf_python, name, {}, ("MKL_DEBUG_CPU_TYPE",)))
-        configs.append((label + " + MKL_DEBUG_CPU_TYPE=5", args.pf_python, name,
-                        {"MKL_DEBUG_CPU_TYPE": "5"}, ()))
+    if not args.engine_only:
+        configs = [("llmpre fused ops", sys.executable, "llmpre:fused", {}, ())]
+        if not args.skip_reference:
+            configs.append(("llmpre reference ops", sys.executable, "llmpre:reference", {}, ()))
+        for attn in ("eager", "sdpa"):
+            name = f"paddleformers:{attn}"
+            label = f"PaddleFormers attention={attn}"
+            configs.append((label, args.pf_python, name, {}, ("MKL_DEBUG_CPU_TYPE",)))
+            configs.append((label + " + MKL_DEBUG_CPU_TYPE=5", args.pf_python, name,
+                            {"MKL_DEBUG_CPU_TYPE": "5"}, ()))
+        if args.engine:
+            configs += engines
 
     print(f"LLaMA h{HIDDEN} L{LAYERS} heads{HEADS} i{INTER} vocab{VOCAB}, batch {BATCH}x{SEQ}, AdamW, "
           f"OMP_NUM_THREADS=2; {args.rounds} rounds x {args.steps} steps; load average at start {load_average()}",
@@ -215,6 +298,19 @@ def main():
     if len(params) != 1:
         raise SystemExit(f"the models differ in size: {params}")
     summary = {}
+    if len(engines) == 2 and all(label in rows for label, *_ in engines):
+        this, other = (rows[label] for label, *_ in engines)
+        summary["engine_this_tree_vs_other_tree"] = round(other["step_s"] / this["step_s"], 3)
+        summary["engine_this_tree_vs_other_tree_best_steps"] = round(other["best_step_s"] / this["best_step_s"], 3)
+        summary["engine_this_tree_vs_other_tree_cpu_time"] = round(
+            other["cpu_s_per_step"] / this["cpu_s_per_step"], 3)
+    if args.engine_only:
+        print("\n" + "\n".join(f"{k}: {v}x" for k, v in summary.items()))
+        if args.json:
+            with open(args.json + ".tmp", "w") as fh:
+                json.dump({"rows": rows, "summary": summary}, fh, indent=1)
+            os.replace(args.json + ".tmp", args.json)
+        return
     for key, suffix in (("tokens_per_s", ""), ("best_tokens_per_s", "_best_steps"),
                         ("cpu_s_per_step", "_cpu_time")):
         def speed(row):  # higher is better for every metric

@@ -9,7 +9,9 @@ paddle = pytest.importorskip("paddle")
 
 from llmpre.models import build_model, causal_lm_loss, get_config  # noqa: E402
 from llmpre.plan import PlanSettings, plan_memory  # noqa: E402
-from llmpre.train.optim import AdamW  # noqa: E402
+from llmpre.parallel.dims import ParallelDims  # noqa: E402
+from llmpre.parallel.env import init_parallel  # noqa: E402
+from llmpre.parallel.optimizer import ShardedAdamW  # noqa: E402
 
 
 def _bytes(tensors) -> int:
@@ -38,12 +40,14 @@ def test_planned_bytes_equal_allocated_bytes(name):
     ids = paddle.randint(0, cfg.vocab_size, [2, 9])
     loss = causal_lm_loss(model(ids[:, :-1]), ids[:, 1:])
     loss.backward()
-    optimizer = AdamW(model.named_parameters())
+    optimizer = ShardedAdamW(model.named_parameters(), init_parallel(ParallelDims()))
 
     params = [p for p in model.parameters() if not p.stop_gradient]
     grads = [p.grad for p in params]
     assert all(g is not None for g in grads), "every parameter should have a gradient after a backward"
-    states = [t for pair in optimizer.state.values() for t in pair]
+    # one shard of fp32 parameters: they are their own master weights (no copy)
+    assert optimizer.aliased and all(p._is_shared_buffer_with(optimizer.master) for p in params)
+    states = [optimizer.exp_avg, optimizer.exp_avg_sq]
 
     plan = plan_memory(PlanSettings(model=cfg, seq_length=8, micro_batch=2))
     stage = plan.stages[0]

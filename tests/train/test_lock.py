@@ -29,22 +29,26 @@ def test_second_run_is_refused_naming_the_holder(tmp_path):
     assert open(tmp_path / run_lock.LOCK_FILE).read() == ""   # a clean end leaves no holder
 
 
-def test_lock_of_a_dead_process_is_taken_over_with_a_notice(tmp_path, caplog):
+def test_lock_of_a_dead_process_is_taken_over_with_a_notice(tmp_path):
+    import logging
+
     code = ("import sys, os; sys.path[:0] = [%r]; from llmpre.train.lock import RunLock; "
             "RunLock.acquire(%r); os._exit(0)") % (os.path.dirname(run_lock.__file__).rsplit("/llmpre", 1)[0],
                                                     str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", code], check=True)
     assert dead.returncode == 0
     holder = json.loads(open(tmp_path / run_lock.LOCK_FILE).read())
-    with caplog.at_level("WARNING", logger="llmpre"):
-        run_lock.logger.propagate = True
-        try:
-            taken = run_lock.RunLock.acquire(str(tmp_path))
-        finally:
-            run_lock.logger.propagate = False
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    run_lock.logger.addHandler(handler)
+    try:
+        taken = run_lock.RunLock.acquire(str(tmp_path))
+    finally:
+        run_lock.logger.removeHandler(handler)
     taken.release()
     assert any(f"pid {holder['pid']}" in r.getMessage() and "no longer running" in r.getMessage()
-               for r in caplog.records)
+               for r in records)
 
 
 def test_workers_share_their_launchers_lock(tmp_path, monkeypatch):

@@ -68,8 +68,9 @@ def _split_launch(tokens: list[str]) -> tuple[dict, list[str]]:
 
 
 def _processes_needed(args) -> int:
-    degree = max(1, args.tensor_parallel_degree) * max(1, args.pipeline_parallel_degree)
-    return degree * max(1, args.sharding_parallel_degree)
+    from llmpre.parallel.dims import processes_needed
+
+    return processes_needed(args)
 
 
 def _launch(launch: dict, args, argv: list[str]) -> int:

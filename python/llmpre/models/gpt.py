@@ -23,6 +23,7 @@ import paddle.nn as nn
 from llmpre.errors import ConfigError
 from llmpre.models.config import ModelConfig
 from llmpre.models.layers import MLP, Attention, LMHead, alibi_slopes, init_weights, make_norm
+from llmpre.models.stage import ParallelSupport
 from llmpre.ops.select import Ops, select_ops
 
 
@@ -74,7 +75,14 @@ class GPTForCausalLM(nn.Layer):
             x = self.run_layer(layer, x, ctx)                              # [b, s, hidden]
         return self.head(x)                                                # [b, s, vocab]
 
-    # The three pieces of forward, used on their own by pipeline stages.
+    def parallel_support(self) -> ParallelSupport:
+        why = {"sequence_parallel": "GPT-family models add learned positions to the whole sequence"}
+        if self.config.word_embed_proj_dim:
+            why["tensor_parallel"] = "OPT's projected embeddings (project_in/project_out) are not split"
+            return ParallelSupport(tensor_parallel=(), sequence_parallel=False, why_not=why)
+        return ParallelSupport(sequence_parallel=False, why_not=why)
+
+    # The pieces of forward, used on their own by pipeline stages (models.stage).
     def context(self, batch: int, seq: int, position_ids: Optional[paddle.Tensor] = None) -> dict:
         c = self.config
         if self.embed_positions is not None:

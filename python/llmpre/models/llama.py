@@ -17,6 +17,7 @@ Paddle ``Linear`` weights are ``[in, out]``.
 
 MoE models set ``self.aux_loss`` on every forward (None for dense models): the
 router auxiliary loss times its coefficient, to be added to the LM loss when training.
+The stage interface and the parallel declaration are :mod:`llmpre.models.stage`'s.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from llmpre.models.config import ModelConfig
 from llmpre.models.deepseek import MLAttention
 from llmpre.models.layers import MLP, Attention, LMHead, RotaryEmbedding, alibi_slopes, init_weights, make_norm
 from llmpre.models.moe import MoE, seq_aux_loss, switch_aux_loss
+from llmpre.models.stage import ParallelSupport
 from llmpre.ops.select import Ops, select_ops
 
 
@@ -43,13 +45,14 @@ class DecoderLayer(nn.Layer):
         self.post_attention_layernorm = make_norm(config, ops)
         self.sparse = config.moe is not None and config.moe.is_sparse(index)
         self.mlp = MoE(config, ops) if self.sparse else MLP(config, ops)
+        self.router_stats = None   # a sparse layer's router statistics of its last forward
 
     def forward(self, x, cos, sin, position_ids, alibi):
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, position_ids, alibi)
         if not self.sparse:
-            return h + self.mlp(self.post_attention_layernorm(h)), None
-        y, router_stats = self.mlp(self.post_attention_layernorm(h))
-        return h + y, router_stats
+            return h + self.mlp(self.post_attention_layernorm(h))
+        y, self.router_stats = self.mlp(self.post_attention_layernorm(h))
+        return h + y
 
 
 class LlamaForCausalLM(nn.Layer):
@@ -72,13 +75,26 @@ class LlamaForCausalLM(nn.Layer):
     def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         """input_ids ``[batch, seq]`` int -> logits ``[batch, seq, vocab]`` in the model dtype."""
         ctx = self.context(input_ids.shape[0], input_ids.shape[1], position_ids)
-        x = self.embed(input_ids)                                 # [b, s, hidden]
+        x = self.embed(input_ids, ctx)                            # [b, s, hidden]
         for layer in self.layers:
             x = self.run_layer(layer, x, ctx)                     # [b, s, hidden]
         self.aux_loss = self._aux_loss(ctx["router_stats"], input_ids.shape[0])
         return self.head(x)                                       # [b, s, vocab]
 
-    # The three pieces of forward, used on their own by pipeline stages.
+    def parallel_support(self) -> ParallelSupport:
+        c = self.config
+        if c.moe is not None or c.mla:
+            why = ("not yet built for mixture-of-experts or latent-attention models; use data "
+                   "parallelism and sharding")
+            return ParallelSupport(tensor_parallel=(), sequence_parallel=False, pipeline=False,
+                                   recompute=False, why_not={f: why for f in (
+                                       "tensor_parallel", "sequence_parallel", "pipeline", "recompute")})
+        if c.localized_filtering:
+            return ParallelSupport(sequence_parallel=False, why_not={
+                "sequence_parallel": "Yuan2's localized filtering mixes neighbouring positions"})
+        return ParallelSupport()
+
+    # The pieces of forward, used on their own by pipeline stages (models.stage).
     def context(self, batch: int, seq: int, position_ids: Optional[paddle.Tensor] = None) -> dict:
         """What every layer reads besides the hidden states: RoPE tables
         (``[positions, rotary_dim/2]``), position ids, ALiBi slopes."""
@@ -88,16 +104,16 @@ class LlamaForCausalLM(nn.Layer):
         return {"cos": cos, "sin": sin, "position_ids": position_ids, "alibi": self.alibi,
                 "router_stats": []}
 
-    def embed(self, input_ids: paddle.Tensor) -> paddle.Tensor:
+    def embed(self, input_ids: paddle.Tensor, ctx: dict) -> paddle.Tensor:
         x = self.embed_tokens(input_ids)                          # [b, s, hidden]
         if self.config.scale_embeddings:
             x = x * paddle.to_tensor(math.sqrt(self.config.hidden_size), dtype=x.dtype)
         return x
 
     def run_layer(self, layer, x: paddle.Tensor, ctx: dict) -> paddle.Tensor:
-        x, router_stats = layer(x, ctx["cos"], ctx["sin"], ctx["position_ids"], ctx["alibi"])
-        if router_stats is not None:
-            ctx["router_stats"].append(router_stats)
+        x = layer(x, ctx["cos"], ctx["sin"], ctx["position_ids"], ctx["alibi"])
+        if layer.sparse:
+            ctx["router_stats"].append(layer.router_stats)
         return x
 
     def head(self, x: paddle.Tensor) -> paddle.Tensor:

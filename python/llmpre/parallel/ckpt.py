@@ -1,22 +1,26 @@
 """Sharded checkpoints that load onto any layout.
 
-A checkpoint of a parallel run holds, in ``checkpoint-<step>/``:
+A checkpoint holds, in ``checkpoint-<step>/``:
 
-    layout.json                          the layout (dims)
-    params-tp{t}-pp{p}.json              global shape and split axis of that file's parameters
     model-tp{t}-pp{p}.safetensors        parameters of one (tp, pp) position (written once:
-                                         by its dp 0, sharding 0 rank), tp-sliced
+                                         by its dp 0, sharding 0 rank), tp-sliced; its
+                                         metadata "llmpre_params" is the JSON of each
+                                         parameter's global shape and split axis
     optim-tp{t}-pp{p}-sh{s}.safetensors  the optimizer elements sharding rank s owns, as flat
                                          ranges of each tp-sliced parameter:
-                                         "<name>|<start>|<end>|exp_avg" (and exp_avg_sq, master)
+                                         "<name>|<start>|<end>|exp_avg" (and exp_avg_sq; master
+                                         only for low-precision parameters: an fp32 one is its
+                                         own master weight)
     rng-rank{r}.pkl                      every rank's RNG states
-    trainer_state.json, manifest.json    as in single-process checkpoints
+    trainer_state.json                   step, optimizer scalars, ..., and "layout" (the dims)
+    manifest.json                        size and sha256 of every file (written last)
 
-(A single-process checkpoint - ``model.safetensors`` + ``optimizer.safetensors`` -
-is the special case of one position and whole tensors.) :class:`GlobalTensors`
-reassembles any parameter's full tensor, and its optimizer state, from either
-form, so a run resumes on the same layout bit-exactly and on another layout
-(other tp, pp, sharding stage or degree, dp) from the same values.
+A single process is the layout of one position. :class:`GlobalTensors`
+reassembles any parameter's full tensor, and its optimizer state, so a run
+resumes on the same layout bit-exactly and on another layout (other tp, pp,
+sharding stage or degree, dp) from the same values. It also reads the earlier
+forms: ``layout.json`` + ``params-tp{t}-pp{p}.json`` beside the same files, and
+the former single-process ``model.safetensors`` + ``optimizer.safetensors``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import numpy as np
 
 from llmpre.parallel.tensor_parallel import TP_SPLIT
 
-LAYOUT = "layout.json"
+LAYOUT = "layout.json"            # earlier checkpoints: the layout in a file of its own
+PARAMS_KEY = "llmpre_params"      # safetensors metadata of model-tp*-pp* files
 
 
 def param_meta(p) -> dict:
@@ -61,19 +66,33 @@ class GlobalTensors:
         self.path = path
         self._open = {}
         self._safe_open = safe_open
-        self.layout = None          # None: single-process format
+        self.layout = None          # None: the former single-process format
         self.params: dict = {}      # name -> {"shape", "split_axis", "stage"}
         layout_path = os.path.join(path, LAYOUT)
         if os.path.exists(layout_path):
             with open(layout_path, encoding="utf-8") as fh:
                 self.layout = json.load(fh)
-            for fname in sorted(os.listdir(path)):
-                if fname.startswith("params-tp0-pp") and fname.endswith(".json"):
-                    stage = int(fname[len("params-tp0-pp"):-len(".json")])
-                    with open(os.path.join(path, fname), encoding="utf-8") as fh:
-                        for name, meta in json.load(fh).items():
-                            if name not in self.params or stage < self.params[name]["stage"]:
-                                self.params[name] = {**meta, "stage": stage}
+        else:
+            try:
+                with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as fh:
+                    self.layout = json.load(fh).get("layout")
+            except (OSError, ValueError):
+                self.layout = None
+        if self.layout is None:
+            return
+        for fname in sorted(os.listdir(path)):
+            stage = None
+            if fname.startswith("params-tp0-pp") and fname.endswith(".json"):
+                stage = int(fname[len("params-tp0-pp"):-len(".json")])
+                with open(os.path.join(path, fname), encoding="utf-8") as fh:
+                    metas = json.load(fh)
+            elif fname.startswith("model-tp0-pp") and fname.endswith(".safetensors"):
+                stage = int(fname[len("model-tp0-pp"):-len(".safetensors")])
+                metas = json.loads((self._file(fname).metadata() or {}).get(PARAMS_KEY, "{}"))
+            if stage is not None:
+                for name, meta in metas.items():
+                    if name not in self.params or stage < self.params[name]["stage"]:
+                        self.params[name] = {**meta, "stage": stage}
 
     def _file(self, name):
         if name not in self._open:
@@ -123,6 +142,7 @@ class GlobalTensors:
             n = int(np.prod(local_shape))
             parts = {k: np.zeros(n, np.float32) for k in ("exp_avg", "exp_avg_sq", "master")}
             filled = np.zeros(n, bool)
+            kinds = set()
             for s in range(dims["sharding"]):
                 f = self._file(f"optim-tp{t}-pp{p}-sh{s}.safetensors")
                 for key in f.keys():
@@ -132,13 +152,16 @@ class GlobalTensors:
                     start, end = int(start), int(end)
                     parts[kind][start:end] = f.get_tensor(key)
                     filled[start:end] = True
+                    kinds.add(kind)
             if not filled.all():
                 raise ValueError(f"{self.path}: optimizer state of {name} is incomplete")
-            per_tp.append({k: v.reshape(local_shape) for k, v in parts.items()})
+            per_tp.append({k: v.reshape(local_shape) for k, v in parts.items()
+                           if k != "master" or "master" in kinds})
         axis = meta["split_axis"]
         join = (lambda xs: xs[0]) if axis is None else (lambda xs: np.concatenate(xs, axis=axis))
-        return (join([d["exp_avg"] for d in per_tp]), join([d["exp_avg_sq"] for d in per_tp]),
-                join([d["master"] for d in per_tp]))
+        # fp32 parameters are their own master weights: checkpoints store no copy
+        master = join([d["master"] for d in per_tp]) if all("master" in d for d in per_tp) else None
+        return join([d["exp_avg"] for d in per_tp]), join([d["exp_avg_sq"] for d in per_tp]), master
 
 
 def local_slice(full: np.ndarray, meta_axis, tp_index: int, tp_size: int) -> np.ndarray:

@@ -144,6 +144,50 @@ class ParallelDims:
                 f"{chunks} pipeline chunks; choose degrees whose product divides {layers}")
 
 
+def split_world(world_size: int | None, tp: int, pp: int, sharding: int, sharded: bool,
+                dp: int | None = None) -> tuple[int, int]:
+    """``(dp, sharding)`` of a layout, PaddleNLP's rule, the one place it is computed.
+
+    ``tp``, ``pp`` <= 0 mean 1. ``sharding`` > 0 is the sharding degree; <= 0 means
+    all ranks left after tp x pp (x dp) when ``sharded`` (a sharding stage was
+    given), else 1. ``dp``, when not given, is what remains of ``world_size``
+    after tp x pp x sharding (1 without a world size). Errors say what to change."""
+    tp, pp = max(1, tp), max(1, pp)
+    if sharding <= 0:
+        if not sharded:
+            sharding = 1
+        elif world_size is None:
+            raise ConfigError("sharding_parallel_degree -1 means all remaining ranks: give the world "
+                              "size (number of processes / GPUs) or the degree")
+        else:
+            rest = world_size // (tp * pp * (dp or 1))
+            if rest * tp * pp * (dp or 1) != world_size or rest == 0:
+                raise ConfigError(f"{world_size} ranks are not a multiple of tp {tp} x pp {pp}"
+                                  + (f" x dp {dp}" if dp else "") + "; change the degrees or the number "
+                                  "of processes")
+            sharding = rest
+    if dp is None:
+        if world_size is None:
+            dp = 1
+        else:
+            dp = world_size // (tp * pp * sharding)
+            if dp == 0 or dp * tp * pp * sharding != world_size:
+                raise ConfigError(f"{world_size} ranks cannot be split into tp {tp} x pp {pp} x "
+                                  f"sharding {sharding} x dp; change the degrees or the number of processes")
+    elif world_size is not None and dp * sharding * tp * pp != world_size:
+        raise ConfigError(f"{world_size} ranks but dp*sharding*tp*pp = {dp}*{sharding}*{tp}*{pp} = "
+                          f"{dp * sharding * tp * pp}; change one of them")
+    return dp, sharding
+
+
+def processes_needed(args) -> int:
+    """How many processes a run of training arguments ``args`` starts when the
+    launcher is not told (tp x pp x the sharding degree, dp 1)."""
+    dp, sharding = split_world(None, args.tensor_parallel_degree, args.pipeline_parallel_degree,
+                               max(1, args.sharding_parallel_degree), sharded=True)
+    return dp * sharding * max(1, args.tensor_parallel_degree) * max(1, args.pipeline_parallel_degree)
+
+
 def dims_from_args(args, world_size: int) -> ParallelDims:
     """The layout from training arguments (PaddleNLP's keys); ``sharding`` is the
     stage word ("stage1"/"stage2"/"stage3", with "offload" refused) and the
@@ -158,17 +202,9 @@ def dims_from_args(args, world_size: int) -> ParallelDims:
     if unknown or len(stages) > 1:
         raise ConfigError(f"sharding '{args.sharding}': write one of stage1, stage2, stage3")
     stage = stages[0] if stages else 1
-    rest = world_size // (tp * pp) if world_size % (tp * pp) == 0 else 0
-    if args.sharding_parallel_degree > 0:
-        sharding = args.sharding_parallel_degree
-    else:
-        sharding = rest if stages else 1
-    if rest == 0 or sharding == 0 or rest % sharding:
-        raise ConfigError(
-            f"{world_size} ranks cannot be split into tp {tp} x pp {pp} x sharding {sharding} x dp; "
-            "change the degrees or the number of processes")
+    dp, sharding = split_world(world_size, tp, pp, args.sharding_parallel_degree, sharded=bool(stages))
     no_recompute = tuple(int(i) for i in str(args.no_recompute_layers or "").split(",") if i.strip())
-    return ParallelDims(dp=rest // sharding, sharding=sharding, sharding_stage=stage, tp=tp, pp=pp,
+    return ParallelDims(dp=dp, sharding=sharding, sharding_stage=stage, tp=tp, pp=pp,
                         vpp=max(1, args.virtual_pp_degree), sequence_parallel=bool(args.sequence_parallel),
                         recompute=bool(args.recompute), recompute_granularity=args.recompute_granularity,
                         no_recompute_layers=no_recompute)

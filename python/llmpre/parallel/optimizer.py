@@ -1,4 +1,14 @@
-"""Data-parallel gradient reduction and the sharded AdamW (ZeRO stages 1-3).
+"""Data-parallel gradient reduction and llmpre's AdamW, sharded (ZeRO stages 1-3).
+
+This is the one AdamW of every layout, a single process included (one shard,
+groups of size 1). The update (decoupled weight decay, bias-corrected moments,
+as PyTorch's AdamW), with ``g`` the gradient times ``grad_scale`` (loss-scale
+and clipping factors), on fp32 master weights:
+    p <- p * (1 - lr * wd)                    (not for biases and norms)
+    m <- b1 m + (1 - b1) g ;  v <- b2 v + (1 - b2) g^2
+    p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+Its state is keyed by the model's structured parameter names, so checkpoints
+load into any freshly built model of any layout.
 
 Trainable parameters are packed into a flat fp32 layout
 (:func:`llmpre.parallel.flat.flat_layout`) over the ``sharding`` ranks of
@@ -8,6 +18,12 @@ those elements (stage 1), receives only those gradient elements from a
 reduce-scatter (stage 2), and, at stage 3, holds only those parameter
 elements between uses (:mod:`llmpre.parallel.stage3`). After the update the
 owned elements are all-gathered back into the parameters.
+
+Without sharding (one shard: a single process, or pure tensor/pipeline/data
+parallel) fp32 parameters are their own master weights: they become views of
+one flat fp32 buffer, which the update changes in place (no copy, and 8 bytes
+of state per parameter, as the planner counts). Otherwise each rank keeps an
+fp32 master copy of the elements it owns.
 
 Gradients are averaged over the data-parallel ranks (dp x sharding); those of
 parameters replicated across tensor-parallel ranks whose ranks see different
@@ -25,9 +41,13 @@ import paddle
 
 from llmpre.parallel.flat import flat_layout
 from llmpre.parallel.tensor_parallel import NORM_SKIP, TP_GRAD_SUM, TP_SPLIT
-from llmpre.train.optim import no_decay
 
 LOW = (paddle.float16, paddle.bfloat16)
+
+
+def no_decay(name: str) -> bool:
+    """PaddleNLP's rule: no weight decay for parameters named *bias* or *norm*."""
+    return "bias" in name or "norm" in name
 
 
 class ShardedAdamW:
@@ -58,6 +78,12 @@ class ShardedAdamW:
             once = hasattr(p, TP_SPLIT) or tp_first
             counted[span] = 0.0 if getattr(p, NORM_SKIP, False) or not once else 1.0
         self.master = paddle.to_tensor(master)
+        # one shard of fp32 parameters: the parameters themselves are the master weights
+        self.aliased = (self.sharding.size == 1 and not boundaries
+                        and all(p.dtype == paddle.float32 for _, p in self.params))
+        if self.aliased:
+            self._alias_parameters()
+        self.norm_all = bool(counted.all())   # every element counts: no mask to multiply
         self.exp_avg = paddle.zeros([n], dtype="float32")
         self.exp_avg_sq = paddle.zeros([n], dtype="float32")
         self.decay_mask = paddle.to_tensor(decay)
@@ -67,6 +93,20 @@ class ShardedAdamW:
         # their gradients are reduced as each unit finishes its backward.
         self.released: set = set()
         self.grad_accum: dict = {}
+
+    def _alias_parameters(self) -> None:
+        """Make every parameter a view of ``self.master`` (one shard: the master
+        covers every element, in the flat layout's order)."""
+        for i, (_, p) in enumerate(self.params):
+            off = self.layout.offsets[i]
+            self.master[off:off + self.layout.numels[i]].reshape(p.shape)._share_buffer_to(p)
+
+    def _check_aliases(self) -> None:
+        for name, p in self.params:
+            if not p._is_shared_buffer_with(self.master):
+                raise RuntimeError(f"parameter {name} no longer shares the optimizer's flat buffer "
+                                   "(its storage was replaced after the optimizer was built); "
+                                   "change parameters in place (set_value) instead")
 
     # ---- gradients -------------------------------------------------------------
     @paddle.no_grad()
@@ -129,7 +169,8 @@ class ShardedAdamW:
     @paddle.no_grad()
     def grad_norm(self) -> float:
         """Global L2 norm of the (reduced) gradient, every element counted once."""
-        sq = paddle.sum(paddle.square(self.grad_shard) * self.norm_mask)
+        g = self.grad_shard
+        sq = paddle.sum(paddle.square(g)) if self.norm_all else paddle.sum(paddle.square(g) * self.norm_mask)
         for axis in ("sharding", "tp", "pp"):
             self.env.groups[axis].all_reduce(sq)
         return float(paddle.sqrt(sq).item())
@@ -148,7 +189,10 @@ class ShardedAdamW:
         denom = self.exp_avg_sq.sqrt() * (1.0 / math.sqrt(1.0 - b2 ** t)) + self.eps
         self.master.subtract_(self.exp_avg / denom * (lr / (1.0 - b1 ** t)))
         self.grad_shard = None
-        self.publish()
+        if self.aliased:
+            self._check_aliases()   # the update already changed the parameters
+        else:
+            self.publish()
 
     def _owned_chunks(self) -> list[paddle.Tensor]:
         """This rank's master elements, one slice per bucket."""
@@ -176,6 +220,8 @@ class ShardedAdamW:
     def publish(self) -> None:
         """All-gather the owned master elements and write every parameter (stage-3
         buckets are left released: they are gathered on their next use)."""
+        if self.aliased:
+            return
         for k, chunk in enumerate(self._owned_chunks()):
             if k not in self.released:
                 self._write_bucket(k, self.sharding.all_gather(chunk, axis=0), share=False)

@@ -5,7 +5,9 @@ rank's pipeline stages, and wraps layers for recomputation; it returns a
 :class:`Plan` with the pipeline chunks this rank runs and the loss function.
 Model files never see any of it: they are written as the math, and the model
 is built identically (same seed) on every rank before being cut, so every
-layout starts from the parameters of a single-process run.
+layout starts from the parameters of a single-process run. What may be applied
+to a model is its own declaration (``model.parallel_support()``, see
+:mod:`llmpre.models.stage`); the stage interface is the same for every family.
 """
 
 from __future__ import annotations
@@ -40,50 +42,67 @@ class Plan:
     tied_embedding: bool
 
 
-def _check_supported(model, dims):
-    c = model.config
-    if dims.tp > 1 or dims.pp > 1 or dims.recompute:
-        if c.moe is not None or getattr(c, "mla", None):
-            raise ConfigError(f"{c.model_type}: tensor/pipeline parallelism and recompute are not yet "
-                              "supported for mixture-of-experts or latent-attention models; use data "
-                              "parallelism and sharding")
-    if dims.sequence_parallel:
-        if getattr(c, "is_gpt", False) or getattr(c, "localized_filtering", False):
-            raise ConfigError(f"{c.model_type}: sequence_parallel needs a decoder without learned "
-                              "positions or localized filtering (LLaMA-family models)")
-    if dims.tp > 1 and getattr(c, "is_gpt", False) and getattr(c, "word_embed_proj_dim", None):
-        raise ConfigError("tensor parallelism does not support OPT's projected embeddings")
+def _check_supported(model, dims) -> tuple:
+    """The tensor-parallel plan to apply; an error naming what the model cannot do."""
+    support = model.parallel_support()
+    wanted = {"tensor_parallel": dims.tp > 1, "sequence_parallel": dims.sequence_parallel,
+              "pipeline": dims.pp > 1, "recompute": dims.recompute}
+    offered = {"tensor_parallel": bool(support.tensor_parallel), "sequence_parallel": support.sequence_parallel,
+               "pipeline": support.pipeline, "recompute": support.recompute}
+    for feature, asked in wanted.items():
+        if asked and not offered[feature]:
+            raise ConfigError(support.refuse(feature, model.config.model_type))
+    return support.tensor_parallel
 
 
-def _tensor_parallel(model, env):
+def _sub(layer, path: str):
+    obj = layer
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _put(layer, path: str, value) -> None:
+    owner, _, name = path.rpartition(".")
+    setattr(_sub(layer, owner) if owner else layer, name, value)
+
+
+def _tensor_parallel(model, env, plan):
+    """Apply the family's per-layer plan (see models.stage.ATTENTION_MLP_PLAN), then
+    split the embedding and the LM head over the vocabulary."""
     dims, group, sp = env.dims, env.tp, env.dims.sequence_parallel
     tp, r = dims.tp, env.tp.index
     c = model.config
     for layer in model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
+        attn = layer.self_attn
         heads, kv, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
         local = list(range(r * heads // tp, (r + 1) * heads // tp))
         cols = [h * d + i for h in local for i in range(d)]
-        attn.q_proj = tpl.ColumnParallelLinear(attn.q_proj, cols, group, sp)
-        if kv % tp == 0:
-            kv_local = list(range(r * kv // tp, (r + 1) * kv // tp))
-            kv_cols = [h * d + i for h in kv_local for i in range(d)]
-            attn.k_proj = tpl.ColumnParallelLinear(attn.k_proj, kv_cols, group, sp)
-            attn.v_proj = tpl.ColumnParallelLinear(attn.v_proj, kv_cols, group, sp)
-            attn.num_kv_heads = kv // tp
-        else:  # fewer KV heads than ranks: replicate, each rank reads the one its queries use
-            kv_local = sorted({h // (heads // kv) for h in local})
-            attn.k_proj = tpl.ReplicatedKVProjection(attn.k_proj, kv_local, d, group, sp)
-            attn.v_proj = tpl.ReplicatedKVProjection(attn.v_proj, kv_local, d, group, sp)
-            attn.num_kv_heads = len(kv_local)
+        kv_split = kv % tp == 0
+        kv_local = (list(range(r * kv // tp, (r + 1) * kv // tp)) if kv_split
+                    else sorted({h // (heads // kv) for h in local}))   # fewer KV heads than ranks
+        kv_cols = [h * d + i for h in kv_local for i in range(d)]
+        for path, style in plan:
+            linear = _sub(layer, path)
+            if linear is None:          # e.g. no gate_proj in a plain MLP
+                continue
+            if style == "heads":
+                new = tpl.ColumnParallelLinear(linear, cols, group, sp)
+            elif style == "heads_row":
+                new = tpl.RowParallelLinear(linear, cols, group, sp)
+            elif style == "kv_heads":
+                new = (tpl.ColumnParallelLinear(linear, kv_cols, group, sp) if kv_split else
+                       tpl.ReplicatedKVProjection(linear, kv_local, d, group, sp))
+            else:
+                inter = linear.weight.shape[1 if style == "column" else 0]
+                mcols = list(range(r * inter // tp, (r + 1) * inter // tp))
+                new = (tpl.ColumnParallelLinear if style == "column" else tpl.RowParallelLinear)(
+                    linear, mcols, group, sp)
+            _put(layer, path, new)
         attn.num_heads = heads // tp
-        attn.o_proj = tpl.RowParallelLinear(attn.o_proj, cols, group, sp)
-        inter = mlp.up_proj.weight.shape[1]
-        mcols = list(range(r * inter // tp, (r + 1) * inter // tp))
-        if getattr(mlp, "gated", False):
-            mlp.gate_proj = tpl.ColumnParallelLinear(mlp.gate_proj, mcols, group, sp)
-        mlp.up_proj = tpl.ColumnParallelLinear(mlp.up_proj, mcols, group, sp)
-        mlp.down_proj = tpl.RowParallelLinear(mlp.down_proj, mcols, group, sp)
+        attn.num_kv_heads = kv // tp if kv_split else len(kv_local)
     if getattr(model, "alibi", None) is not None:
         heads = c.num_attention_heads
         model.alibi = model.alibi[r * heads // tp:(r + 1) * heads // tp]
@@ -101,29 +120,23 @@ def _tensor_parallel(model, env):
 
 
 def _recompute_layers(model, dims):
-    # Llama-family decoder layers return (hidden, router_stats) - stats are None
-    # here (MoE is refused above); GPT blocks return hidden.
-    pair = type(model).__name__ == "LlamaForCausalLM"
+    # every family's layers are ``layer(x, *args) -> x`` (models.stage)
     skip = set(dims.no_recompute_layers)
     for i, layer in enumerate(model.layers):
         if i in skip:
             continue
         if dims.recompute_granularity == "full":
-            layer.forward = _recomputed(layer.forward, pair)
+            layer.forward = _recomputed(layer.forward)
         elif dims.recompute_granularity == "full_attn":
-            layer.self_attn.forward = _recomputed(layer.self_attn.forward, False)
+            layer.self_attn.forward = _recomputed(layer.self_attn.forward)
         else:  # core_attn: only softmax(QK^T)V
             attn = layer.self_attn
             attn.ops = dataclasses.replace(attn.ops, attention=_core_attention(attn.ops.attention))
 
 
-def _recomputed(forward, returns_pair: bool):
-    if returns_pair:
-        def run(x, *rest):
-            return recompute(lambda h, *a: forward(h, *a)[0], x, *rest), None
-    else:
-        def run(x, *rest):
-            return recompute(forward, x, *rest)
+def _recomputed(forward):
+    def run(x, *rest):
+        return recompute(forward, x, *rest)
     return run
 
 
@@ -170,9 +183,9 @@ def _pipeline(model, env) -> tuple[list[Chunk], bool]:
 
 def parallelize(model, env) -> Plan:
     dims = env.dims
-    _check_supported(model, dims)
+    tp_plan = _check_supported(model, dims)
     if dims.tp > 1:
-        _tensor_parallel(model, env)
+        _tensor_parallel(model, env, tp_plan)
     if dims.recompute:
         _recompute_layers(model, dims)
     chunks, tied = _pipeline(model, env)
@@ -189,15 +202,7 @@ def parallelize(model, env) -> Plan:
 def chunk_forward(model, chunk: Chunk, x, ctx):
     """One pipeline chunk: ids -> hidden (first), hidden -> hidden, hidden -> logits (last)."""
     if chunk.first:
-        x = model.embed(x, ctx) if _embed_takes_ctx(model) else model.embed(x)
+        x = model.embed(x, ctx)
     for i in chunk.layers:
         x = model.run_layer(model.layers[i], x, ctx)
     return model.head(x) if chunk.last else x
-
-
-def _embed_takes_ctx(model) -> bool:
-    return model.embed.__code__.co_argcount == 3
-
-
-def detach_for_send(t: paddle.Tensor) -> paddle.Tensor:
-    return t.detach().contiguous() if hasattr(t, "contiguous") else t.detach()

@@ -74,15 +74,10 @@ def shard_parameters(model, named_params, optimizer) -> int:
         if name.startswith("layers."):
             first_param.setdefault(int(name.split(".")[1]), i)
     bucket_of = {i: k for k, b in enumerate(optimizer.layout.buckets) for i in b.params}
-    pair = type(model).__name__ == "LlamaForCausalLM"  # (hidden, router_stats) outputs
-    for index, layer in enumerate(model.layers):
+    for index, layer in enumerate(model.layers):   # layer(x, *args) -> x for every family
         if index not in first_param:
             continue
-        unit = Unit((lambda fwd: (lambda h, *a: fwd(h, *a)[0]) if pair else fwd)(layer.forward),
-                    optimizer, bucket_of[first_param[index]])
-        if pair:
-            layer.forward = (lambda u: lambda x, *rest: (_Stage3.apply(u, x, *rest), None))(unit)
-        else:
-            layer.forward = (lambda u: lambda x, *rest: _Stage3.apply(u, x, *rest))(unit)
+        unit = Unit(layer.forward, optimizer, bucket_of[first_param[index]])
+        layer.forward = (lambda u: lambda x, *rest: _Stage3.apply(u, x, *rest))(unit)
         unit.release()
     return len(first_param)

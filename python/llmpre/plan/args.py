@@ -165,6 +165,7 @@ def parse_plan_arguments(json_file: Optional[str], flags: Dict[str, str]) -> Tup
     """Settings from a PaddleNLP argument file (optional) and flags (which win).
     Returns ``(settings, options)``; options hold ``gpu_memory`` (GiB or None) and ``json``."""
     from llmpre.models import get_config
+    from llmpre.parallel.dims import split_world
     from llmpre.train.args import TrainingArguments
 
     from_file = _read_file(json_file) if json_file else {}
@@ -198,30 +199,20 @@ def parse_plan_arguments(json_file: Optional[str], flags: Dict[str, str]) -> Tup
     degree = get("sharding_parallel_degree", -1)
     gpus = values.get("gpus")
     dp = values.get("dp")
-    if stage == 0:
-        if degree > 1:
-            raise ConfigError(f"{where}: a sharding degree of {degree} needs a sharding stage: add --stage 1/2/3 "
-                              "(or \"sharding\": \"stage1\" in the file)")
-        degree = 1
-    elif degree <= 0:
-        if gpus is None:
-            raise ConfigError(f"{where}: sharding_parallel_degree is -1 (all remaining GPUs): give --gpus N "
-                              "(the world size) or the degree with --sharding N")
-        rest = gpus // (tp * pp * (dp or 1))
-        if rest * tp * pp * (dp or 1) != gpus:
-            raise ConfigError(f"{where}: --gpus {gpus} is not a multiple of tp*pp*dp = {tp * pp * (dp or 1)}")
-        degree = rest
-    if dp is None:
-        if gpus is not None:
-            dp = gpus // (tp * pp * degree)
-            if dp * tp * pp * degree != gpus:
-                raise ConfigError(f"{where}: --gpus {gpus} is not a multiple of tp*pp*sharding = "
-                                  f"{tp * pp * degree}")
-        else:
-            dp = 1
-    elif gpus is not None and dp * tp * pp * degree != gpus:
-        raise ConfigError(f"{where}: --gpus {gpus} but dp*sharding*tp*pp = {dp}*{degree}*{tp}*{pp} = "
-                          f"{dp * degree * tp * pp}; change one of them")
+    if stage == 0 and degree > 1:
+        raise ConfigError(f"{where}: a sharding degree of {degree} needs a sharding stage: add --stage 1/2/3 "
+                          "(or \"sharding\": \"stage1\" in the file)")
+    if stage > 0 and degree <= 0 and gpus is None:
+        raise ConfigError(f"{where}: sharding_parallel_degree is -1 (all remaining GPUs): give --gpus N "
+                          "(the world size) or the degree with --sharding N")
+    known = degree if degree > 0 else 1 if stage == 0 else None
+    if dp is not None and gpus is not None and known and dp * known * tp * pp != gpus:
+        raise ConfigError(f"{where}: --gpus {gpus} but dp*sharding*tp*pp = {dp}*{known}*{tp}*{pp} = "
+                          f"{dp * known * tp * pp}; change one of them")
+    try:
+        dp, degree = split_world(gpus, tp, pp, degree, sharded=stage > 0, dp=dp)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" + (" (--gpus is the world size)" if gpus else "")) from None
 
     bf16, fp16 = get("bf16", False), get("fp16", False)
     if bf16 and fp16:

@@ -341,6 +341,8 @@ def _validate(args: TrainingArguments, where: str) -> None:
         raise ConfigError(f"{where}: `scale_loss` must be positive")
     if args.dataloader_num_workers < 0:
         raise ConfigError(f"{where}: `dataloader_num_workers` must be >= 0")
+    if args.distributed_timeout is not None and args.distributed_timeout <= 0:
+        raise ConfigError(f"{where}: `distributed_timeout` must be a positive number of seconds")
 
 
 def parse_flag_list(tokens: list[str]) -> dict:

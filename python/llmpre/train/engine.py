@@ -1,15 +1,26 @@
-"""How one optimizer step is computed: the single-process engine.
+"""How one optimizer step is computed: the training engine, for every layout.
 
-An engine owns the model's forward/backward, the optimizer and the checkpoint
-format; the trainer owns the loop, the schedule, loss scaling, guards, logging
-and evaluation cadence. :class:`llmpre.parallel.engine.ParallelEngine` has the
-same interface for tensor/pipeline/data parallel and sharded runs.
+A single process is the layout with every degree at 1 (groups of size 1, whose
+collectives do nothing): one code path for one process and for tensor,
+sequence, pipeline, data parallel and sharded runs. The engine owns the
+model's forward/backward, the optimizer (llmpre's flat-bucket AdamW,
+:class:`llmpre.parallel.optimizer.ShardedAdamW`), every collective and the
+checkpoint format; the trainer owns the loop, the schedule, loss scaling,
+guards, logging and evaluation cadence.
 
     loss = engine.forward_backward(next_batch, acc, loss_scale)  # mean micro-batch loss
-    engine.reduce()                       # make gradients global (no-op here)
+    engine.reduce()                       # make gradients global
     norm = engine.grad_norm()             # global L2 norm of the (scaled) gradients
     engine.step(lr, grad_scale)           # AdamW with gradients x grad_scale
     engine.zero_grad()
+
+Logged losses are averaged over the data-parallel ranks (each rank's loss is
+the mean over its own equal-sized slice of the global batch), so they equal
+the single-process loss of the same global batch.
+
+Checkpoints (:mod:`llmpre.parallel.ckpt` describes the files) load onto any
+layout; those of llmpre versions with a separate single-process engine
+(``model.safetensors`` + ``optimizer.safetensors``) load too.
 """
 
 from __future__ import annotations
@@ -18,9 +29,16 @@ import json
 import os
 import pickle
 import random
+import shutil
 
 import numpy as np
 
+from llmpre.parallel import ckpt as pckpt
+from llmpre.parallel import stage3
+from llmpre.parallel.optimizer import ShardedAdamW
+from llmpre.parallel.parallelize import parallelize
+from llmpre.parallel.pipeline import PipelineRunner
+from llmpre.parallel.tensor_parallel import TP_SPLIT
 from llmpre.train import checkpoint as ckpt
 
 
@@ -41,52 +59,77 @@ def set_rng_state(paddle, rng: dict) -> None:
     paddle.set_rng_state(rng["paddle"])
 
 
-class LocalEngine:
-    is_main = True
-    world_size = 1
+class Engine:
+    def __init__(self, paddle, model, precision, args, env, loss_fn):
+        """``loss_fn`` is the selected (fused or reference) loss; with tensor
+        parallelism the vocabulary-parallel cross-entropy replaces it."""
+        self.paddle, self.precision, self.env, self.args = paddle, precision, env, args
+        self.config = model.config
+        self.plan = parallelize(model, env)
+        self.model = self.plan.model
+        self.loss_fn = self.plan.loss_fn if env.dims.tp > 1 else loss_fn
+        self.params = [(n, p) for n, p in self.model.named_parameters() if not p.stop_gradient]
+        self.stage3 = env.dims.sharding_stage == 3 and env.dims.sharding > 1
+        self.optimizer = ShardedAdamW(self.params, env, betas=(args.adam_beta1, args.adam_beta2),
+                                      eps=args.adam_epsilon, weight_decay=args.weight_decay,
+                                      boundaries=stage3.unit_boundaries(self.params) if self.stage3 else ())
+        if self.stage3:
+            stage3.shard_parameters(self.model, self.params, self.optimizer)
+        self.is_main = env.rank == 0
+        self.world_size = env.world_size
+        self.pipeline = PipelineRunner(self.model, self.plan, env, self.loss_fn,
+                                       lambda: precision.autocast(paddle)) if env.dims.pp > 1 else None
 
-    def __init__(self, paddle, model, loss_fn, precision, args):
-        from llmpre.train.optim import AdamW
-
-        self.paddle, self.model, self.loss_fn, self.precision = paddle, model, loss_fn, precision
-        self.params = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
-        self.optimizer = AdamW(self.params, betas=(args.adam_beta1, args.adam_beta2),
-                               eps=args.adam_epsilon, weight_decay=args.weight_decay)
-
-    # ---- computing -------------------------------------------------------------
-    def _split(self, tokens: np.ndarray):
+    # ---- computing -----------------------------------------------------------------
+    def _split(self, tokens):
         t = self.paddle.to_tensor(tokens)
         return t[:, :-1], t[:, 1:]
 
-    def loss(self, tokens: np.ndarray, training: bool = True):
+    def _data_mean(self, value: float) -> float:
+        if self.env.data.size == 1:
+            return value
+        t = self.paddle.to_tensor([value], dtype="float32")
+        self.env.data.all_reduce(t)
+        return float(t.item()) / self.env.data.size
+
+    def loss(self, tokens, training: bool = True):
         """LM loss of a batch; in training, plus the MoE router's auxiliary loss
         (already scaled by its coefficient) when the model has one."""
         inputs, labels = self._split(tokens)
         with self.precision.autocast(self.paddle):
-            logits = self.model(inputs)
-            loss = self.loss_fn(logits, labels)
+            loss = self.loss_fn(self.model(inputs), labels)
         aux = getattr(self.model, "aux_loss", None)
         return loss + aux if training and aux is not None else loss
 
     def forward_backward(self, next_batch, acc: int, loss_scale: float = 1.0) -> float:
-        total = None
-        for _ in range(acc):
-            loss = self.loss(next_batch())
-            (loss * (loss_scale / acc)).backward()
-            total = loss.detach() if total is None else total + loss.detach()
-        return float((total / acc).item())
+        if self.pipeline is not None:
+            value = self.pipeline.run([self._split(next_batch()) for _ in range(acc)], loss_scale, train=True)
+        else:
+            total = None
+            for _ in range(acc):
+                loss = self.loss(next_batch())
+                (loss * (loss_scale / acc)).backward()
+                total = loss.detach() if total is None else total + loss.detach()
+            value = float((total / acc).item())
+        return self._data_mean(value)
 
-    def eval_loss(self, tokens: np.ndarray) -> float:
+    def eval_loss(self, tokens) -> float:
         with self.paddle.no_grad():
-            return float(self.loss(tokens, training=False).item())
+            if self.pipeline is not None:
+                value = self.pipeline.run([self._split(tokens)], 1.0, train=False)
+            else:
+                value = float(self.loss(tokens, training=False).item())
+        return self._data_mean(value)
 
     def reduce(self) -> None:
-        pass
+        if self.plan.tied_embedding and self.env.embed_group.size > 1:
+            for _, p in self.model.embed_tokens.named_parameters():
+                if p.grad is not None:
+                    self.env.embed_group.all_reduce(p.grad)
+        self.optimizer.reduce_gradients()
 
     def grad_norm(self) -> float:
-        from llmpre.train.optim import global_grad_norm
-
-        return global_grad_norm(self.params)
+        return self.optimizer.grad_norm()
 
     def step(self, lr: float, grad_scale: float) -> None:
         self.optimizer.step(lr, grad_scale=grad_scale)
@@ -97,61 +140,154 @@ class LocalEngine:
     def train_mode(self, on: bool) -> None:
         self.model.train() if on else self.model.eval()
 
+    # ---- agreement between ranks -------------------------------------------------------
     def any_rank(self, value: int) -> int:
-        """The largest of ``value`` over all ranks (here: this one)."""
-        return value
+        """The largest of ``value`` over every rank of the launch."""
+        if self.world_size == 1:
+            return value
+        import paddle.distributed as dist
 
-    def full_model(self):
-        """The whole model on this process (for the final HF export)."""
-        return self.model
+        t = self.paddle.to_tensor([int(value)], dtype="int64")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
 
-    # ---- checkpoints -------------------------------------------------------------
+    def broadcast_text(self, text: str | None) -> str | None:
+        """The main rank's string (or None) on every rank."""
+        if self.world_size == 1:
+            return text
+        paddle = self.paddle
+        data = (text or "").encode()
+        length = paddle.to_tensor([len(data)], dtype="int64")
+        paddle.distributed.broadcast(length, src=0)
+        n = int(length.item())
+        buf = paddle.to_tensor(np.frombuffer(data.ljust(n, b" "), dtype=np.uint8).copy()
+                               if n else np.zeros(1, np.uint8))
+        paddle.distributed.broadcast(buf, src=0)
+        return bytes(buf.numpy()[:n]).decode() or None
+
+    def barrier(self) -> None:
+        self.env.barrier()
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def _tp_slice(self, p, full: np.ndarray) -> np.ndarray:
+        split = getattr(p, TP_SPLIT, None)
+        return full if split is None else pckpt.local_slice(full, split[0], self.env.tp.index, self.env.tp.size)
+
     def save(self, output_dir: str, step: int, state: dict) -> str:
         from safetensors.numpy import save_file
 
-        model_arrays = {n: to_numpy(p) for n, p in self.model.named_parameters()}
-        opt_arrays, opt_scalars = self.optimizer.state_dict()
-        state = {**state, "optimizer": opt_scalars}
-        rng = rng_state(self.paddle)
-        writers = {
-            "model.safetensors": lambda path: save_file(model_arrays, path),
-            "optimizer.safetensors": lambda path: save_file(opt_arrays, path),
-            "trainer_state.json": lambda path: _write(path, json.dumps(state, indent=1).encode()),
-            "rng_state.pkl": lambda path: _write(path, pickle.dumps(rng)),
-        }
-        return ckpt.save_checkpoint(output_dir, step, writers)
+        env, world = self.env, self.env.groups
+        final = os.path.join(output_dir, f"{ckpt.PREFIX}{step}")
+        made = None
+        if self.is_main:
+            os.makedirs(output_dir, exist_ok=True)
+            made = ckpt.temp_dir(output_dir, step)     # named after rank 0, the writer of record
+        tmp = self.broadcast_text(made)
+        files = pckpt.rank_files(env)
+        writers = {files["rng"]: lambda path: _write(path, pickle.dumps(rng_state(self.paddle)))}
+        gathered = self.optimizer.materialise_all()     # stage 3: parameters are shards now
+        if files["writes_model"]:
+            arrays = {n: to_numpy(p) for n, p in self.model.named_parameters()}
+            meta = {pckpt.PARAMS_KEY: json.dumps({n: pckpt.param_meta(p) for n, p in self.model.named_parameters()})}
+            writers[files["model"]] = lambda path: save_file(arrays, path, metadata=meta)
+        if files["writes_optim"]:
+            pieces = {}
+            own = dict(self.params)
+            for name, items in self.optimizer.state_pieces().items():
+                # an fp32 parameter equals its master weight after every step: not stored twice
+                kinds = ("exp_avg", "exp_avg_sq") + (("master",) if own[name].dtype != self.paddle.float32 else ())
+                for start, end, *values in items:
+                    for kind, arr in zip(kinds, values):
+                        pieces[f"{name}|{start}|{end}|{kind}"] = np.ascontiguousarray(arr)
+            writers[files["optim"]] = lambda path: save_file(pieces, path)
+        for k in gathered:
+            self.optimizer.release_bucket(k)
+        if self.is_main:
+            dims = env.dims
+            layout = {"format": "llmpre-sharded-1", "dims": {"dp": dims.dp, "sharding": dims.sharding,
+                      "stage": dims.sharding_stage, "tp": dims.tp, "pp": dims.pp, "vpp": dims.vpp}}
+            state = {**state, "optimizer": {"step": self.optimizer.step_count}, "layout": layout}
+            writers["trainer_state.json"] = lambda path: _write(path, json.dumps(state, indent=1).encode())
+        error = None
+        try:
+            ckpt.write_files(tmp, writers)
+        except Exception as e:  # disk full etc.: every rank must learn, then all stop together
+            error = e
+        if self.any_rank(1 if error else 0):
+            self.barrier()
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise ckpt.save_failed(final, error or RuntimeError("another rank could not write its files"))
+        self.barrier()
+        if self.is_main:
+            ckpt.finalize(tmp, output_dir, step)
+        self.barrier()
+        return final
 
     def load(self, path: str) -> dict:
-        """Restore from a checkpoint of any layout (this process holds the whole model)."""
-        from llmpre.parallel.ckpt import GlobalTensors
-
-        tensors = GlobalTensors(path)
+        """Restore from a checkpoint of any layout."""
+        tensors = pckpt.GlobalTensors(path)
         own = dict(self.model.named_parameters())
         missing = sorted(set(own) - set(tensors.names()))
-        unexpected = sorted(set(tensors.names()) - set(own))
-        if missing or unexpected:
-            raise ckpt.CheckpointError(
-                f"{path}: parameters do not match this model (missing {missing[:4]}, unexpected "
-                f"{unexpected[:4]}); it was saved for another configuration")
-        arrays = {}
+        if missing:
+            raise ckpt.CheckpointError(f"{path}: parameters missing for this model ({missing[:4]}); it "
+                                       "was saved for another configuration")
+        cache: dict = {}
+        released = self.optimizer.materialise_all()
         for name, p in own.items():
-            a = tensors.param(name)
-            if tuple(a.shape) != tuple(p.shape):
-                raise ckpt.CheckpointError(f"{path}: {name} has shape {a.shape}, the model needs "
-                                           f"{tuple(p.shape)}")
-            p.set_value(self.paddle.to_tensor(a).astype(p.dtype))
-            m, v, master = tensors.optimizer(name)
-            arrays[f"{name}.exp_avg"], arrays[f"{name}.exp_avg_sq"] = m, v
-            if name in self.optimizer.master:
-                arrays[f"{name}.master"] = master if master is not None else a.astype(np.float32)
+            value = self._tp_slice(p, tensors.param(name))
+            if tuple(value.shape) != tuple(p.shape):
+                raise ckpt.CheckpointError(f"{path}: {name} has shape {value.shape} here, the model "
+                                           f"needs {tuple(p.shape)}")
+            p.set_value(self.paddle.to_tensor(value).astype(p.dtype))
+
+        def lookup(name, start, end):
+            if name not in cache:
+                p = own[name]
+                m, v, master = tensors.optimizer(name)
+                if master is None:
+                    master = tensors.param(name).astype(np.float32)
+                cache[name] = [self._tp_slice(p, a).reshape(-1) for a in (m, v, master)]
+            return tuple(a[start:end] for a in cache[name])
+
+        self.optimizer.load_state_pieces(lookup)
+        for k in released:
+            self.optimizer.release_bucket(k)
         with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as fh:
             state = json.load(fh)
-        self.optimizer.load_state_dict(arrays, state["optimizer"])
-        rng_file = os.path.join(path, "rng_state.pkl")
-        if os.path.exists(rng_file):
+        self.optimizer.step_count = int(state["optimizer"]["step"])
+        if tensors.layout is None:      # a checkpoint of the former single-process format
+            rng_file = os.path.join(path, "rng_state.pkl")
+            same_layout = self.world_size == 1
+        else:
+            rng_file = os.path.join(path, pckpt.rank_files(self.env)["rng"])
+            same_layout = tensors.layout["dims"]["tp"] == self.env.dims.tp
+        if same_layout and os.path.exists(rng_file):
             with open(rng_file, "rb") as fh:
                 set_rng_state(self.paddle, pickle.load(fh))
         return state
+
+    # ---- the final model ---------------------------------------------------------------
+    @property
+    def holds_whole_model(self) -> bool:
+        """Whether this process holds every parameter whole (one process of any kind)."""
+        return self.world_size == 1
+
+    def final_model(self, checkpoint: str | None, seed: int):
+        """The whole model for the final HF export on the main rank (None on the others):
+        this process's own model when it holds every parameter whole, else one built on
+        the main rank and filled from ``checkpoint`` (a checkpoint of this run)."""
+        if self.holds_whole_model:
+            return self.model
+        if not self.is_main:
+            return None
+        from llmpre.models import build_model
+
+        full = build_model(self.config, seed=seed)
+        tensors = pckpt.GlobalTensors(checkpoint)
+        for name, p in full.named_parameters():
+            p.set_value(self.paddle.to_tensor(tensors.param(name)).astype(p.dtype))
+        return full
 
 
 def _write(path: str, data: bytes) -> None:

@@ -6,7 +6,7 @@
   precision except those on the black list.
 - **O2**: weights stored in bf16/fp16 (``model.to(dtype)``; fp32 buffers such
   as RoPE tables are kept fp32), fp32 master weights and moments in the
-  optimizer (:class:`llmpre.train.optim.AdamW`), gradients cast to fp32 before
+  optimizer (:class:`llmpre.parallel.optimizer.ShardedAdamW`), gradients cast to fp32 before
   clipping and the update (PaddleNLP's ``amp_master_grad``; llmpre always does
   this, so ``amp_master_grad`` only documents it).
 

@@ -160,20 +160,15 @@ class Trainer:
                     args.model_name_or_path, f"{num_params:,}",
                     self.precision.dtype + (f" {self.precision.level}" if self.precision.low else ""),
                     self.threads, paddle.get_device())
-        if world > 1 or self.dims.world_size > 1 or self.dims.recompute:
-            from llmpre.parallel.engine import ParallelEngine
-            from llmpre.parallel.env import init_parallel
+        from llmpre.parallel.env import init_parallel
+        from llmpre.train.engine import Engine
 
-            self.env = init_parallel(self.dims)
+        # one engine: a single process is the layout whose every degree is 1
+        self.env = init_parallel(self.dims, timeout_s=args.distributed_timeout)
+        if self.dims.world_size > 1 or self.dims.recompute:
             logger.info("layout: %s", self.dims.describe())
-            self.engine = ParallelEngine(paddle, model, self.precision, args, self.env, loss_fn)
-            data_world, data_rank = self.dims.data_parallel_size, self.dims.data_rank(rank)
-        else:
-            from llmpre.train.engine import LocalEngine
-
-            self.env = None
-            self.engine = LocalEngine(paddle, model, loss_fn, self.precision, args)
-            data_world, data_rank = 1, 0
+        self.engine = Engine(paddle, model, self.precision, args, self.env, loss_fn)
+        data_world, data_rank = self.dims.data_parallel_size, self.dims.data_rank(rank)
         self.model = self.engine.model
 
         from llmpre.train.data import TrainData
@@ -315,23 +310,20 @@ class Trainer:
         args = self.args
         self._lock = None
         try:
-            if self.env is None or self.env.world_size == 1:
-                self._lock = RunLock.for_worker(args.output_dir)
-                resume = self._prepare_run_directory()
-            else:   # rank 0 locks, checks and tidies the run directory; every rank resumes from its choice
-                message = None
-                try:
-                    if self.engine.is_main:
-                        self._lock = RunLock.for_worker(args.output_dir)
-                        resume = self._prepare_run_directory()
-                    else:
-                        resume = None
-                except LlmpreError as e:
-                    resume, message = None, f"error:{e}"
-                reply = _broadcast_text(self.paddle, message or resume)
-                if reply and reply.startswith("error:"):
-                    raise ConfigError(reply[len("error:"):])
-                resume = reply
+            # rank 0 locks, checks and tidies the run directory; every rank resumes from its choice
+            resume, message = None, None
+            try:
+                if self.engine.is_main:
+                    self._lock = RunLock.for_worker(args.output_dir)
+                    resume = self._prepare_run_directory()
+            except LlmpreError as e:
+                if self.engine.world_size == 1:
+                    raise
+                message = f"error:{e}"
+            reply = self.engine.broadcast_text(message or resume)
+            if reply and reply.startswith("error:"):
+                raise ConfigError(reply[len("error:"):])
+            resume = reply
             self.monitor = Monitor(args.output_dir, args.report_to, args.logging_dir,
                                    enabled=self.engine.is_main)
             previous = self._install_signal_handlers()
@@ -495,9 +487,7 @@ class Trainer:
         if self.engine.is_main:
             meta = weights_metadata(self.args.output_dir)
             missing = "1" if meta is None or meta.get(FINAL_STEP_KEY) != str(self.global_step) else ""
-        if self.env is not None and self.env.world_size > 1:
-            missing = _broadcast_text(self.paddle, missing)
-        return bool(missing)
+        return bool(self.engine.broadcast_text(missing))
 
     def save_final(self) -> None:
         """Final weights in HuggingFace layout in output_dir (loadable by from_pretrained);
@@ -518,22 +508,15 @@ class Trainer:
         from llmpre.models import save_pretrained
 
         meta = {FINAL_STEP_KEY: str(self.global_step)}
-        if self.env is None:
-            save_pretrained(self.model, self.args.output_dir, metadata=meta)
-        else:
+        path = None
+        if not self.engine.holds_whole_model:   # assembled from this step's checkpoint
             path = os.path.join(self.args.output_dir, f"{ckpt.PREFIX}{self.global_step}")
             if not os.path.isdir(path):
                 self.save()
-            if self.engine.is_main:
-                from llmpre.models import build_model
-                from llmpre.parallel.ckpt import GlobalTensors
-
-                full = build_model(self.config, seed=self.args.seed)
-                tensors = GlobalTensors(path)
-                for name, p in full.named_parameters():
-                    p.set_value(self.paddle.to_tensor(tensors.param(name)).astype(p.dtype))
-                save_pretrained(full, self.args.output_dir, metadata=meta)
-            self.env.barrier()
+        model = self.engine.final_model(path, seed=self.args.seed)
+        if model is not None:
+            save_pretrained(model, self.args.output_dir, metadata=meta)
+        self.engine.barrier()
 
 
 def _json_number(value: float):
@@ -568,18 +551,6 @@ def threading_main() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _broadcast_text(paddle, text: str | None) -> str | None:
-    """Rank 0's string (or None) on every rank."""
-    data = (text or "").encode()
-    length = paddle.to_tensor([len(data)], dtype="int64")
-    paddle.distributed.broadcast(length, src=0)
-    buf = paddle.to_tensor(np.frombuffer(data.ljust(int(length.item()), b" "), dtype=np.uint8).copy()
-                           if int(length.item()) else np.zeros(1, np.uint8))
-    paddle.distributed.broadcast(buf, src=0)
-    out = bytes(buf.numpy()[: int(length.item())]).decode()
-    return out or None
 
 
 def _progress(args: TrainingArguments, initial: int):

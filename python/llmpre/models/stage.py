@@ -1,0 +1,53 @@
+"""The one interface between a model family and ``llmpre.parallel``.
+
+Every causal-LM class (LLaMA family, GPT family, their MoE and latent-attention
+variants) has the same four pieces of ``forward``, which pipeline stages,
+recomputation and stage-3 sharding call on their own:
+
+    ctx = model.context(batch, seq, position_ids=None)  # what every layer reads
+    x = model.embed(input_ids, ctx)                       # [b, s] -> [b, s, hidden]
+    x = model.run_layer(model.layers[i], x, ctx)          # a decoder layer
+    logits = model.head(x)                                # [b, s, hidden] -> [b, s, vocab]
+
+A decoder layer is called as ``layer(x, *args) -> x`` (one tensor in, one out),
+so any layer's ``forward`` can be wrapped (recompute, stage-3 gathering)
+without knowing the family. Side results a layer produces (MoE router
+statistics) are left on the layer and collected by ``run_layer``.
+
+Each family declares what may be done to it, next to its model, as
+``model.parallel_support()`` -> :class:`ParallelSupport`; ``llmpre.parallel``
+reads that declaration and never looks at class names or argument lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The tensor-parallel plan of a decoder layer: sub-module -> how it is split.
+#   "heads"     columns by attention head (q); "kv_heads": by KV head, replicated
+#               when there are fewer KV heads than ranks (k, v)
+#   "heads_row" rows by attention head (o); "column" / "row": the MLP's split
+ATTENTION_MLP_PLAN = (
+    ("self_attn.q_proj", "heads"), ("self_attn.k_proj", "kv_heads"), ("self_attn.v_proj", "kv_heads"),
+    ("self_attn.o_proj", "heads_row"),
+    ("mlp.gate_proj", "column"), ("mlp.up_proj", "column"), ("mlp.down_proj", "row"),
+)
+
+
+@dataclass(frozen=True)
+class ParallelSupport:
+    """What ``llmpre.parallel`` may apply to a model.
+
+    ``tensor_parallel`` is the per-layer plan (empty: no tensor parallelism);
+    the embedding and LM head are always split over the vocabulary with it.
+    Each ``*_why_not`` says, for the error message, why a feature is absent.
+    """
+    tensor_parallel: tuple = ATTENTION_MLP_PLAN
+    sequence_parallel: bool = True
+    pipeline: bool = True
+    recompute: bool = True
+    why_not: dict = field(default_factory=dict)   # feature -> reason it is unsupported
+
+    def refuse(self, feature: str, model_type: str) -> str:
+        reason = self.why_not.get(feature, "not supported by this model family")
+        return f"{model_type}: {feature.replace('_', ' ')} is not available: {reason}"

@@ -1,0 +1,82 @@
+"""Execute a pipeline schedule (:mod:`llmpre.parallel.schedule`) on this rank.
+
+:class:`PipelineRunner` runs the forward and backward actions of this rank's
+chunks round by round, exchanging activations and their gradients with the
+neighbouring stages (point-to-point on the pipeline group), and returns the
+mean loss of the micro-batches on every pipeline rank. Activations travel in
+the parameters' dtype (autocast may compute in another).
+"""
+
+from __future__ import annotations
+
+import paddle
+
+from llmpre.parallel.parallelize import chunk_forward
+from llmpre.parallel.schedule import timeline, transfers
+
+
+class PipelineRunner:
+    def __init__(self, model, plan, env, loss_fn, autocast):
+        """``autocast()`` returns the context manager the forward runs under."""
+        self.model, self.plan, self.env = model, plan, env
+        self.loss_fn, self.autocast = loss_fn, autocast
+        self.kind = "interleaved" if env.dims.vpp > 1 else "1f1b"
+        self._timelines: dict = {}
+
+    def run(self, split_batches, loss_scale: float, train: bool) -> float:
+        """Run the schedule over ``split_batches`` (one ``(inputs, labels)`` per
+        micro-batch); returns their mean loss on every pipeline rank."""
+        env = self.env
+        dims, pp_group = env.dims, env.pp
+        m = len(split_batches)
+        key = ("train" if train else "forward", m)
+        if key not in self._timelines:
+            self._timelines[key] = timeline(self.kind if train else "forward", dims.pp, m, dims.vpp)
+        me = env.coords["pp"]
+        bsz, seq = split_batches[0][0].shape
+        act_shape = [bsz, seq // dims.tp if dims.sequence_parallel else seq, self.model.config.hidden_size]
+        dtype = next(p for _, p in self.model.named_parameters()).dtype
+        ctx = self.model.context(bsz, seq)
+        inputs, saved, grads_in, to_send, losses = {}, {}, {}, {}, []
+        for rnd in self._timelines[key]:
+            for rank, (op, mb, c) in rnd:
+                if rank != me:
+                    continue
+                chunk = self.plan.chunks[c]
+                g = chunk.stage
+                if op == "F":
+                    x = split_batches[mb][0] if chunk.first else inputs.pop((mb, g))
+                    if not chunk.first and train:
+                        x.stop_gradient = False
+                    with self.autocast():
+                        y = chunk_forward(self.model, chunk, x, ctx)
+                        if chunk.last:
+                            y = self.loss_fn(y, split_batches[mb][1])
+                    if chunk.last:
+                        losses.append(float(y.item()))
+                    else:   # activations travel in the parameters' dtype (autocast may differ)
+                        to_send[("act", mb, g + 1)] = y.detach().astype(dtype)
+                    if train:
+                        saved[(mb, g)] = (x, y)
+                else:
+                    x, y = saved.pop((mb, g))
+                    if chunk.last:
+                        (y * (loss_scale / m)).backward()
+                    else:
+                        paddle.autograd.backward([y], [grads_in.pop((mb, g))])
+                    if not chunk.first:
+                        to_send[("grad", mb, g - 1)] = x.grad.astype(dtype)
+            tasks = []
+            for src, dst, kind, mb, g in transfers(rnd, dims.pp, dims.vpp):
+                if src == me:
+                    t = to_send.pop((kind, mb, g)).contiguous()
+                    tasks.append(paddle.distributed.isend(t, dst=pp_group.ranks[dst], group=pp_group.handle))
+                if dst == me:
+                    buf = paddle.empty(act_shape, dtype=dtype)
+                    tasks.append(paddle.distributed.irecv(buf, src=pp_group.ranks[src], group=pp_group.handle))
+                    (inputs if kind == "act" else grads_in)[(mb, g)] = buf
+            for t in tasks:
+                t.wait()
+        mean = paddle.to_tensor([sum(losses) / m if losses else 0.0], dtype="float32")
+        pp_group.all_reduce(mean)            # only the last stage contributed
+        return float(mean.item())
