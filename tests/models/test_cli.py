@@ -11,6 +11,7 @@ from llmpre.cli import main
 from llmpre.cli.export_cmd import parse_size
 from llmpre.errors import ConfigError
 from llmpre.models import PRESETS, build_model, from_pretrained, save_pretrained
+from llmpre.models.hf_config import to_hf_dict
 from llmpre.train.checkpoint import save_checkpoint
 
 from .test_config import scaled_down
@@ -46,7 +47,7 @@ def _training_checkpoint(tmp_path, config, seed=1):
     """A checkpoint as the trainer writes it: llmpre-named weights + trainer_state.json."""
     model = build_model(config, seed=seed)
     arrays = {n: p.numpy() for n, p in model.named_parameters()}
-    state = {"global_step": 3, "model_config": config.to_hf_dict()}
+    state = {"global_step": 3, "model_config": to_hf_dict(config)}
     path = save_checkpoint(str(tmp_path / "run"), 3, {
         "model.safetensors": lambda p: save_file(arrays, p),
         "trainer_state.json": lambda p: open(p, "w").write(json.dumps(state)),

@@ -10,6 +10,7 @@ import pytest
 
 from llmpre.errors import ConfigError
 from llmpre.models import PRESETS, MLAConfig, ModelConfig, MoEConfig, RopeScaling, build_model, get_config, get_preset
+from llmpre.models.hf_config import from_hf_dict, to_hf_dict
 from llmpre.models.presets import ALIASES
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "hf"
@@ -216,8 +217,8 @@ def test_rope_scaling_mapping_is_normalised_and_hashable():
 @pytest.mark.parametrize("model", ["llama", "qwen2"])
 def test_fixture_configs_in_both_key_styles_agree(model):
     path = fixture_dir(model)
-    v5 = ModelConfig.from_hf_dict(json.loads((path / "config.json").read_text()))
-    v4 = ModelConfig.from_hf_dict(json.loads((path / "config.v4.json").read_text()))
+    v5 = from_hf_dict(json.loads((path / "config.json").read_text()))
+    v4 = from_hf_dict(json.loads((path / "config.v4.json").read_text()))
     assert v5 == v4
     assert (v5.hidden_size, v5.num_attention_heads, v5.num_key_value_heads, v5.head_dim) == (64, 4, 2, 16)
     assert v5.model_type == model
@@ -231,15 +232,15 @@ def test_rope_scaling_in_both_key_styles():
                   num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
     scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 8192, "rope_type": "llama3"}
-    v4 = ModelConfig.from_hf_dict({**common, "rope_theta": 500000.0, "rope_scaling": scaling})
-    v5 = ModelConfig.from_hf_dict({**common, "rope_parameters": {**scaling, "rope_theta": 500000.0}})
+    v4 = from_hf_dict({**common, "rope_theta": 500000.0, "rope_scaling": scaling})
+    v5 = from_hf_dict({**common, "rope_parameters": {**scaling, "rope_theta": 500000.0}})
     assert v4 == v5
     assert v4.rope_theta == 500000.0 and v4.rope_scaling.rope_type == "llama3"
-    legacy = ModelConfig.from_hf_dict({**common, "rope_scaling": {"type": "dynamic", "factor": 2.0}})
+    legacy = from_hf_dict({**common, "rope_scaling": {"type": "dynamic", "factor": 2.0}})
     assert legacy.rope_scaling == RopeScaling("dynamic", 2.0)
     yarn = {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "beta_fast": 32,
             "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}
-    y = ModelConfig.from_hf_dict({**common, "rope_scaling": yarn}).rope_scaling
+    y = from_hf_dict({**common, "rope_scaling": yarn}).rope_scaling
     assert (y.rope_type, y.factor, y.mscale, y.mscale_all_dim) == ("yarn", 40.0, 0.707, 0.707)
 
 
@@ -247,8 +248,8 @@ def test_rope_scaling_in_both_key_styles():
 @pytest.mark.parametrize("style", ["v4", "v5"])
 def test_presets_round_trip_through_hf_dict(name, style):
     config = PRESETS[name]
-    d = json.loads(json.dumps(config.to_hf_dict(style=style)))
-    assert ModelConfig.from_hf_dict(d) == config
+    d = json.loads(json.dumps(to_hf_dict(config, style=style)))
+    assert from_hf_dict(d) == config
     if config.model_type in ("qwen", "chatglm", "gpt2", "opt", "bloom"):  # own keys (rotary_emb_base...) or none
         assert "rope_theta" not in d and "rope_parameters" not in d
     elif style == "v4":
@@ -259,16 +260,16 @@ def test_presets_round_trip_through_hf_dict(name, style):
 
 def test_to_hf_dict_refuses_combinations_hf_cannot_express():
     with pytest.raises(ConfigError, match="o_proj|qwen2"):
-        ModelConfig(**SMALL, attention_bias=True).to_hf_dict()
+        to_hf_dict(ModelConfig(**SMALL, attention_bias=True))
     with pytest.raises(ConfigError, match="qwen2"):
-        ModelConfig(**SMALL, model_type="qwen2").to_hf_dict()
+        to_hf_dict(ModelConfig(**SMALL, model_type="qwen2"))
     with pytest.raises(ConfigError, match="sliding_window"):
-        ModelConfig(**SMALL, sliding_window=16).to_hf_dict()
+        to_hf_dict(ModelConfig(**SMALL, sliding_window=16))
     with pytest.raises(ConfigError, match="cannot express"):
-        ModelConfig(**SMALL, partial_rotary_factor=0.5).to_hf_dict()
+        to_hf_dict(ModelConfig(**SMALL, partial_rotary_factor=0.5))
     with pytest.raises(ConfigError, match="would change"):
-        ModelConfig(**SMALL, model_type="qwen", attention_bias=True,
-                    rope_scaling=RopeScaling("linear", 2.0)).to_hf_dict()
+        to_hf_dict(ModelConfig(**SMALL, model_type="qwen", attention_bias=True,
+                               rope_scaling=RopeScaling("linear", 2.0)))
 
 
 @pytest.mark.parametrize("patch, words", [
@@ -290,15 +291,15 @@ def test_from_hf_dict_rejects_unsupported_features(patch, words):
     d = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], **SMALL, "max_position_embeddings": 256,
          **patch}
     with pytest.raises(ConfigError) as e:
-        ModelConfig.from_hf_dict(d)
+        from_hf_dict(d)
     for word in words:
         assert word in str(e.value)
 
 
 def test_mistral_sliding_window_is_read():
     d = {"model_type": "mistral", "architectures": ["MistralForCausalLM"], **SMALL, "sliding_window": None}
-    assert ModelConfig.from_hf_dict(d).sliding_window is None
-    assert ModelConfig.from_hf_dict({**d, "sliding_window": 4096}).sliding_window == 4096
+    assert from_hf_dict(d).sliding_window is None
+    assert from_hf_dict({**d, "sliding_window": 4096}).sliding_window == 4096
 
 
 def test_required_presets_exist_with_exact_numbers():

@@ -12,6 +12,7 @@ from safetensors.numpy import save_file
 from llmpre.cli import main
 from llmpre.cli.export_cmd import verify_for_export
 from llmpre.models import PRESETS, build_model, from_pretrained
+from llmpre.models.hf_config import to_hf_dict
 from llmpre.train.checkpoint import save_checkpoint
 
 from .test_config import scaled_down
@@ -28,7 +29,7 @@ def checkpoint(tmp_path, optimizer_name="optimizer.safetensors"):
     model = build_model(config, seed=3)
     arrays = {n: p.numpy() for n, p in model.named_parameters()}
     moments = {f"{n}.exp_avg": np.zeros_like(a) for n, a in arrays.items()}
-    state = {"global_step": 2, "model_config": config.to_hf_dict()}
+    state = {"global_step": 2, "model_config": to_hf_dict(config)}
     path = save_checkpoint(str(tmp_path / "run"), 2, {
         "model.safetensors": lambda p: save_file(arrays, p),
         optimizer_name: lambda p: save_file(moments, p),

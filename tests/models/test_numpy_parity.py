@@ -17,6 +17,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from llmpre.models import ModelConfig, build_model, causal_lm_loss, from_pretrained, save_pretrained
+from llmpre.models.hf_config import from_hf_dict
 
 from . import numpy_ref
 from .parity import hf_grads, max_abs
@@ -67,7 +68,7 @@ def seeded_weights(model, seed=7):
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def family(request, tmp_path_factory):
     hf_config = CONFIGS[request.param]
-    config = ModelConfig.from_hf_dict(hf_config)
+    config = from_hf_dict(hf_config)
     model = build_model(config, seed=0)
     seeded_weights(model)
     path = tmp_path_factory.mktemp(request.param)

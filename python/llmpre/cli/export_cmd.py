@@ -72,7 +72,7 @@ def load_llmpre_checkpoint(path: Path, dtype: str):
     its manifest (the optimizer state may be missing: a warning says so)."""
     import paddle
 
-    from llmpre.models import ModelConfig
+    from llmpre.models.hf_config import from_hf_dict
     from llmpre.models.hf import build
     from llmpre.parallel.ckpt import GlobalTensors
 
@@ -83,7 +83,7 @@ def load_llmpre_checkpoint(path: Path, dtype: str):
     state = json.loads((path / "trainer_state.json").read_text())
     if "model_config" not in state:
         raise ConfigError(f"{path / 'trainer_state.json'}: no model_config; not an llmpre checkpoint")
-    model = build(ModelConfig.from_hf_dict(state["model_config"]), dtype)
+    model = build(from_hf_dict(state["model_config"]), dtype)
     params = dict(model.named_parameters())
     tensors = GlobalTensors(str(path))
     names = set(tensors.names())

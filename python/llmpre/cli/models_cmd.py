@@ -39,6 +39,7 @@ def _size(n: int) -> str:
 def models(name, family, aliases):
     """List model presets with their sizes (parameters computed from the config, equal to
     the built model's).  With NAME (a preset or hub id), print that model's HF config.json."""
+    from llmpre.models.hf_config import to_hf_dict
     from llmpre.models.presets import ALIASES, PRESETS, get_preset
 
     names_of = {}
@@ -50,7 +51,7 @@ def models(name, family, aliases):
         click.echo(f"{preset}: {cfg.num_parameters():,} parameters ({cfg.model_type})")
         if names_of.get(preset):
             click.echo("also: " + ", ".join(names_of[preset]))
-        click.echo(json.dumps(cfg.to_hf_dict(), indent=2, sort_keys=True))
+        click.echo(json.dumps(to_hf_dict(cfg), indent=2, sort_keys=True))
         return
     click.echo(f"{'name':<30} {'type':<12} {'params':>9} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>4} "
                f"{'vocab':>7}  features")

@@ -389,23 +389,3 @@ class ModelConfig:
         if "num_key_value_heads" not in changes and self.num_key_value_heads == self.num_attention_heads:
             changes["num_key_value_heads"] = None
         return dataclasses.replace(self, **changes)
-
-    # ---------------------------------------------------------------- HF form
-    def to_hf_dict(self, style: str = "v4") -> dict:
-        """The HF ``config.json`` content of this config's ``model_type``.
-
-        ``style="v4"`` writes ``rope_theta``/``rope_scaling``/``torch_dtype`` (read by
-        transformers 4 and 5); ``"v5"`` writes ``rope_parameters``/``dtype``.
-        """
-        from llmpre.models.hf_config import to_hf_dict
-
-        return to_hf_dict(self, style)
-
-    @classmethod
-    def from_hf_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
-        """Build from an HF ``config.json`` mapping in transformers-5 keys
-        (``rope_parameters``, ``dtype``) or transformers-4 keys (``rope_theta``,
-        ``rope_scaling``, ``torch_dtype``).  Unsupported features raise ConfigError."""
-        from llmpre.models.hf_config import from_hf_dict
-
-        return from_hf_dict(d)

@@ -22,6 +22,7 @@ from safetensors.paddle import save_file
 
 from llmpre.errors import ConfigError
 from llmpre.models.config import ModelConfig
+from llmpre.models.hf_config import from_hf_dict, to_hf_dict
 from llmpre.models.hf_names import IGNORABLE_SUFFIXES, checkpoint_rules, from_hf, hf_shapes, to_hf
 
 CONFIG_NAME = "config.json"
@@ -54,7 +55,7 @@ def load_hf_config(path: PathLike) -> ModelConfig:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{file}: cannot read it as JSON ({e}); it should be an HF config.json") from None
     try:
-        return ModelConfig.from_hf_dict(d)
+        return from_hf_dict(d)
     except ConfigError as e:
         raise ConfigError(f"{file}: {e}") from None
 
@@ -216,11 +217,11 @@ def save_pretrained(model: nn.Layer, path: PathLike, style: str = "v4", max_shar
 
     Each file is written to a temporary name in ``path`` and renamed into place,
     weights first and config last, so a reader never sees a half-written checkpoint.
-    ``style`` picks the config keys (see :meth:`ModelConfig.to_hf_dict`); ``metadata``
+    ``style`` picks the config keys (see :func:`llmpre.models.hf_config.to_hf_dict`); ``metadata``
     (strings) is stored in every weights file (see :func:`weights_metadata`).
     """
     path = Path(path)
-    config = model.config.to_hf_dict(style=style)  # validates before anything is written
+    config = to_hf_dict(model.config, style=style)  # validates before anything is written
     config["dtype" if style == "v5" else "torch_dtype"] = _dtype_name(model)
     path.mkdir(parents=True, exist_ok=True)
     tensors = hf_state_dict(model)

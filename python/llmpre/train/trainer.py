@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from llmpre.errors import ConfigError, LlmpreError
+from llmpre.models.hf_config import to_hf_dict
 from llmpre.runtime import configure_threads, import_paddle
 from llmpre.train import checkpoint as ckpt
 from llmpre.train import guards
@@ -142,7 +143,7 @@ class Trainer:
 
         self.config = _model_config(args)
         self.dims.validate(world, self.config, args.gradient_accumulation_steps)
-        logger.info("Final pre-training config: %s", json.dumps(self.config.to_hf_dict(), sort_keys=True))
+        logger.info("Final pre-training config: %s", json.dumps(to_hf_dict(self.config), sort_keys=True))
         from llmpre.models import build_model, from_pretrained
         from llmpre.ops.select import describe, flags_from_args, select_ops
 
@@ -202,7 +203,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "loss_scaler": self.scaler.state_dict(),
             "args": self.args.to_dict(),
-            "model_config": self.config.to_hf_dict(),
+            "model_config": to_hf_dict(self.config),
         }
 
     def save(self) -> str:
@@ -226,7 +227,7 @@ class Trainer:
         """Check the run directory's identity, clear or tidy it; returns the
         checkpoint to resume from (None to start fresh)."""
         args = self.args
-        identity = guards.run_identity(args, self.config.to_hf_dict())
+        identity = guards.run_identity(args, to_hf_dict(self.config))
         if args.resume_from_checkpoint:
             if not os.path.isdir(args.resume_from_checkpoint):
                 raise ConfigError(f"resume_from_checkpoint '{args.resume_from_checkpoint}': "
