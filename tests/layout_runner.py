@@ -23,7 +23,8 @@ GLOBAL_BATCH = 4      # sequences per micro-batch over all data-parallel ranks
 
 def train(output_dir, nproc: int, *extra, steps: int = 5, data_ranks: int = 1):
     """Train ``steps`` steps in ``nproc`` processes (1: in one process, no launcher);
-    returns the CompletedProcess. Per-device batch = GLOBAL_BATCH / data_ranks."""
+    returns the finished process (its output in ``.output``).
+    Per-device batch = GLOBAL_BATCH / data_ranks."""
     argv = [sys.executable, "-m", "llmpre.cli", "train", *COMMON, "--max_steps", str(steps),
             "--per_device_train_batch_size", str(GLOBAL_BATCH // data_ranks),
             "--output_dir", str(output_dir), *extra]
@@ -43,6 +44,7 @@ def train(output_dir, nproc: int, *extra, steps: int = 5, data_ranks: int = 1):
         logs = os.path.join(str(output_dir), "launch_logs", "workerlog.0")
         tail = open(logs).read()[-3000:] if os.path.exists(logs) else ""
         raise AssertionError(f"training failed (exit {proc.returncode}):\n{out[-3000:]}\n{tail}")
+    proc.output = out
     return proc
 
 
