@@ -41,11 +41,11 @@ std::vector<paddle::Tensor> SwiGluBackwardCuda(const paddle::Tensor& gate, const
 // Same inputs, attributes and outputs as the CPU functions of flash_attention_op.cc.
 std::vector<paddle::Tensor> FlashAttentionForwardCuda(
     const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
-    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale);
+    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale, int kernel);
 std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
     const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
     const paddle::optional<paddle::Tensor>& alibi_slopes, const paddle::Tensor& out,
-    const paddle::Tensor& lse, const paddle::Tensor& dout, bool causal, int window, float scale);
+    const paddle::Tensor& lse, const paddle::Tensor& dout, bool causal, int window, float scale, int kernel);
 #endif
 
 #ifdef LLMPRE_CUDA_CROSS_ENTROPY

@@ -85,14 +85,22 @@ void check_all_cpu(const paddle::Tensor& q, const paddle::Tensor& kt, const padd
   check_cpu(v, kOp, "v");
   if (alibi_slopes) check_cpu(*alibi_slopes, kOp, "alibi_slopes");
 }
+// The GPU kernel set (llmpre.ops.select chooses it): 0 auto, 1 portable, 2 Hopper. The CPU
+// has one kernel; the choice is still checked so a bad value fails on any device.
+void check_kernel_choice(int kernel) {
+  PD_CHECK(kernel >= 0 && kernel <= 2, kOp, ": `kernel` must be 0 (auto), 1 (portable) or 2 (hopper), got ",
+           kernel);
+}
 }  // namespace
 
 std::vector<paddle::Tensor> FlashAttentionForward(
     const paddle::Tensor& q_in, const paddle::Tensor& k_in, const paddle::Tensor& v_in,
-    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale) {
+    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale, int kernel) {
+  check_kernel_choice(kernel);
   k::FlashAttentionFwdParams p = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
 #ifdef LLMPRE_CUDA_FLASH_ATTENTION
-  if (q_in.is_gpu()) return FlashAttentionForwardCuda(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
+  if (q_in.is_gpu())
+    return FlashAttentionForwardCuda(q_in, k_in, v_in, alibi_slopes, causal, window, scale, kernel);
 #endif
   check_all_cpu(q_in, k_in, v_in, alibi_slopes);
   const paddle::Tensor q = contiguous(q_in), kt = contiguous(k_in), v = contiguous(v_in);
@@ -113,7 +121,9 @@ std::vector<paddle::Tensor> FlashAttentionForward(
 std::vector<paddle::Tensor> FlashAttentionBackward(
     const paddle::Tensor& q_in, const paddle::Tensor& k_in, const paddle::Tensor& v_in,
     const paddle::optional<paddle::Tensor>& alibi_slopes, const paddle::Tensor& out_in,
-    const paddle::Tensor& lse_in, const paddle::Tensor& dout_in, bool causal, int window, float scale) {
+    const paddle::Tensor& lse_in, const paddle::Tensor& dout_in, bool causal, int window, float scale,
+    int kernel) {
+  check_kernel_choice(kernel);
   const k::FlashAttentionFwdParams fp = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
   if (!has_grad(dout_in))
     return {paddle::zeros(q_in.shape(), q_in.dtype(), q_in.place()),
@@ -123,7 +133,7 @@ std::vector<paddle::Tensor> FlashAttentionBackward(
 #ifdef LLMPRE_CUDA_FLASH_ATTENTION
   if (q_in.is_gpu())
     return FlashAttentionBackwardCuda(q_in, k_in, v_in, alibi_slopes, out_in, lse_in, dout_in, causal,
-                                      window, scale);
+                                      window, scale, kernel);
 #endif
   check_all_cpu(q_in, k_in, v_in, alibi_slopes);
   check_cpu(out_in, kOp, "out");
@@ -155,7 +165,8 @@ std::vector<paddle::Tensor> FlashAttentionBackward(
 
 std::vector<std::vector<int64_t>> FlashAttentionInferShape(
     const std::vector<int64_t>& q, const std::vector<int64_t>& k, const std::vector<int64_t>& v,
-    const paddle::optional<std::vector<int64_t>>& alibi_slopes, bool causal, int window, float scale) {
+    const paddle::optional<std::vector<int64_t>>& alibi_slopes, bool causal, int window, float scale,
+    int kernel) {
   PD_CHECK(q.size() == 4 && v.size() == 4, kOp,
            ": `q` and `v` must be [batch, seq, heads, head_dim], got ", shape_str(q), " and ",
            shape_str(v));
@@ -171,7 +182,7 @@ std::vector<paddle::DataType> FlashAttentionInferDtype(
 PD_BUILD_OP(llmpre_flash_attention)
     .Inputs({"q", "k", "v", paddle::Optional("alibi_slopes")})
     .Outputs({"out", "lse"})
-    .Attrs({"causal: bool", "window: int", "scale: float"})
+    .Attrs({"causal: bool", "window: int", "scale: float", "kernel: int"})
     .SetKernelFn(PD_KERNEL(FlashAttentionForward))
     .SetInferShapeFn(PD_INFER_SHAPE(FlashAttentionInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(FlashAttentionInferDtype));
@@ -179,5 +190,5 @@ PD_BUILD_OP(llmpre_flash_attention)
 PD_BUILD_GRAD_OP(llmpre_flash_attention)
     .Inputs({"q", "k", "v", paddle::Optional("alibi_slopes"), "out", "lse", paddle::Grad("out")})
     .Outputs({paddle::Grad("q"), paddle::Grad("k"), paddle::Grad("v")})
-    .Attrs({"causal: bool", "window: int", "scale: float"})
+    .Attrs({"causal: bool", "window: int", "scale: float", "kernel: int"})
     .SetKernelFn(PD_KERNEL(FlashAttentionBackward));

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -128,19 +127,8 @@ std::string hopper_unavailable(const FlashAttentionFwdParams& p, const fa::Devic
   return std::string();
 }
 
-FlashAttentionKernel requested_kernel(const FlashAttentionFwdParams& p) {
-  if (p.kernel != FlashAttentionKernel::kAuto) return p.kernel;
-  const char* env = std::getenv("LLMPRE_FLASH_ATTENTION_KERNEL");
-  if (env == nullptr || *env == '\0' || std::string(env) == "auto") return FlashAttentionKernel::kAuto;
-  if (std::string(env) == "portable") return FlashAttentionKernel::kPortable;
-  if (std::string(env) == "hopper") return FlashAttentionKernel::kHopper;
-  throw std::invalid_argument(std::string("flash_attention: LLMPRE_FLASH_ATTENTION_KERNEL must be auto, portable "
-                                          "or hopper, got '") +
-                              env + "'");
-}
-
 bool use_hopper(const FlashAttentionFwdParams& p, const fa::DeviceInfo& dev, bool backward) {
-  const FlashAttentionKernel k = requested_kernel(p);
+  const FlashAttentionKernel k = p.kernel;   // chosen by the caller (llmpre.ops.select for Paddle)
   if (k == FlashAttentionKernel::kPortable) return false;
   const std::string why = hopper_unavailable(p, dev, backward);
   if (k == FlashAttentionKernel::kHopper && !why.empty())

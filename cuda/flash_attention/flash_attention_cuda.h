@@ -21,8 +21,8 @@
 //     (head_dim 64/128/256) and bwd_sm90_kernel.cuh (64/128).
 // FlashAttentionFwdParams::kernel chooses; kAuto takes the Hopper kernels on an
 // sm_90 device when they exist for the head_dim and pass, else the portable
-// ones (the environment variable LLMPRE_FLASH_ATTENTION_KERNEL=portable|hopper
-// overrides kAuto).
+// ones. The caller decides (for Paddle: llmpre.ops.select_ops, where the
+// environment variable LLMPRE_FLASH_ATTENTION_KERNEL is read as an override).
 //
 // Supported: bf16 and fp16; head_dim 64, 128 and 256 (those compiled in, see
 // flash_attention_head_dim_compiled); causal or not; GQA/MQA; sliding window;

@@ -46,7 +46,8 @@ paddle::Tensor dense(const paddle::Tensor& t) {
 
 // The fields shared by forward and backward; the op has checked the shapes.
 llmpre::cuda::FlashAttentionFwdParams shape_params(const paddle::Tensor& q, const paddle::Tensor& kt,
-                                              const paddle::Tensor& v, bool causal, int window, float scale) {
+                                              const paddle::Tensor& v, bool causal, int window, float scale,
+                                              int kernel) {
   const auto &qs = q.shape(), &ks = kt.shape(), &vs = v.shape();
   PD_CHECK(vs[3] == qs[3], kOp, ": the CUDA kernel needs v_head_dim == head_dim, got ", vs[3], " and ",
            qs[3], " (use a CPU tensor or llmpre.ops.reference.attention)");
@@ -63,6 +64,7 @@ llmpre::cuda::FlashAttentionFwdParams shape_params(const paddle::Tensor& q, cons
   p.window = window;
   p.scale = scale > 0.f ? scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(qs[3])));
   p.dtype = attention_dtype(q);
+  p.kernel = static_cast<llmpre::cuda::FlashAttentionKernel>(kernel);  // checked by the op: 0..2
   return p;
 }
 
@@ -78,11 +80,11 @@ bool deterministic_requested() {
 
 std::vector<paddle::Tensor> FlashAttentionForwardCuda(
     const paddle::Tensor& q_in, const paddle::Tensor& k_in, const paddle::Tensor& v_in,
-    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale) {
+    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale, int kernel) {
   check_same_gpu(q_in, "q", k_in, "k", kOp);
   check_same_gpu(q_in, "q", v_in, "v", kOp);
   if (alibi_slopes) check_same_gpu(q_in, "q", *alibi_slopes, "alibi_slopes", kOp);
-  llmpre::cuda::FlashAttentionFwdParams p = shape_params(q_in, k_in, v_in, causal, window, scale);
+  llmpre::cuda::FlashAttentionFwdParams p = shape_params(q_in, k_in, v_in, causal, window, scale, kernel);
   DeviceGuard guard(q_in, kOp);
   const paddle::Tensor q = dense(q_in), kt = dense(k_in), v = dense(v_in);
   paddle::Tensor slopes;
@@ -104,7 +106,8 @@ std::vector<paddle::Tensor> FlashAttentionForwardCuda(
 std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
     const paddle::Tensor& q_in, const paddle::Tensor& k_in, const paddle::Tensor& v_in,
     const paddle::optional<paddle::Tensor>& alibi_slopes, const paddle::Tensor& out_in,
-    const paddle::Tensor& lse_in, const paddle::Tensor& dout_in, bool causal, int window, float scale) {
+    const paddle::Tensor& lse_in, const paddle::Tensor& dout_in, bool causal, int window, float scale,
+    int kernel) {
   check_same_gpu(q_in, "q", k_in, "k", kOp);
   check_same_gpu(q_in, "q", v_in, "v", kOp);
   check_same_gpu(q_in, "q", out_in, "out", kOp);
@@ -112,7 +115,7 @@ std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
   check_same_gpu(q_in, "q", dout_in, "grad of out", kOp);
   if (alibi_slopes) check_same_gpu(q_in, "q", *alibi_slopes, "alibi_slopes", kOp);
   llmpre::cuda::FlashAttentionBwdParams p;
-  static_cast<llmpre::cuda::FlashAttentionFwdParams&>(p) = shape_params(q_in, k_in, v_in, causal, window, scale);
+  static_cast<llmpre::cuda::FlashAttentionFwdParams&>(p) = shape_params(q_in, k_in, v_in, causal, window, scale, kernel);
   DeviceGuard guard(q_in, kOp);
   const paddle::Tensor q = dense(q_in), kt = dense(k_in), v = dense(v_in);
   const paddle::Tensor out = dense(out_in), lse = dense(lse_in), dout = dense(dout_in);

@@ -40,7 +40,7 @@ DTYPES = ["float32", "bfloat16"]
 def _attn(q, k, v, causal=True, window=None, slopes=None, scale=None):
     """(out, lse) straight from the op (llmpre.ops.flash_attention returns out only)."""
     return paddle._C_ops._run_custom_op(OP, q, k, v, slopes, bool(causal), -1 if window is None else window,
-                                        0.0 if scale is None else float(scale))
+                                        0.0 if scale is None else float(scale), 0)
 
 
 # ----------------------------------------------------------------------------- float64 truth
@@ -316,7 +316,7 @@ def test_errors_name_the_argument(q, k, v, alibi, message):
 def test_op_rejects_window_zero():
     x = paddle.zeros([1, 4, 2, 16])
     with pytest.raises(Exception, match=r"`window` must be -1 \(no window\) or >= 1 keys, got 0"):
-        paddle._C_ops._run_custom_op(OP, x, x, x, None, True, 0, 0.0)
+        paddle._C_ops._run_custom_op(OP, x, x, x, None, True, 0, 0.0, 0)
 
 
 # ----------------------------------------------------------------------------- portable path

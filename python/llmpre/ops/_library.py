@@ -32,7 +32,7 @@ SIGNATURES = {
     "llmpre_rotary": (["X", "Cos", "Sin", "PositionIds@OPTIONAL"], ["interleaved"], ["Out"]),
     "llmpre_swiglu": (["Gate", "Up"], [], ["Out"]),
     "llmpre_cross_entropy": (["Logits", "Labels"], ["ignore_index"], ["Loss", "Stats"]),
-    "llmpre_flash_attention": (["q", "k", "v", "alibi_slopes@OPTIONAL"], ["causal", "window", "scale"],
+    "llmpre_flash_attention": (["q", "k", "v", "alibi_slopes@OPTIONAL"], ["causal", "window", "scale", "kernel"],
                                ["out", "lse"]),
 }
 

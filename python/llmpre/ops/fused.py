@@ -10,11 +10,20 @@ output element.
 
 A bad argument raises ``ValueError`` naming it and the expected shape/dtype;
 calling an op this build lacks raises :class:`FusedOpUnavailable` saying why.
+
+The op table: each function below is declared, right after it, with
+:func:`_declare` — its custom op, the :class:`~llmpre.ops.select.Ops` field it
+fills, its :func:`~llmpre.ops.select.select_ops` switch, and the dtypes its
+kernels take on each device (``cpu`` always; ``gpu`` when a CUDA build has the
+op). :data:`TABLE` collects them; ``select_ops`` reads nothing else, so no
+tensor is sent to a kernel that cannot take it.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+from typing import Callable
 
 import paddle
 
@@ -22,7 +31,7 @@ from llmpre.errors import LlmpreError
 from llmpre.ops import _library
 
 __all__ = ["FusedOpUnavailable", "rms_norm", "rotary", "flash_attention", "swiglu", "cross_entropy",
-           "available"]
+           "available", "TABLE", "FusedOp", "FLASH_ATTENTION_KERNELS"]
 
 _run_custom_op = paddle._C_ops._run_custom_op
 _SOURCE_SUFFIX = re.compile(r"\s*\[[^\[\]]*:\d+\]\s*$")  # Paddle's "  [file.cc:12]"
@@ -30,6 +39,32 @@ _SOURCE_SUFFIX = re.compile(r"\s*\[[^\[\]]*:\d+\]\s*$")  # Paddle's "  [file.cc:
 
 class FusedOpUnavailable(LlmpreError, RuntimeError):
     """A fused op was called but this build of llmpre cannot run it; the message says why."""
+
+
+@dataclass(frozen=True)
+class FusedOp:
+    """One row of the op table: a fused function and what its kernels take."""
+    name: str                  # the op's one name: rms_norm, rotary, flash_attention, swiglu, cross_entropy
+    field: str                 # the Ops field it fills (flash_attention fills "attention")
+    flag: str                  # its select_ops switch (PaddleNLP's training-argument name where one exists)
+    custom_op: str             # the Paddle custom op
+    fn: Callable
+    dtypes: dict = field(default_factory=dict)   # device ("cpu"/"gpu") -> dtype names its kernel takes
+
+    def takes(self, device: str, dtype) -> bool:
+        return str(dtype).replace("paddle.", "") in self.dtypes.get(device, ())
+
+
+TABLE: dict = {}   # op name -> FusedOp, filled by _declare beside each function
+
+CPU = ("float32", "bfloat16")                 # every CPU kernel: fp32 arithmetic, one rounding per output
+GPU = ("float32", "float16", "bfloat16")      # the CUDA row-wise kernels
+
+
+def _declare(fn, field_name: str, flag: str, cpu=CPU, gpu=()):
+    name = fn.__name__
+    TABLE[name] = FusedOp(name=name, field=field_name, flag=flag, custom_op=f"llmpre_{name}", fn=fn,
+                          dtypes={"cpu": tuple(cpu), "gpu": tuple(gpu)})
 
 
 def available(op: str) -> bool:
@@ -61,6 +96,9 @@ def rms_norm(x: paddle.Tensor, weight: paddle.Tensor, eps: float) -> paddle.Tens
     return _run("llmpre_rms_norm", x, weight, float(eps))[0]
 
 
+_declare(rms_norm, "rms_norm", "use_fused_rms_norm", gpu=GPU)
+
+
 def rotary(q: paddle.Tensor, k: paddle.Tensor, cos: paddle.Tensor, sin: paddle.Tensor,
            position_ids: paddle.Tensor | None = None, interleaved: bool = False):
     """Rotary position embedding of q and k.
@@ -86,9 +124,16 @@ def rotary(q: paddle.Tensor, k: paddle.Tensor, cos: paddle.Tensor, sin: paddle.T
     return q_out, k_out
 
 
+_declare(rotary, "rotary", "use_fused_rope", gpu=GPU)
+
+# The CUDA flash-attention kernel sets (chosen by select_ops): the portable sm_80 mma.sync
+# kernels, the sm_90a Hopper ones, or "auto" (Hopper where it can run, else portable).
+FLASH_ATTENTION_KERNELS = {"auto": 0, "portable": 1, "hopper": 2}
+
+
 def flash_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, causal: bool = True,
                     window: int | None = None, alibi_slopes: paddle.Tensor | None = None,
-                    scale: float | None = None) -> paddle.Tensor:
+                    scale: float | None = None, kernel: str = "auto") -> paddle.Tensor:
     """Scaled dot-product attention, tiled with an online softmax (O(seq) extra memory).
 
     Layout ``[batch, seq, heads, head_dim]`` (Paddle's flash-attention layout):
@@ -100,14 +145,24 @@ def flash_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, causal
     most recent keys (Mistral's sliding window); ``alibi_slopes`` ``[heads]``
     float32 adds ``slope_h * (j - i)``; ``scale`` defaults to ``1/sqrt(head_dim)``.
     Returns ``[batch, seq_q, heads, v_head_dim]`` in q's dtype; gradients flow to
-    q, k and v. Reference: :func:`llmpre.ops.reference.attention`.
+    q, k and v. ``kernel`` picks the CUDA kernel set on a GPU (see
+    :data:`FLASH_ATTENTION_KERNELS`; the CPU has one). Reference:
+    :func:`llmpre.ops.reference.attention`.
     """
+    if kernel not in FLASH_ATTENTION_KERNELS:
+        raise ValueError(f"flash_attention: kernel must be one of {', '.join(FLASH_ATTENTION_KERNELS)}, "
+                         f"got {kernel!r}")
     if window is not None and int(window) < 1:
         raise ValueError(f"flash_attention: window must be None or >= 1 keys, got {window}")
     if scale is not None and not float(scale) > 0.0:
         raise ValueError(f"flash_attention: scale must be None (1/sqrt(head_dim)) or > 0, got {scale}")
     return _run("llmpre_flash_attention", q, k, v, alibi_slopes, bool(causal),
-                -1 if window is None else int(window), 0.0 if scale is None else float(scale))[0]
+                -1 if window is None else int(window), 0.0 if scale is None else float(scale),
+                FLASH_ATTENTION_KERNELS[kernel])[0]
+
+
+# the CUDA kernels are bf16/fp16 only (no fp32 path): fp32 attention on a GPU goes to the reference
+_declare(flash_attention, "attention", "use_flash_attention", gpu=("float16", "bfloat16"))
 
 
 def swiglu(gate: paddle.Tensor, up: paddle.Tensor) -> paddle.Tensor:
@@ -118,6 +173,9 @@ def swiglu(gate: paddle.Tensor, up: paddle.Tensor) -> paddle.Tensor:
     :func:`llmpre.ops.reference.swiglu`.
     """
     return _run("llmpre_swiglu", gate, up)[0]
+
+
+_declare(swiglu, "swiglu", "use_fused_swiglu")   # no CUDA kernel: GPU tensors take the reference
 
 
 def cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, ignore_index: int = -100) -> paddle.Tensor:
@@ -133,3 +191,6 @@ def cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, ignore_index: in
     per_token = _run("llmpre_cross_entropy", logits, labels, int(ignore_index))[0]  # [...] fp32, 0 if ignored
     kept = (labels != ignore_index).astype("float32").sum()
     return per_token.sum() / kept.clip(min=1.0)
+
+
+_declare(cross_entropy, "cross_entropy", "use_fused_cross_entropy", gpu=GPU)

@@ -126,6 +126,10 @@ class TrainingArguments:
                                                         "(llmpre; unset: fused where built).")
     allow_reference_fallback: bool = _f(False, "If a fused op set to true is unavailable, warn and use "
                                         "the reference op instead of stopping.")
+    flash_attention_kernel: str = _f("auto", "CUDA flash-attention kernels on a GPU: auto (Hopper on "
+                                     "sm_90, else portable), portable or hopper (llmpre; the "
+                                     "LLMPRE_FLASH_ATTENTION_KERNEL variable overrides it).",
+                                     choices=("auto", "portable", "hopper"))
     # ---- parallelism (llmpre's own layers over Paddle process groups) ----
     recompute: bool = _f(False, "Recompute activations in backward instead of keeping them.")
     recompute_granularity: str = _f("full", "What to recompute: full (decoder layers), full_attn "
