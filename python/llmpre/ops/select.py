@@ -78,8 +78,8 @@ REFERENCE = Ops(
 FLAGS = {op.flag: (op.field, op.custom_op, op.fn) for op in fused.TABLE.values()}
 ROW_OF_FLAG = {op.flag: op for op in fused.TABLE.values()}
 KERNEL_ENV = "LLMPRE_FLASH_ATTENTION_KERNEL"
-# what running the reference ops everywhere costs: llama-tiny end to end on 2 cores (bench/RESULTS.md)
-REFERENCE_COST = "about 1.8x slower training"
+# what the reference ops everywhere cost: 1.42x, the end-to-end benchmark on 2 cores (bench/RESULTS.md)
+REFERENCE_COST = "about 1.4x slower training"
 
 _warned: set = set()
 
