@@ -8,6 +8,14 @@
   path on non-Intel processors; ``MKL_DEBUG_CPU_TYPE=5`` makes it use its AVX2
   kernels (measured here on an AMD EPYC, 2 threads: fp32 matmul 2048x256x8192
   27 -> 96 GFLOP/s). llmpre sets it on AMD CPUs unless the variable is set.
+- Memory allocator (glibc): Paddle's CPU tensors come from malloc, and glibc
+  serves blocks above its mmap threshold (at most 32 MiB) with fresh mmaps that
+  it unmaps on free, so every large temporary is page-faulted in anew: measured
+  here, a new 78 MB tensor costs 55 ms instead of 10 ms, and a 19.5M-parameter
+  LLaMA step takes 1.4x as long. llmpre raises the mmap and trim thresholds
+  (``mallopt``) so freed blocks are reused; the process keeps its peak memory
+  mapped instead of returning it to the system. ``LLMPRE_MALLOC_TUNING=0``
+  leaves glibc's defaults.
 """
 
 from __future__ import annotations
@@ -35,6 +43,29 @@ def cpu_vendor() -> str:
     except OSError:
         pass
     return ""
+
+
+_ALLOCATOR_TUNED = False
+
+
+def configure_allocator() -> bool:
+    """Keep freed large blocks for reuse (see the module docstring); True when applied.
+    Idempotent; a no-op outside glibc or with ``LLMPRE_MALLOC_TUNING=0``."""
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    if os.environ.get("LLMPRE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):   # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    _ALLOCATOR_TUNED = bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, (1 << 31) - 1))
+    return _ALLOCATOR_TUNED
 
 
 def configure_math_library() -> None:
@@ -65,6 +96,7 @@ def import_paddle():
     if "paddle" in sys.modules:
         return sys.modules["paddle"]
     configure_math_library()
+    configure_allocator()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ccache.*")
         with contextlib.redirect_stderr(io.StringIO()):

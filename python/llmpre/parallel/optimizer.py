@@ -164,7 +164,7 @@ class ShardedAdamW:
             else:
                 shards.append(self._reduce_bucket(k))
         grad = paddle.concat(shards) if len(shards) > 1 else shards[0]
-        self.grad_shard = grad * scale
+        self.grad_shard = grad.scale_(scale) if scale != 1.0 else grad   # ours: changed in place
 
     @paddle.no_grad()
     def grad_norm(self) -> float:
@@ -178,16 +178,28 @@ class ShardedAdamW:
     # ---- update ----------------------------------------------------------------
     @paddle.no_grad()
     def step(self, lr: float, grad_scale: float = 1.0) -> None:
+        """The update of the module docstring, in place on the flat buffers: the
+        gradient shard (ours after :meth:`reduce_gradients`) and one scratch buffer
+        are the only memory it touches besides the state (a large new tensor costs
+        a fresh allocation, which on a CPU means page faults, every step)."""
         self.step_count += 1
         t = self.step_count
         b1, b2 = self.beta1, self.beta2
-        g = self.grad_shard * grad_scale if grad_scale != 1.0 else self.grad_shard
-        self.exp_avg.scale_(b1).add_(g * (1.0 - b1))
-        self.exp_avg_sq.scale_(b2).add_(g * g * (1.0 - b2))
-        if self.weight_decay:
-            self.master.multiply_(1.0 - lr * self.weight_decay * self.decay_mask)
-        denom = self.exp_avg_sq.sqrt() * (1.0 / math.sqrt(1.0 - b2 ** t)) + self.eps
-        self.master.subtract_(self.exp_avg / denom * (lr / (1.0 - b1 ** t)))
+        g = self.grad_shard
+        if grad_scale != 1.0:
+            g.scale_(grad_scale)
+        s = paddle.empty_like(g)                                   # scratch
+        paddle.assign(g, output=s)
+        s.multiply_(g).scale_(1.0 - b2)                            # (1 - b2) g^2
+        self.exp_avg_sq.scale_(b2).add_(s)
+        self.exp_avg.scale_(b1).add_(g.scale_(1.0 - b1))           # g is spent from here on
+        if self.weight_decay:                                      # 1 - lr wd (where decayed)
+            paddle.assign(self.decay_mask, output=s)
+            self.master.multiply_(s.scale_(-lr * self.weight_decay, bias=1.0))
+        paddle.assign(self.exp_avg_sq, output=s)                   # denominator
+        s.sqrt_().scale_(1.0 / math.sqrt(1.0 - b2 ** t), bias=self.eps)
+        paddle.assign(self.exp_avg, output=g)
+        self.master.subtract_(g.divide_(s).scale_(lr / (1.0 - b1 ** t)))
         self.grad_shard = None
         if self.aliased:
             self._check_aliases()   # the update already changed the parameters
