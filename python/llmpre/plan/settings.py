@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from llmpre.errors import ConfigError
+from llmpre.parallel.dims import GRANULARITIES  # the one list of recompute granularities
 
 DTYPES = ("float32", "bfloat16", "float16")
-GRANULARITIES = ("full", "full_attn", "core_attn")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import typing
 from dataclasses import dataclass, field, fields
 
 from llmpre.errors import ConfigError
+from llmpre.parallel.dims import GRANULARITIES
 
 __all__ = ["TrainingArguments", "QUICKSTART", "UNSUPPORTED", "ALIASES", "parse_arguments",
            "argument_help"]
@@ -134,7 +135,7 @@ class TrainingArguments:
     recompute: bool = _f(False, "Recompute activations in backward instead of keeping them.")
     recompute_granularity: str = _f("full", "What to recompute: full (decoder layers), full_attn "
                                     "(attention blocks) or core_attn (softmax(QK^T)V).",
-                                    choices=("full", "full_attn", "core_attn"))
+                                    choices=GRANULARITIES)
     no_recompute_layers: typing.Optional[str] = _f(None, "Layer indices not to recompute "
                                                    "(a JSON list or 1,2,3).")
     tensor_parallel_degree: int = _f(-1, "Tensor parallel degree (--tp).")
