@@ -41,7 +41,9 @@ def _help() -> str:
         "layout needs more than one process (tp x pp x sharding degree, or "
         "--nproc-per-node); across machines, run the same command on every node with "
         "--master HOST:PORT --nnodes K --rank R (R = this node's index). Worker logs go to "
-        "<output_dir>/launch_logs/.\n\n"
+        "<output_dir>/launch_logs/. Before starting them it checks the layout against the model "
+        "and, on a CPU machine, the processes' memory against what is available (--force skips "
+        "the memory check).\n\n"
         "Accepted keys:\n\n\b\n" + argument_help()
     )
 
@@ -65,6 +67,21 @@ def _split_launch(tokens: list[str]) -> tuple[dict, list[str]]:
             rest.append(tokens[i])
             i += 1
     return launch, rest
+
+
+def _pop_force(tokens: list[str]) -> tuple[list[str], bool]:
+    """``--force`` (optionally ``--force true|false``): start a launch the memory check refuses."""
+    out, force, i = [], False, 0
+    while i < len(tokens):
+        if tokens[i] in ("--force", "--force=true", "--force=false"):
+            force = tokens[i] != "--force=false"
+            if tokens[i] == "--force" and i + 1 < len(tokens) and tokens[i + 1].lower() in ("true", "false"):
+                force = tokens[i + 1].lower() == "true"
+                i += 1
+        else:
+            out.append(tokens[i])
+        i += 1
+    return out, force
 
 
 def _processes_needed(args) -> int:
@@ -163,6 +180,7 @@ def train(argv):
     from llmpre.train.args import parse_arguments, parse_flag_list
 
     tokens = list(argv)
+    tokens, force = _pop_force(tokens)
     launch, tokens = _split_launch(tokens)
     args_file = None
     if tokens and not tokens[0].startswith("--"):
@@ -174,6 +192,12 @@ def train(argv):
 
     under_launcher = "PADDLE_TRAINER_ID" in os.environ
     if not under_launcher and (launch or _processes_needed(args) > 1):
+        from llmpre.cli.preflight import check_host_memory, check_layout
+
+        nproc = int(launch.get("nproc_per_node") or _processes_needed(args))
+        dims, config = check_layout(args, nproc * int(launch.get("nnodes") or 1))   # before any worker
+        if not force and not os.path.exists("/dev/nvidia0"):   # GPU memory is not checked yet
+            check_host_memory(args, dims, config, nproc)
         sys.exit(_launch(launch, args, tokens))
 
     from llmpre.train.trainer import TrainingStopped, run

@@ -1,0 +1,84 @@
+"""Before a parallel launch starts any worker, `llmpre train` checks the layout against
+the model and the processes' memory against this machine (issue: the design card's own
+`--model qwen-7b --tp 2 --sharding 4` started 8 workers that the OOM killer took)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from llmpre.cli import main, preflight
+from llmpre.errors import ConfigError
+from llmpre.train.args import parse_arguments
+
+GIB = 2 ** 30
+
+
+def args_of(out, **kw):
+    return parse_arguments(None, {"output_dir": str(out), **{k: str(v) for k, v in kw.items()}})
+
+
+def test_the_design_cards_example_is_refused_with_both_figures(tmp_path):
+    args = args_of(tmp_path / "run", model="qwen-7b", tensor_parallel_degree=2, sharding_parallel_degree=4,
+                   sharding="stage1")
+    dims, config = preflight.check_layout(args, 8)
+    assert (dims.tp, dims.sharding, dims.dp) == (2, 4, 1)
+    with pytest.raises(ConfigError) as e:
+        preflight.check_host_memory(args, dims, config, 8, available=24 * GIB)
+    msg = str(e.value)
+    build, planned = preflight.process_bytes(args, dims, config)
+    assert build == 4 * config.num_parameters() > 24 * GIB     # 7.7B fp32 parameters alone
+    per_process = max(build, planned)
+    assert f"8 processes x {per_process / GIB:.1f} GiB" in msg and "24.0 GiB are available" in msg, msg
+    assert f"{build / GIB:.1f} GiB for {config.num_parameters():,} parameters" in msg
+    assert "fewer processes" not in msg and "more memory" in msg and "--force" in msg and "\n" not in msg
+
+
+def test_a_launch_that_fits_passes(tmp_path):
+    args = args_of(tmp_path / "run", model="llama-tiny", tensor_parallel_degree=2)
+    dims, config = preflight.check_layout(args, 2)
+    preflight.check_host_memory(args, dims, config, 2, available=8 * GIB)   # no error
+    build, planned = preflight.process_bytes(args, dims, config)
+    assert build == 4 * config.num_parameters() and planned > 0
+
+
+def run_cli(*argv):
+    return CliRunner().invoke(main, ["train", *argv], catch_exceptions=False)
+
+
+def test_impossible_layout_is_one_error_from_the_parent(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("--model", "llama-tiny", "--tp", "3", "--output_dir", str(out), "--max_steps", "1")
+    assert r.exit_code == 2
+    assert "attention heads do not divide over tp 3" in r.output and "Traceback" not in r.output
+    assert not (out / "launch_logs").exists()             # no worker was started
+
+
+def test_memory_refusal_starts_no_worker_and_force_skips_the_check(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(preflight, "available_host_memory", lambda: 1 << 20)   # a 1 MiB machine
+    r = run_cli("--model", "llama-tiny", "--tp", "2", "--output_dir", str(out), "--max_steps", "1")
+    assert r.exit_code == 2 and "GiB of host memory" in r.output and "--force" in r.output
+    assert "fewer processes" not in r.output
+    assert not (out / "launch_logs").exists()
+    launched = []
+    from llmpre.cli import train_cmd
+
+    monkeypatch.setattr(train_cmd, "_launch", lambda launch, args, tokens: launched.append(tokens) or 0)
+    r = run_cli("--model", "llama-tiny", "--tp", "2", "--output_dir", str(out), "--max_steps", "1", "--force")
+    assert r.exit_code == 0 and launched and "--force" not in launched[0]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="MemAvailable comes from /proc/meminfo (Linux)")
+def test_available_memory_is_read():
+    assert preflight.available_host_memory() > 0
+
+
+def test_the_refusal_says_how_many_processes_fit(tmp_path):
+    args = args_of(tmp_path / "run", model="llama-tiny", tensor_parallel_degree=2)
+    dims, config = preflight.check_layout(args, 2)
+    per_process = max(preflight.process_bytes(args, dims, config))
+    with pytest.raises(ConfigError, match=r"fewer processes on this machine \(at most 1 fit"):
+        preflight.check_host_memory(args, dims, config, 2, available=int(1.5 * per_process))
