@@ -66,7 +66,7 @@ def test_memory_refusal_starts_no_worker_and_force_skips_the_check(tmp_path, mon
     launched = []
     from llmpre.cli import train_cmd
 
-    monkeypatch.setattr(train_cmd, "_launch", lambda launch, args, tokens: launched.append(tokens) or 0)
+    monkeypatch.setattr(train_cmd, "_launch", lambda launch, args, tokens, nproc=None, source="": launched.append(tokens) or 0)
     r = run_cli("--model", "llama-tiny", "--tp", "2", "--output_dir", str(out), "--max_steps", "1", "--force")
     assert r.exit_code == 0 and launched and "--force" not in launched[0]
 
@@ -82,3 +82,32 @@ def test_the_refusal_says_how_many_processes_fit(tmp_path):
     per_process = max(preflight.process_bytes(args, dims, config))
     with pytest.raises(ConfigError, match=r"fewer processes on this machine \(at most 1 fit"):
         preflight.check_host_memory(args, dims, config, 2, available=int(1.5 * per_process))
+
+
+def test_gpu_machine_starts_one_process_per_visible_gpu(tmp_path, monkeypatch):
+    """As `paddle.distributed.launch --gpus ...` does for PaddleNLP: PaddleNLP's tp2 x
+    sharding file on 8 GPUs trains with 8 processes, sharding taking what tp leaves."""
+    from llmpre.cli import train_cmd
+
+    launched = []
+    monkeypatch.setattr(train_cmd, "visible_gpus", lambda: 8)
+    monkeypatch.setattr(train_cmd, "_launch",
+                        lambda launch, args, tokens, nproc=None, source="": launched.append((nproc, source)) or 0)
+    r = run_cli("--model", "llama-tiny", "--tp", "2", "--sharding", "stage1", "--output_dir",
+                str(tmp_path / "run"), "--max_steps", "1")
+    assert r.exit_code == 0, r.output
+    assert launched == [(8, "one process per visible GPU (8)")]
+    assert "starting 8 processes on this node, world size 8" in r.output
+    assert "dp 1 x sharding 4 (stage 1) x tp 2 x pp 1" in r.output
+    launched.clear()
+    r = run_cli("--model", "llama-tiny", "--tp", "2", "--output_dir", str(tmp_path / "run2"), "--max_steps", "1")
+    assert launched == [(8, "one process per visible GPU (8)")] and "dp 4 x sharding 1" in r.output
+
+
+def test_visible_gpus_reads_cuda_visible_devices(monkeypatch):
+    from llmpre.cli.train_cmd import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,3")
+    assert visible_gpus() == 3
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == 0

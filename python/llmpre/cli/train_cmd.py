@@ -11,6 +11,7 @@ stop and exits 128 + the signal number, as a single process does.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,10 +91,35 @@ def _processes_needed(args) -> int:
     return processes_needed(args)
 
 
-def _launch(launch: dict, args, argv: list[str]) -> int:
+def visible_gpus() -> int:
+    """GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else the
+    ``/dev/nvidia<N>`` device files (0 on a CPU machine)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return len([d for d in env.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        return len([n for n in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", n)])
+    except OSError:
+        return 0
+
+
+def launch_width(launch: dict, args) -> tuple[int, str]:
+    """Processes on this node and where the number comes from: ``--nproc-per-node``; on
+    a GPU machine one per visible GPU (as ``paddle.distributed.launch`` starts for
+    PaddleNLP; what tp x pp leaves goes to sharding or data parallelism); on a CPU
+    machine the layout's tp x pp x sharding degree."""
+    if launch.get("nproc_per_node"):
+        return int(launch["nproc_per_node"]), "--nproc-per-node"
+    gpus = visible_gpus()
+    if gpus:
+        return gpus, f"one process per visible GPU ({gpus})"
+    return _processes_needed(args), "tp x pp x sharding degree (no GPU: one process per layout rank)"
+
+
+def _launch(launch: dict, args, argv: list[str], nproc: int | None = None, source: str = "") -> int:
     """Re-run this command under paddle.distributed.launch; returns its exit code
     (128 + the signal number when it was stopped by a signal)."""
-    nproc = int(launch.get("nproc_per_node") or _processes_needed(args))
+    nproc = nproc or int(launch.get("nproc_per_node") or _processes_needed(args))
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
            "--log_dir", os.path.join(args.output_dir, "launch_logs")]
     if "master" in launch:
@@ -106,6 +132,7 @@ def _launch(launch: dict, args, argv: list[str]) -> int:
     cmd += [script, "train", *argv]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env["LLMPRE_WORLD_SOURCE"] = source or "--nproc-per-node"
     lock = None
     if str(launch.get("rank", "0")) == "0":   # node 0 holds the run's lock (global rank 0 is there)
         from llmpre.train.lock import RunLock
@@ -191,14 +218,17 @@ def train(argv):
     args = parse_arguments(args_file, parse_flag_list(tokens[1:] if args_file else tokens))
 
     under_launcher = "PADDLE_TRAINER_ID" in os.environ
-    if not under_launcher and (launch or _processes_needed(args) > 1):
+    nproc, source = (1, "") if under_launcher else launch_width(launch, args)
+    if not under_launcher and (launch or nproc > 1):
         from llmpre.cli.preflight import check_host_memory, check_layout
 
-        nproc = int(launch.get("nproc_per_node") or _processes_needed(args))
-        dims, config = check_layout(args, nproc * int(launch.get("nnodes") or 1))   # before any worker
-        if not force and not os.path.exists("/dev/nvidia0"):   # GPU memory is not checked yet
+        world = nproc * int(launch.get("nnodes") or 1)
+        dims, config = check_layout(args, world)   # before any worker starts
+        if not force and not visible_gpus():        # GPU memory is not checked yet
             check_host_memory(args, dims, config, nproc)
-        sys.exit(_launch(launch, args, tokens))
+        click.echo(f"llmpre: starting {nproc} processes on this node, world size {world} ({source}): "
+                   f"{dims.describe()}", err=True)
+        sys.exit(_launch(launch, args, tokens, nproc, source))
 
     from llmpre.train.trainer import TrainingStopped, run
 

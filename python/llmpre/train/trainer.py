@@ -139,6 +139,8 @@ class Trainer:
                           if gpu and world > 1 else ("gpu" if gpu else "cpu"))
         if rank != 0:
             logger.setLevel(logging.WARNING)   # one rank reports
+        logger.info("world size %d (%s)", world, os.environ.get("LLMPRE_WORLD_SOURCE", "one process")
+                    if world > 1 else "one process")
         self._seed_everything(args.seed)
 
         self.config = _model_config(args)
