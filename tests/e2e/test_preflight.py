@@ -111,3 +111,25 @@ def test_visible_gpus_reads_cuda_visible_devices(monkeypatch):
     assert visible_gpus() == 3
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == 0
+
+
+def test_gpu_plan_that_does_not_fit_is_refused_with_the_planners_fixes(tmp_path, monkeypatch):
+    from llmpre.cli import train_cmd
+
+    args = args_of(tmp_path / "run", model="llama2-7b", max_seq_length=4096, per_device_train_batch_size=2,
+                   tensor_parallel_degree=2, bf16="true")
+    dims, config = preflight.check_layout(args, 2)
+    with pytest.raises(ConfigError) as e:
+        preflight.check_device_memory(args, dims, config, device_bytes=24 * GIB)
+    msg = str(e.value)
+    assert "GiB per GPU but the GPUs have 24.0 GiB" in msg and "--force" in msg, msg
+    assert "Cheapest changes that fit: --" in msg or "None of the planner's changes makes it fit" in msg
+    preflight.check_device_memory(args, dims, config, device_bytes=10_000 * GIB)   # fits: no error
+    # the CLI on a (pretend) 2-GPU machine with 24 GiB each stops before any worker starts
+    monkeypatch.setattr(train_cmd, "visible_gpus", lambda: 2)
+    monkeypatch.setattr(preflight, "gpu_memory_bytes", lambda: 24 * GIB)
+    launched = []
+    monkeypatch.setattr(train_cmd, "_launch", lambda *a, **k: launched.append(a) or 0)
+    r = run_cli("--model", "llama2-7b", "--max_seq_length", "4096", "--per_device_train_batch_size", "2",
+                "--tp", "2", "--bf16", "true", "--output_dir", str(tmp_path / "run"), "--max_steps", "1")
+    assert r.exit_code == 2 and "GiB per GPU" in r.output and not launched

@@ -11,6 +11,9 @@
   the kernel says is available (``MemAvailable``). When it cannot fit, the
   error gives both figures and what would make it fit, instead of the workers
   being killed by the OOM killer without a word. ``--force`` skips the check.
+- **Device memory** (on a GPU machine): the planner's per-device figure against
+  the smallest visible GPU's memory (``nvidia-smi``); when it cannot fit, both
+  figures and the planner's cheapest changes. ``--force`` skips it too.
 """
 
 from __future__ import annotations
@@ -43,25 +46,70 @@ def check_layout(args, world: int):
     return dims, config
 
 
+def plan_settings(args, dims, config):
+    """The planner's settings for this run (llmpre's fused kernels on)."""
+    from llmpre.plan import PlanSettings
+
+    dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+    return PlanSettings(
+        model=config, model_name=str(args.model_name_or_path), seq_length=args.max_seq_length,
+        micro_batch=args.per_device_train_batch_size, grad_accum=args.gradient_accumulation_steps,
+        tp=dims.tp, pp=dims.pp, vpp=dims.vpp, dp=dims.dp, sharding=dims.sharding,
+        stage=dims.sharding_stage if dims.sharding > 1 else 0, sequence_parallel=dims.sequence_parallel,
+        recompute=dims.recompute, granularity=dims.recompute_granularity,
+        no_recompute_layers=tuple(dims.no_recompute_layers),
+        dtype=dtype, opt_level=args.fp16_opt_level,
+        amp_master_grad=bool(args.amp_master_grad) and dtype != "float32" and args.fp16_opt_level == "O2",
+        flash_attention=True, fused_rms_norm=True, fused_rope=True)
+
+
 def process_bytes(args, dims, config) -> tuple[float, float]:
     """(whole-model fp32 build, the planner's per-process peak or 0 when it cannot model
     this model) in bytes, for one process."""
+    from llmpre.plan import plan_memory
+
     build = 4.0 * config.num_parameters()
     try:
-        from llmpre.plan import PlanSettings, plan_memory
-
-        settings = PlanSettings(
-            model=config, model_name=str(args.model_name_or_path), seq_length=args.max_seq_length,
-            micro_batch=args.per_device_train_batch_size, grad_accum=args.gradient_accumulation_steps,
-            tp=dims.tp, pp=dims.pp, vpp=dims.vpp, dp=dims.dp, sharding=dims.sharding,
-            stage=dims.sharding_stage if dims.sharding > 1 else 0, sequence_parallel=dims.sequence_parallel,
-            recompute=dims.recompute, granularity=dims.recompute_granularity,
-            no_recompute_layers=tuple(dims.no_recompute_layers), flash_attention=True,
-            fused_rms_norm=True, fused_rope=True)
-        planned = plan_memory(settings).peak_allocated
+        planned = plan_memory(plan_settings(args, dims, config)).peak_allocated
     except ConfigError:      # the planner does not model MoE / latent attention yet
         planned = 0.0
     return build, planned
+
+
+def gpu_memory_bytes() -> int | None:
+    """The smallest visible GPU's memory (``nvidia-smi``), or None when it cannot be read."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        sizes = [int(float(line)) * 2 ** 20 for line in out.split() if line.strip()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return min(sizes) if sizes else None
+
+
+def check_device_memory(args, dims, config, device_bytes: int | None = None) -> None:
+    """Refuse a run whose per-device plan does not fit the GPUs (planner's rules)."""
+    from llmpre.plan import cheapest_fits, plan_memory
+
+    device_bytes = gpu_memory_bytes() if device_bytes is None else device_bytes
+    if not device_bytes:
+        return
+    try:
+        settings = plan_settings(args, dims, config)
+        plan = plan_memory(settings)
+    except ConfigError:      # MoE / latent attention: not modelled yet
+        return
+    if plan.fits(device_bytes):
+        return
+    fixes = cheapest_fits(settings, device_bytes)
+    shown = "; ".join(" ".join(f.changes) + f" ({f.plan.device_total / GIB:.1f} GiB)" for f in fixes)
+    raise ConfigError(
+        f"the plan for this layout needs {plan.device_total / GIB:.1f} GiB per GPU but the GPUs have "
+        f"{device_bytes / GIB:.1f} GiB. " + (f"Cheapest changes that fit: {shown}" if fixes else
+        "None of the planner's changes makes it fit (`llmpre plan ... --gpu-memory` shows the details)")
+        + "; --force starts it anyway")
 
 
 def check_host_memory(args, dims, config, processes: int, available: int | None = None) -> None:

@@ -220,12 +220,15 @@ def train(argv):
     under_launcher = "PADDLE_TRAINER_ID" in os.environ
     nproc, source = (1, "") if under_launcher else launch_width(launch, args)
     if not under_launcher and (launch or nproc > 1):
-        from llmpre.cli.preflight import check_host_memory, check_layout
+        from llmpre.cli.preflight import check_device_memory, check_host_memory, check_layout
 
         world = nproc * int(launch.get("nnodes") or 1)
         dims, config = check_layout(args, world)   # before any worker starts
-        if not force and not visible_gpus():        # GPU memory is not checked yet
-            check_host_memory(args, dims, config, nproc)
+        if not force:
+            if visible_gpus():
+                check_device_memory(args, dims, config)
+            else:
+                check_host_memory(args, dims, config, nproc)
         click.echo(f"llmpre: starting {nproc} processes on this node, world size {world} ({source}): "
                    f"{dims.describe()}", err=True)
         sys.exit(_launch(launch, args, tokens, nproc, source))
