@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -31,7 +30,7 @@ def verify_for_export(path: Path) -> list[str]:
     state must be present with its recorded size and sha256 (else CheckpointError, as
     for resuming); the optimizer files are not needed, so their problems are returned
     ("optimizer.safetensors missing") instead of refusing the checkpoint."""
-    from llmpre.train.checkpoint import FORMAT, MANIFEST, CheckpointError, verify_checkpoint
+    from llmpre.train.checkpoint import FORMAT, MANIFEST, CheckpointError, verify_checkpoint, verify_file
 
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
@@ -50,20 +49,8 @@ def verify_for_export(path: Path) -> list[str]:
             elif fpath.stat().st_size != meta.get("bytes"):
                 optimizer.append(f"{name} truncated or changed")
             continue
-        if not fpath.is_file():
-            raise CheckpointError(f"{fpath}: missing; the checkpoint is damaged")
-        if fpath.stat().st_size != meta.get("bytes") or _sha256(fpath) != meta.get("sha256"):
-            raise CheckpointError(f"{fpath}: size or checksum differs from the manifest; "
-                                  "the checkpoint is damaged, export another one")
+        verify_file(str(fpath), meta, then="export another one")
     return optimizer
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_llmpre_checkpoint(path: Path, dtype: str):

@@ -214,13 +214,18 @@ def verify_checkpoint(path: str) -> dict:
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"{mpath}: unknown checkpoint format {manifest.get('format')!r}")
     for name, meta in manifest["files"].items():
-        fpath = os.path.join(path, name)
-        if not os.path.isfile(fpath):
-            raise CheckpointError(f"{fpath}: missing; the checkpoint is damaged")
-        if os.path.getsize(fpath) != meta["bytes"] or _sha256(fpath) != meta["sha256"]:
-            raise CheckpointError(f"{fpath}: size or checksum differs from the manifest; "
-                                  "the checkpoint is damaged, resume from another one")
+        verify_file(os.path.join(path, name), meta)
     return manifest
+
+
+def verify_file(fpath: str, meta: dict, then: str = "resume from another one") -> None:
+    """One file of a checkpoint against its manifest entry (``bytes``, ``sha256``);
+    ``then`` is what the error tells the user to do."""
+    if not os.path.isfile(fpath):
+        raise CheckpointError(f"{fpath}: missing; the checkpoint is damaged")
+    if os.path.getsize(fpath) != meta.get("bytes") or _sha256(fpath) != meta.get("sha256"):
+        raise CheckpointError(f"{fpath}: size or checksum differs from the manifest; "
+                              f"the checkpoint is damaged, {then}")
 
 
 def _identity(path: str):
