@@ -24,7 +24,7 @@ $(VENV)/.llmpre-installed: $(SOURCES)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PADDLE_PKG)
 	$(PY) -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja "pytest>=7" \
-	    visualdl matplotlib tensorboardX nvidia-cutlass
+	    pytest-timeout visualdl matplotlib tensorboardX nvidia-cutlass
 	LLMPRE_CUDA=$(LLMPRE_CUDA) $(PY) -m pip install --quiet --no-build-isolation -e .
 	touch $@
 

@@ -198,3 +198,102 @@ def test_cli_preprocess_reports_and_progress(tmp_path):
     r = CliRunner().invoke(main, ["data", "preprocess", "--input", src, "--tokenizer", TOK,
                                   "--output-prefix", str(tmp_path / "s"), "--strict", "--quiet"])
     assert r.exit_code == 2 and f"{src}:21: invalid JSON" in r.output
+
+
+def _run_with_deadline(fn, seconds):
+    """fn() in a thread; the test fails (instead of hanging the suite) if it does not return."""
+    import threading
+
+    out: dict = {}
+
+    def body():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed back to the test
+            out["error"] = e
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"preprocess did not return within {seconds} s (a worker hung?)"
+    return out
+
+
+def test_workers_start_fresh_and_a_failed_run_stops_them_without_hanging(tmp_path):
+    """Workers are not forks of this process: with Paddle loaded here (its signal handlers
+    allocate), a forked worker stopped by a signal while inside malloc deadlocked, and the run
+    with it. A --strict run that fails at once stops its pool while the workers are still
+    starting, the moment that used to hang."""
+    import paddle  # noqa: F401 - the parent a trainer or this test suite really is
+
+    src = write_jsonl(tmp_path / "in.jsonl", TEXTS, extra_lines=["oops"])
+    for i in range(8):
+        out = _run_with_deadline(lambda: preprocess(src, TOK, str(tmp_path / f"s{i}"), workers=2,
+                                                    strict=True, progress=False), 120)
+        assert isinstance(out.get("error"), DataError) and ":21: invalid JSON" in str(out["error"])
+        assert not list(tmp_path.glob(f"s{i}*")), "a failed run left files behind"
+    out = _run_with_deadline(lambda: preprocess(src, TOK, str(tmp_path / "ok"), workers=2,
+                                                progress=False), 120)
+    assert "error" not in out and out["value"].documents == 20
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="finds the worker processes in /proc (Linux)")
+def test_a_killed_worker_is_one_clear_error_not_a_hang(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = write_jsonl(tmp_path / "big.jsonl", TEXTS * 4000)  # 80k lines: several seconds of work
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "llmpre.cli", "data", "preprocess", "--input", src,
+                             "--tokenizer", TOK, "--output-prefix", str(out), "--workers", "2",
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            # the forkserver is a child of the CLI; the workers are its children
+            workers = [p for p in _descendants(proc.pid) if p not in _children_of(proc.pid)]
+            if workers:
+                break
+            time.sleep(0.05)
+        assert workers, "no worker process appeared"
+        time.sleep(0.3)
+        os.kill(workers[0], signal.SIGKILL)
+        text, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0, text
+    assert "tokenizer worker process died" in text and "fewer --workers" in text, text
+    assert "Traceback" not in text, text
+    assert not list(tmp_path.glob("o*")), "a failed run left files behind"
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []

@@ -22,9 +22,12 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -84,6 +87,8 @@ _STATE: dict = {}
 def _init_worker(tokenizer_file: str, options: PreprocessOptions, in_pool: bool = False) -> None:
     if in_pool:  # processes are the parallelism here, not the tokenizer's threads
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        # Ctrl-C reaches the whole process group: the parent stops the pool, a worker just ends
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     from tokenizers import Tokenizer
 
     _STATE["tok"] = Tokenizer.from_file(tokenizer_file)
@@ -182,21 +187,33 @@ def _results(batches, pool, workers: int):
         return
     window: deque = deque()
     depth = 4 * workers  # a bounded window: input is read only a little ahead
-    for b in batches:
-        window.append(pool.apply_async(_encode_batch, (b,)))
-        if len(window) >= depth:
-            yield window.popleft().get()
-    while window:
-        yield window.popleft().get()
+    try:
+        for b in batches:
+            window.append(pool.submit(_encode_batch, b))
+            if len(window) >= depth:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    except BrokenProcessPool as e:
+        raise DataError(f"a tokenizer worker process died ({e}); was it killed, or out of memory? "
+                        "Nothing was written; rerun, with fewer --workers if memory is short") from None
 
 
 def _start_pool(workers: int, tokenizer_file: str, options: PreprocessOptions, tok):
+    """A pool of tokenizer processes, or None when this process tokenizes.
+
+    Workers start from a fresh interpreter (forkserver, else spawn), never by forking this one:
+    a fork inherits whatever the parent loaded, Paddle's signal handlers among them (one of them
+    allocates, so a worker stopped inside malloc deadlocks), and the locks of the parent's threads.
+    The pool is shut down by letting its workers finish, never by signalling them.
+    """
     if workers <= 1:  # this process tokenizes, with the tokenizer already loaded
         _STATE["tok"], _STATE["opt"] = tok, options
         return None
     methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    return ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_file, options, True))
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(tokenizer_file, options, True))
 
 
 def preprocess(input_path: str, tokenizer: str, output_prefix: str, *, json_key: str = "text",
@@ -219,7 +236,7 @@ def preprocess(input_path: str, tokenizer: str, output_prefix: str, *, json_key:
                                 info.eos_id if append_eos else None, dtype.name)
     stats = PreprocessStats(files=len(files), skipped_files=skipped, dtype=dtype.name,
                             eos_id=options.eos_id)
-    pool = _start_pool(workers, info.path, options, tok)  # before the progress bar's thread exists
+    pool = _start_pool(workers, info.path, options, tok)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -252,8 +269,7 @@ def preprocess(input_path: str, tokenizer: str, output_prefix: str, *, json_key:
     finally:
         if bar is not None:
             bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        if pool is not None:  # each running batch is short; queued ones are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
     stats.seconds = time.perf_counter() - start
     return stats
