@@ -29,10 +29,9 @@ def test_the_design_cards_example_is_refused_with_both_figures(tmp_path):
         preflight.check_host_memory(args, dims, config, 8, available=24 * GIB)
     msg = str(e.value)
     build, planned = preflight.process_bytes(args, dims, config)
-    assert build == 4 * config.num_parameters() > 24 * GIB     # 7.7B fp32 parameters alone
-    per_process = max(build, planned)
-    assert f"8 processes x {per_process / GIB:.1f} GiB" in msg and "24.0 GiB are available" in msg, msg
-    assert f"{build / GIB:.1f} GiB for {config.num_parameters():,} parameters" in msg
+    assert build == 0 and 8 * planned > 24 * GIB   # each process builds only its shard, which is too much
+    assert f"8 processes x {planned / GIB:.1f} GiB" in msg and "24.0 GiB are available" in msg, msg
+    assert "whole fp32 model" not in msg
     assert "fewer processes" not in msg and "more memory" in msg and "--force" in msg and "\n" not in msg
 
 
@@ -41,7 +40,22 @@ def test_a_launch_that_fits_passes(tmp_path):
     dims, config = preflight.check_layout(args, 2)
     preflight.check_host_memory(args, dims, config, 2, available=8 * GIB)   # no error
     build, planned = preflight.process_bytes(args, dims, config)
+    assert build == 0 and planned > 0
+
+
+def test_continue_training_counts_the_whole_checkpoint_load(tmp_path):
+    """Loading an HF checkpoint still reads the whole model in every process first."""
+    from llmpre.models import build_model, save_pretrained
+
+    src = tmp_path / "hf"
+    save_pretrained(build_model("llama-tiny", seed=0), src)
+    args = args_of(tmp_path / "run", model_name_or_path=str(src), continue_training="true",
+                   tensor_parallel_degree=2)
+    dims, config = preflight.check_layout(args, 2)
+    build, planned = preflight.process_bytes(args, dims, config)
     assert build == 4 * config.num_parameters() and planned > 0
+    with pytest.raises(ConfigError, match="continue_training first loads the whole fp32 model"):
+        preflight.check_host_memory(args, dims, config, 2, available=int(1.5 * build))
 
 
 def run_cli(*argv):

@@ -60,7 +60,7 @@ def load_llmpre_checkpoint(path: Path, dtype: str):
     import paddle
 
     from llmpre.models.hf_config import from_hf_dict
-    from llmpre.models.hf import build
+    from llmpre.models.hf import build, finish
     from llmpre.parallel.ckpt import GlobalTensors
 
     optimizer = verify_for_export(path)
@@ -70,7 +70,7 @@ def load_llmpre_checkpoint(path: Path, dtype: str):
     state = json.loads((path / "trainer_state.json").read_text())
     if "model_config" not in state:
         raise ConfigError(f"{path / 'trainer_state.json'}: no model_config; not an llmpre checkpoint")
-    model = build(from_hf_dict(state["model_config"]), dtype)
+    model = build(from_hf_dict(state["model_config"]), ops=None, deferred=True)
     params = dict(model.named_parameters())
     tensors = GlobalTensors(str(path))
     names = set(tensors.names())
@@ -83,7 +83,7 @@ def load_llmpre_checkpoint(path: Path, dtype: str):
     with paddle.no_grad():
         for n, p in params.items():
             p.set_value(paddle.to_tensor(tensors.param(n)).astype(p.dtype))
-    return model
+    return finish(model, dtype)
 
 
 @click.command("export-hf")

@@ -38,6 +38,11 @@ Options (flags override an argument file; PaddleNLP spellings also work):
   --gpu-memory GB              device memory in GiB: says whether it fits, and
                                the cheapest change that would make it fit
   --verbose                    phases and the per-layer tensor inventory
+  --materialize [--rank R]     also build rank R's (default 0) real parameters,
+                               gradient buffers and optimizer state with the
+                               trainer's code (no other rank, no process groups)
+                               and print the measured bytes, peak resident
+                               memory and time next to the plan's figures
   --json                       machine-readable output
 
 An argument file may hold any key `llmpre train` accepts; keys that do not
@@ -64,6 +69,14 @@ def plan(argv):
                               "give other settings as --key value")
     flags = parse_flag_list(tokens)
     verbose = str(flags.pop("verbose", "false")).lower() in ("true", "1", "yes")
+    materialize = str(flags.pop("materialize", "false")).lower() in ("true", "1", "yes")
+    rank = flags.pop("rank", None)
+    if rank is not None and not materialize:
+        raise ConfigError("--rank names the rank to build with --materialize; add --materialize")
+    try:
+        rank = int(rank or 0)
+    except ValueError:
+        raise ConfigError(f"--rank {rank!r}: must be an integer") from None
     settings, options = parse_plan_arguments(args_file, flags)
     memory = plan_memory(settings)
     gpu = options["gpu_memory"]
@@ -76,3 +89,14 @@ def plan(argv):
         click.echo(json.dumps(to_dict(memory, gpu, suggestions), indent=2))
     else:
         click.echo(render(memory, gpu, suggestions, smallest, verbose=verbose))
+    if materialize:
+        from llmpre.plan.materialize import materialize as build_rank, render_materialized
+        from llmpre.runtime import configure_threads
+
+        configure_threads(None)
+        m = build_rank(settings, rank)
+        if options["json"]:
+            click.echo(json.dumps({"materialized": m.__dict__}, indent=2, default=str))
+        else:
+            click.echo("")
+            click.echo(render_materialized(m))

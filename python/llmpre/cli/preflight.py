@@ -64,11 +64,13 @@ def plan_settings(args, dims, config):
 
 
 def process_bytes(args, dims, config) -> tuple[float, float]:
-    """(whole-model fp32 build, the planner's per-process peak or 0 when it cannot model
-    this model) in bytes, for one process."""
+    """(whole-model fp32 load, the planner's per-process peak or 0 when it cannot model
+    this model) in bytes, for one process. A run from scratch builds only its own shard
+    (llmpre.models.init): no whole-model cost; ``continue_training`` still loads the whole
+    checkpoint in every process first."""
     from llmpre.plan import plan_memory
 
-    build = 4.0 * config.num_parameters()
+    build = 4.0 * config.num_parameters() if args.continue_training else 0.0
     try:
         planned = plan_memory(plan_settings(args, dims, config)).peak_allocated
     except ConfigError:      # the planner does not model MoE / latent attention yet
@@ -127,8 +129,9 @@ def check_host_memory(args, dims, config, processes: int, available: int | None 
                "degrees, or more nodes), " if fits else "")
     raise ConfigError(
         f"this launch needs about {need / GIB:.1f} GiB of host memory ({processes} processes x "
-        f"{per_process / GIB:.1f} GiB: the planner's per-process peak is {planned / GIB:.1f} GiB and "
-        f"every process first builds the whole fp32 model, {build / GIB:.1f} GiB for "
-        f"{config.num_parameters():,} parameters) but {available / GIB:.1f} GiB are available. Cheapest "
+        f"{per_process / GIB:.1f} GiB: the planner's per-process peak is {planned / GIB:.1f} GiB"
+        + (f" and continue_training first loads the whole fp32 model in every process, "
+           f"{build / GIB:.1f} GiB for {config.num_parameters():,} parameters" if build else "")
+        + f") but {available / GIB:.1f} GiB are available. Cheapest "
         f"changes: {changes}a smaller model, fewer layers (--num_hidden_layers), a smaller batch or "
         "sequence, or a machine with more memory; --force starts it anyway")

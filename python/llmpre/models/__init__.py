@@ -72,18 +72,33 @@ def get_config(name_or_path: Union[str, os.PathLike, ModelConfig]) -> ModelConfi
     return get_preset(name)
 
 
-def build_model(config_or_name: Union[str, os.PathLike, ModelConfig], seed: Optional[int] = None, ops=None):
+def build_model(config_or_name: Union[str, os.PathLike, ModelConfig], seed: Optional[int] = None, ops=None,
+                lazy: bool = False, dtype: str = "float32"):
     """A randomly initialised model of the config's family (:class:`LlamaForCausalLM` or
-    :class:`GPTForCausalLM`); ``seed`` calls ``paddle.seed`` first.  ``ops`` is a
-    :func:`llmpre.ops.select_ops` namespace (default: the reference ops)."""
+    :class:`GPTForCausalLM`).  ``ops`` is a :func:`llmpre.ops.select_ops` namespace (default:
+    the reference ops).
+
+    Values follow :mod:`llmpre.models.init`: each element a function of ``(seed, parameter
+    name, index)``; ``seed`` None draws one from Paddle's generator. ``lazy`` leaves the
+    parameters unallocated (each knows how to produce any slice of itself: the parallel
+    layers take only their shard, ``llmpre.models.init.materialize`` fills the rest);
+    ``dtype`` is the dtype they are created in."""
     import paddle
 
+    from llmpre.models import init
     from llmpre.models.hf import model_class
 
     config = get_config(config_or_name)
-    if seed is not None:
+    if seed is None:
+        seed = int(paddle.randint(0, 2 ** 31 - 1, [1]).item())
+    else:
         paddle.seed(seed)
-    return model_class(config)(config, ops=ops)
+    with init.deferred():
+        model = model_class(config)(config, ops=ops)
+    init.plan(model, config, seed, dtype)
+    if not lazy:
+        init.materialize(model)
+    return model
 
 
 def from_pretrained(path: Union[str, os.PathLike], dtype: str = "float32", ops=None):

@@ -134,10 +134,29 @@ def load_hf_weights(model: nn.Layer, path: PathLike) -> None:
                 params[name].set_value(value.astype(params[name].dtype))
 
 
-def build(config: ModelConfig, dtype: str = "float32", ops=None):
+def build(config: ModelConfig, dtype: str = "float32", ops=None, deferred: bool = False):
+    """The model of ``config``; ``deferred``: parameters unallocated, for a loader to fill
+    (then :func:`finish`), else randomly initialised in ``dtype``."""
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
-    model = model_class(config)(config, ops=ops)
+    from llmpre.models import init
+
+    if not deferred:
+        model = model_class(config)(config, ops=ops)
+        return model.to(dtype=dtype) if dtype != "float32" else model
+    with init.deferred():
+        model = model_class(config)(config, ops=ops)
+    return model
+
+
+def finish(model, dtype: str = "float32"):
+    """After a loader filled a deferred model: anything it did not fill (none, for a complete
+    checkpoint) gets the scheme's values, then everything is cast to ``dtype``."""
+    from llmpre.models import init
+
+    if any(init.is_lazy(p) for p in model.parameters()):
+        init.plan(model, model.config, int(paddle.randint(0, 2 ** 31 - 1, [1]).item()))
+        init.materialize(model)
     if dtype != "float32":
         model.to(dtype=dtype)
     return model
@@ -151,9 +170,9 @@ def from_pretrained(path: PathLike, dtype: str = "float32", ops=None):
     if not Path(path).is_dir():
         raise ConfigError(f"{path}: not a directory; from_pretrained needs a checkpoint directory "
                           f"holding {CONFIG_NAME} and {WEIGHTS_NAME}")
-    model = build(load_hf_config(path), dtype, ops=ops)
+    model = build(load_hf_config(path), dtype, ops=ops, deferred=True)
     load_hf_weights(model, path)
-    return model
+    return finish(model, dtype)
 
 
 def _fault_delay() -> None:

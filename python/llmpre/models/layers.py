@@ -259,22 +259,14 @@ RESIDUAL_OUTPUTS = ("o_proj.weight", "down_proj.weight")
 
 def init_weights(model: nn.Layer, config: ModelConfig) -> None:
     """PaddleNLP's initialisation: N(0, initializer_range) for linear and embedding
-    weights (and MoE router weights), zero biases, norms at identity; then every
+    weights (and MoE router weights), zero biases, norms at identity; every
     projection writing into the residual stream (``o_proj``, ``down_proj``, experts
-    included) scaled by ``1/sqrt(2 * layers)``.  Convolutions keep Paddle's default.
-    Deterministic given ``paddle.seed``."""
-    normal = Normal(0.0, config.initializer_range)
-    scale = 1.0 / math.sqrt(2 * config.num_hidden_layers)
-    for _, layer in model.named_sublayers(include_self=True):
-        if isinstance(layer, (nn.Linear, nn.Embedding)) or (isinstance(layer, LMHead) and layer.tied is None):
-            normal(layer.weight)
-            if getattr(layer, "bias", None) is not None:
-                Constant(0.0)(layer.bias)
-    with paddle.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gate.weight") and "lf_gate" not in name:
-                normal(p)                                          # MoE router
-            elif name.endswith("e_score_correction_bias"):
-                Constant(0.0)(p)
-            elif name.endswith(RESIDUAL_OUTPUTS):
-                p.set_value(p * scale)
+    included) drawn with ``initializer_range / sqrt(2 * layers)``; convolutions
+    N(0, sqrt(2 / fan_in)) (Paddle's default). The values come from the counter-based
+    scheme of :mod:`llmpre.models.init` (any slice computable alone); a model built
+    by :func:`llmpre.models.build_model` is initialised there (with its seed), one
+    built directly with a seed drawn from Paddle's generator (``paddle.seed``)."""
+    from llmpre.models import init
+
+    if not init.is_deferred():
+        init.initialize(model, config)

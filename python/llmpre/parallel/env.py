@@ -370,3 +370,20 @@ def init_parallel(dims: ParallelDims, timeout_s: float | None = None) -> Paralle
         env.groups[axis].probe()
     env.barrier("the end of the process-group setup")   # the first world collective
     return env
+
+
+def detached_env(dims: ParallelDims, rank: int) -> ParallelEnv:
+    """Rank ``rank`` of ``dims`` with its groups' memberships but no process groups: enough
+    to build that rank's model shard and optimizer state in one process (``llmpre plan
+    --materialize``); any collective on it fails."""
+    world = dims.world_size
+    if not 0 <= rank < world:
+        raise ConfigError(f"--rank {rank}: the layout has {world} ranks (0 to {world - 1})")
+    env = ParallelEnv(dims=dims, rank=rank, world_size=world)
+    for axis in AXES:
+        ranks = next(g for g in dims.group_ranks(axis) if rank in g)
+        env.groups[axis] = Group(ranks, None, rank)
+    pp = env.groups["pp"].ranks
+    pair = sorted({pp[0], pp[-1]})
+    env.embed_group = Group(pair if rank in pair else [rank], None, rank)
+    return env

@@ -78,16 +78,18 @@ class ShardedAdamW:
             once = hasattr(p, TP_SPLIT) or tp_first
             counted[span] = 0.0 if getattr(p, NORM_SKIP, False) or not once else 1.0
         self.master = paddle.to_tensor(master)
+        del master          # the numpy staging copies go as soon as their tensor exists
         # one shard of fp32 parameters: the parameters themselves are the master weights
         self.aliased = (self.sharding.size == 1 and not boundaries
                         and all(p.dtype == paddle.float32 for _, p in self.params))
         if self.aliased:
             self._alias_parameters()
         self.norm_all = bool(counted.all())   # every element counts: no mask to multiply
-        self.exp_avg = paddle.zeros([n], dtype="float32")
-        self.exp_avg_sq = paddle.zeros([n], dtype="float32")
         self.decay_mask = paddle.to_tensor(decay)
         self.norm_mask = paddle.to_tensor(counted)
+        del decay, counted
+        self.exp_avg = paddle.zeros([n], dtype="float32")
+        self.exp_avg_sq = paddle.zeros([n], dtype="float32")
         self.grad_shard: paddle.Tensor | None = None
         # Stage 3: buckets whose parameters are materialised only while in use;
         # their gradients are reduced as each unit finishes its backward.

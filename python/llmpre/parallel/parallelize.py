@@ -3,9 +3,13 @@
 ``parallelize(model, env)`` swaps in tensor-parallel layers, keeps only this
 rank's pipeline stages, and wraps layers for recomputation; it returns a
 :class:`Plan` with the pipeline chunks this rank runs and the loss function.
-Model files never see any of it: they are written as the math, and the model
-is built identically (same seed) on every rank before being cut, so every
-layout starts from the parameters of a single-process run. What may be applied
+Model files never see any of it: they are written as the math. The model
+arrives deferred (``build_model(..., lazy=True)``: no parameter memory) or
+loaded; this rank's pipeline stages are chosen first, then each kept weight
+produces only this rank's tensor-parallel slice (:mod:`llmpre.models.init`
+computes any slice of the single-process initialisation on its own), and what
+is left is materialised whole. So every layout starts from the parameters of a
+single-process run, and no rank holds more than its shard plus one parameter. What may be applied
 to a model is its own declaration (``model.parallel_support()``, see
 :mod:`llmpre.models.stage`); the stage interface is the same for every family.
 """
@@ -19,6 +23,7 @@ import paddle
 import paddle.nn as nn
 
 from llmpre.errors import ConfigError
+from llmpre.models import init
 from llmpre.parallel import tensor_parallel as tpl
 from llmpre.parallel.recompute import recompute
 
@@ -76,6 +81,8 @@ def _tensor_parallel(model, env, plan):
     tp, r = dims.tp, env.tp.index
     c = model.config
     for layer in model.layers:
+        if not hasattr(layer, "self_attn"):     # another pipeline stage's layer
+            continue
         attn = layer.self_attn
         heads, kv, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
         local = list(range(r * heads // tp, (r + 1) * heads // tp))
@@ -106,11 +113,12 @@ def _tensor_parallel(model, env, plan):
     if getattr(model, "alibi", None) is not None:
         heads = c.num_attention_heads
         model.alibi = model.alibi[r * heads // tp:(r + 1) * heads // tp]
-    tied = model.lm_head.tied is not None
-    model.embed_tokens = tpl.VocabParallelEmbedding(model.embed_tokens, group, sp)
-    if tied:
+    tied = bool(c.tie_word_embeddings)
+    if isinstance(model.embed_tokens, nn.Embedding):        # kept on this stage
+        model.embed_tokens = tpl.VocabParallelEmbedding(model.embed_tokens, group, sp)
+    if tied and isinstance(model.lm_head, nn.Layer) and hasattr(model.lm_head, "tied"):
         model.lm_head = tpl.ParallelLMHead(group, sp, tied_to=model.embed_tokens)
-    else:
+    elif hasattr(model.lm_head, "weight"):
         model.lm_head = tpl.ParallelLMHead(group, sp, linear=model.lm_head,
                                            normalize=model.lm_head.normalize)
     if sp:  # replicated parameters that now see different sequence chunks on each rank
@@ -123,7 +131,7 @@ def _recompute_layers(model, dims):
     # every family's layers are ``layer(x, *args) -> x`` (models.stage)
     skip = set(dims.no_recompute_layers)
     for i, layer in enumerate(model.layers):
-        if i in skip:
+        if i in skip or not hasattr(layer, "self_attn"):   # kept out, or another stage's layer
             continue
         if dims.recompute_granularity == "full":
             layer.forward = _recomputed(layer.forward)
@@ -147,6 +155,8 @@ def _core_attention(attention):
 
 
 def _pipeline(model, env) -> tuple[list[Chunk], bool]:
+    """This rank's chunks; every layer, embedding and head of other stages is replaced by a
+    placeholder (before anything is materialised, so they never are)."""
     dims, stage = env.dims, env.coords["pp"]
     layers = model.config.num_hidden_layers
     total = dims.pp * dims.vpp
@@ -175,20 +185,27 @@ def _pipeline(model, env) -> tuple[list[Chunk], bool]:
         for name in ("norm", "lm_head", "project_out"):
             if getattr(model, name, None) is not None:
                 setattr(model, name, nn.Layer())
-    elif tied and not first:
-        for _, p in model.embed_tokens.named_parameters():
-            setattr(p, NORM_SKIP, True)   # counted once, on the first stage
     return chunks, tied
+
+
+def _mark_second_embedding(model, chunks) -> None:
+    """A tied embedding kept on the last stage (not also the first) is counted once, there."""
+    if not any(ch.first for ch in chunks) and any(ch.last for ch in chunks):
+        for _, p in model.embed_tokens.named_parameters():
+            setattr(p, NORM_SKIP, True)
 
 
 def parallelize(model, env) -> Plan:
     dims = env.dims
     tp_plan = _check_supported(model, dims)
+    chunks, tied = _pipeline(model, env)
     if dims.tp > 1:
         _tensor_parallel(model, env, tp_plan)
+    if tied:
+        _mark_second_embedding(model, chunks)
+    init.materialize(model)            # whatever is left (replicated, or no tensor parallelism)
     if dims.recompute:
         _recompute_layers(model, dims)
-    chunks, tied = _pipeline(model, env)
     if dims.tp > 1:
         group = env.tp
 

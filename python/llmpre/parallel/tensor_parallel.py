@@ -1,8 +1,10 @@
 """Tensor-parallel layers (Megatron style) on llmpre's comm pairs.
 
-Weights are built by slicing the full, identically initialised layer, so a
-tensor-parallel run starts from exactly the parameters of a single-process
-run with the same seed. With ``sequence_parallel`` the activations between
+Each rank builds only its slice of a weight: from the loaded tensor, or, for a
+deferred model (:mod:`llmpre.models.init`), computed directly by the
+counter-based initialisation, so a tensor-parallel run starts from exactly the
+parameters of a single-process run with the same seed without any rank holding
+the whole weight. With ``sequence_parallel`` the activations between
 tensor-parallel regions are split along the sequence axis (axis 1 of
 ``[batch, seq, hidden]``): a column-parallel layer all-gathers its input and a
 row-parallel layer reduce-scatters its output instead of all-reducing it.
@@ -15,6 +17,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
+from llmpre.models import init
 from llmpre.parallel import comm
 from llmpre.parallel.comm import Group
 
@@ -25,8 +28,11 @@ NORM_SKIP = "_llmpre_norm_skip"      # a second copy (tied embedding on the last
 
 
 def _param(value: paddle.Tensor, split=None, grad_sum=False) -> paddle.Tensor:
-    p = paddle.create_parameter(list(value.shape), str(value.dtype).split(".")[-1])
-    p.set_value(value)
+    """A parameter holding ``value``'s memory (no copy)."""
+    with paddle.LazyGuard():
+        p = paddle.create_parameter(list(value.shape), "float32",
+                                    default_initializer=paddle.nn.initializer.Constant(0.0))
+    value.contiguous()._share_buffer_to(p)
     if split is not None:
         setattr(p, TP_SPLIT, split)
     if grad_sum:
@@ -34,8 +40,24 @@ def _param(value: paddle.Tensor, split=None, grad_sum=False) -> paddle.Tensor:
     return p
 
 
+def _span(index) -> tuple[int, int]:
+    """``index`` (consecutive integers) as (start, stop)."""
+    index = list(index)
+    if index != list(range(index[0], index[0] + len(index))):
+        raise ValueError("tensor-parallel slices are contiguous ranges")
+    return index[0], index[0] + len(index)
+
+
+def _slice(w: paddle.Tensor, axis: int, index) -> paddle.Tensor:
+    """Elements ``index`` (a contiguous range) of ``w`` along ``axis``, as a new tensor; a
+    deferred weight computes only them."""
+    region = [(0, int(s)) for s in w.shape]
+    region[axis] = _span(index)
+    return init.value(w, region)
+
+
 def _columns(w: paddle.Tensor, index) -> paddle.Tensor:
-    return paddle.gather(w, paddle.to_tensor(index, dtype="int64"), axis=w.ndim - 1)
+    return _slice(w, w.ndim - 1, index)
 
 
 class ColumnParallelLinear(nn.Layer):
@@ -64,9 +86,8 @@ class RowParallelLinear(nn.Layer):
         super().__init__()
         self.group, self.sp = group, sequence_parallel
         full_in = linear.weight.shape[0]
-        self.weight = _param(paddle.gather(linear.weight, paddle.to_tensor(rows, dtype="int64"), axis=0),
-                             split=(0, full_in))
-        self.bias = (_param(linear.bias, grad_sum=sequence_parallel)
+        self.weight = _param(_slice(linear.weight, 0, rows), split=(0, full_in))
+        self.bias = (_param(init.value(linear.bias), grad_sum=sequence_parallel)
                      if linear.bias is not None else None)
 
     def forward(self, x):
@@ -85,8 +106,8 @@ class ReplicatedKVProjection(nn.Layer):
         super().__init__()
         self.group, self.sp = group, sequence_parallel
         self.cols = paddle.to_tensor([h * head_dim + d for h in heads for d in range(head_dim)], dtype="int64")
-        self.weight = _param(linear.weight, grad_sum=True)
-        self.bias = _param(linear.bias, grad_sum=True) if linear.bias is not None else None
+        self.weight = _param(init.value(linear.weight), grad_sum=True)
+        self.bias = _param(init.value(linear.bias), grad_sum=True) if linear.bias is not None else None
 
     def forward(self, x):
         x = comm.all_gather_seq(x, self.group) if self.sp else comm.copy_to(x, self.group)
@@ -105,7 +126,7 @@ class VocabParallelEmbedding(nn.Layer):
         vocab = embedding.weight.shape[0]
         per = vocab // group.size
         self.start, self.end = group.index * per, (group.index + 1) * per
-        self.weight = _param(embedding.weight[self.start:self.end], split=(0, vocab))
+        self.weight = _param(_slice(embedding.weight, 0, range(self.start, self.end)), split=(0, vocab))
 
     def forward(self, ids):
         inside = (ids >= self.start) & (ids < self.end)
@@ -128,7 +149,7 @@ class ParallelLMHead(nn.Layer):
         if tied_to is None:
             vocab = linear.weight.shape[1]
             per = vocab // group.size
-            self.weight = _param(linear.weight[:, group.index * per:(group.index + 1) * per],
+            self.weight = _param(_slice(linear.weight, 1, range(group.index * per, (group.index + 1) * per)),
                                  split=(1, vocab))
 
     def forward(self, x):

@@ -75,6 +75,11 @@ class Precision:
                                     custom_black_list=set(BLACK_LIST),
                                     custom_white_list=set(WHITE_LIST_O2) if self.level == "O2" else None)
 
+    @property
+    def param_dtype(self) -> str:
+        """The dtype parameters are stored in (O2: the low dtype)."""
+        return self.dtype if self.low and self.level == "O2" else "float32"
+
     def prepare_model(self, model) -> None:
         """O2: store parameters in low precision, keep fp32 buffers fp32."""
         if not self.low or self.level != "O2":

@@ -153,9 +153,10 @@ class Trainer:
         logger.info("ops: %s", describe(self.ops))
         if args.continue_training:
             model = from_pretrained(args.model_name_or_path, ops=self.ops)
-        else:
-            model = build_model(self.config, seed=args.seed, ops=self.ops)
-        self.precision.prepare_model(model)
+            self.precision.prepare_model(model)
+        else:   # deferred: each rank materialises only its own shard (llmpre.models.init)
+            model = build_model(self.config, seed=args.seed, ops=self.ops, lazy=True,
+                                dtype=self.precision.param_dtype)
         # causal_lm_loss with the selected cross-entropy (mean over labels != -100)
         loss_fn = functools.partial(self.ops.cross_entropy, ignore_index=-100)
         num_params = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)

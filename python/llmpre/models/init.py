@@ -1,0 +1,259 @@
+"""Parameter initialisation that any rank computes for its own slice, alone.
+
+Every element of every parameter is a pure function of ``(seed, parameter name,
+the element's flat index in the whole parameter)``, so a rank can produce the
+rows or columns it owns without producing (or allocating) the rest, without
+talking to its peers, and in any order, and the values are exactly those of a
+single-process run with the same seed.
+
+The scheme (counter-based, like Philox or SplitMix):
+
+    key    = first 8 bytes of blake2b(f"{seed}/{name}") as a uint64
+    h(j)   = splitmix64(key + j * 0x9E3779B97F4A7C15)          (mod 2**64)
+    u1, u2 = ((h(2i) >> 11) + 1) / 2**53,  (h(2i+1) >> 11) / 2**53
+    z_i    = sqrt(-2 ln u1) * cos(2 pi u2)                       (Box-Muller, float64)
+    value  = float32(z_i * std), then the storage dtype
+
+What is drawn is PaddleNLP's scheme (:func:`llmpre.models.layers.init_weights`
+names the rules): N(0, initializer_range) for linear and embedding weights and
+MoE routers, that scaled by 1/sqrt(2 * layers) for the projections that write
+into the residual stream, N(0, sqrt(2 / fan_in)) for convolutions (Paddle's own
+default), zero biases, and every other parameter its own constant default
+(norms at identity).
+
+A model is built *deferred* (:func:`deferred`: Paddle's ``LazyGuard``, no
+parameter memory), its parameters tagged with where their values come from
+(:func:`plan`); ``value(p, region)`` then produces any contiguous region of a
+parameter, and :func:`materialize` fills whatever is still unallocated. The
+parallel layers (``llmpre.parallel``) call ``value`` for the slices they keep,
+so no rank ever holds more than its own shard plus one parameter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["Source", "deferred", "is_deferred", "plan", "value", "generate", "initialize", "materialize",
+           "standard_normal", "is_lazy", "CHUNK"]
+
+ATTR = "_llmpre_init"
+GAMMA = np.uint64(0x9E3779B97F4A7C15)
+CHUNK = 1 << 22      # elements generated at a time (bounds the float64 scratch memory)
+_STATE = {"deferred": 0}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a deferred parameter's values come from."""
+    key: int           # counter key: hash of (seed, name)
+    kind: str          # "normal" | "zeros" | "own" (its own constant default) | "read"
+    std: float = 0.0
+    dtype: str = "float32"
+    read: Optional[Callable] = None   # "read": region -> array/tensor of it (a checkpoint loader)
+
+
+def param_key(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{int(seed)}/{name}".encode(), digest_size=8).digest(), "little")
+
+
+def _splitmix(z: np.ndarray) -> np.ndarray:
+    z = z.copy()
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def standard_normal(key: int, flat_index: np.ndarray) -> np.ndarray:
+    """N(0, 1) draws (float64) of elements ``flat_index`` under ``key`` (see the module doc)."""
+    i = np.asarray(flat_index, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        base = np.uint64(key) + (i * np.uint64(2)) * GAMMA
+        h1 = _splitmix(base)
+        h2 = _splitmix(base + GAMMA)
+    u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 1.0) * (1.0 / 2 ** 53)
+    u2 = (h2 >> np.uint64(11)).astype(np.float64) * (1.0 / 2 ** 53)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
+
+
+def normal_region(key: int, shape: Sequence[int], region: Sequence[tuple], std: float) -> np.ndarray:
+    """float32 values of ``region`` ((start, stop) per axis) of a ``shape`` parameter."""
+    shape = [int(s) for s in shape]
+    region = [(int(a), int(b)) for a, b in region]
+    out = np.empty([b - a for a, b in region], dtype=np.float32)
+    if out.size == 0:
+        return out
+    strides = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
+    inner = np.zeros(1, dtype=np.int64)             # flat offsets of one index along axis 0
+    for k in range(1, len(shape)):
+        a, b = region[k]
+        inner = (inner[:, None] + np.arange(a, b, dtype=np.int64)[None, :] * strides[k]).reshape(-1)
+    a0, b0 = region[0] if shape else (0, 1)
+    per = max(1, CHUNK // max(inner.size, 1))
+    flat_out = out.reshape(b0 - a0, -1) if shape else out.reshape(1, 1)
+    for r in range(a0, b0, per):
+        rows = np.arange(r, min(r + per, b0), dtype=np.int64)
+        index = (rows[:, None] * (strides[0] if shape else 0) + inner[None, :]).reshape(-1)
+        flat_out[r - a0:r - a0 + rows.size] = (standard_normal(key, index) * std).astype(
+            np.float32).reshape(rows.size, -1)
+    return out
+
+
+# ----------------------------------------------------------------------------- building
+def is_deferred() -> bool:
+    """True while :func:`deferred` builds a model (layers then skip their own init)."""
+    return _STATE["deferred"] > 0
+
+
+@contextlib.contextmanager
+def deferred():
+    """Build layers with unallocated parameters (Paddle's ``LazyGuard``)."""
+    import paddle
+
+    _STATE["deferred"] += 1
+    try:
+        with paddle.LazyGuard():
+            yield
+    finally:
+        _STATE["deferred"] -= 1
+
+
+def is_lazy(p) -> bool:
+    return not p._is_initialized()
+
+
+def rules(model, config) -> dict:
+    """``{parameter name: (kind, std)}`` by PaddleNLP's scheme (see the module doc)."""
+    import paddle.nn as nn
+
+    from llmpre.models.layers import RESIDUAL_OUTPUTS, LMHead
+
+    std = config.initializer_range
+    scale = 1.0 / math.sqrt(2 * config.num_hidden_layers)
+    out: dict = {}
+    for prefix, layer in model.named_sublayers(include_self=True):
+        pre = f"{prefix}." if prefix else ""
+        if isinstance(layer, (nn.Linear, nn.Embedding)) or (isinstance(layer, LMHead) and layer.tied is None):
+            out[pre + "weight"] = ("normal", std)
+            if getattr(layer, "bias", None) is not None:
+                out[pre + "bias"] = ("zeros", 0.0)
+        elif isinstance(layer, (nn.Conv1D, nn.Conv2D, nn.Conv3D)):
+            fan_in = int(np.prod(layer._kernel_size)) * int(layer._in_channels)
+            out[pre + "weight"] = ("normal", (2.0 / fan_in) ** 0.5)
+            if getattr(layer, "bias", None) is not None:
+                out[pre + "bias"] = ("zeros", 0.0)
+    for name, _ in model.named_parameters():
+        if name.endswith("gate.weight") and "lf_gate" not in name:
+            out[name] = ("normal", std)                              # MoE router
+        elif name.endswith("e_score_correction_bias"):
+            out[name] = ("zeros", 0.0)
+        if name.endswith(RESIDUAL_OUTPUTS) and out.get(name, ("",))[0] == "normal":
+            out[name] = ("normal", out[name][1] * scale)
+        out.setdefault(name, ("own", 0.0))
+    return out
+
+
+def plan(model, config, seed: int, dtype: str = "float32") -> None:
+    """Tag every parameter of a (deferred) model with its :class:`Source`."""
+    for name, p in model.named_parameters():
+        kind, std = rules_cache(model, config)[name]
+        setattr(p, ATTR, Source(param_key(seed, name), kind, std, dtype))
+
+
+def rules_cache(model, config) -> dict:
+    cached = getattr(model, "_llmpre_init_rules", None)
+    if cached is None:
+        cached = rules(model, config)
+        object.__setattr__(model, "_llmpre_init_rules", cached)
+    return cached
+
+
+def value(p, region: Optional[Sequence[tuple]] = None, dtype: Optional[str] = None):
+    """A new tensor with ``region`` ((start, stop) per axis; None: all) of parameter ``p``:
+    sliced from its data when it has any, else computed from its :class:`Source`."""
+    import paddle
+
+    shape = [int(s) for s in p.shape]
+    whole = [(0, s) for s in shape]
+    region = whole if region is None else [(int(a), int(b)) for a, b in region]
+    src: Optional[Source] = getattr(p, ATTR, None)
+    if not is_lazy(p):
+        t = p if region == whole else p[tuple(slice(a, b) for a, b in region)]
+        t = t.detach().clone()          # its own memory, never a view of the parameter
+        return t.astype(dtype) if dtype is not None and str(t.dtype).split(".")[-1] != dtype else t
+    return generate(p, region, dtype)
+
+
+def generate(p, region: Optional[Sequence[tuple]] = None, dtype: Optional[str] = None):
+    """``region`` of parameter ``p`` computed from its :class:`Source` (whatever it holds now)."""
+    import paddle
+
+    shape = [int(s) for s in p.shape]
+    whole = [(0, s) for s in shape]
+    region = whole if region is None else [(int(a), int(b)) for a, b in region]
+    src: Optional[Source] = getattr(p, ATTR, None)
+    if src is None:
+        raise RuntimeError(f"parameter {p.name} {shape} has no data and no initialisation source "
+                           "(build the model with llmpre.models.build_model)")
+    target = dtype or src.dtype
+    if src.kind == "read":              # a loader reads just this region from its file
+        t = src.read(region)
+        t = t if isinstance(t, paddle.Tensor) else paddle.to_tensor(np.ascontiguousarray(t))
+        if list(t.shape) != [b - a for a, b in region]:
+            raise RuntimeError(f"parameter {p.name}: the loader returned {list(t.shape)} for region {region}")
+        if str(t.dtype).split(".")[-1] != "float32" and target != str(t.dtype).split(".")[-1]:
+            t = t.astype("float32")
+    elif src.kind == "normal":
+        t = paddle.to_tensor(normal_region(src.key, shape, region, src.std))
+    elif src.kind == "zeros":
+        t = paddle.zeros([b - a for a, b in region], dtype="float32")
+    else:                                 # its own default: a constant (norms); no RNG is drawn
+        t = paddle.full([b - a for a, b in region], _own_constant(p), dtype="float32")
+    return t if str(t.dtype).split(".")[-1] == target else t.astype(target)
+
+
+def _own_constant(p) -> float:
+    """The fill value of a deferred parameter whose default initialiser is a constant."""
+    init = getattr(getattr(getattr(p, "_init_func", None), "func", None), "__self__", None)
+    if init is not None and init.__class__.__name__ in ("Constant", "ConstantInitializer"):
+        return float(init._value)
+    raise RuntimeError(f"parameter {p.name}: no llmpre initialisation rule, and its own default "
+                       f"initialiser ({type(init).__name__}) is not a constant (a random default would "
+                       "depend on the order parameters are built in); add a rule to "
+                       "llmpre.models.init.rules")
+
+
+def initialize(model, config, seed: Optional[int] = None) -> None:
+    """Overwrite an eagerly built model's parameters with the scheme's values (``seed``:
+    None draws one from Paddle's generator, so ``paddle.seed`` decides); parameters whose
+    rule is their own default keep the value they were built with."""
+    import paddle
+
+    if seed is None:
+        seed = int(paddle.randint(0, 2 ** 31 - 1, [1]).item())
+    plan(model, config, seed, "float32")
+    with paddle.no_grad():
+        for _, p in model.named_parameters():
+            if getattr(p, ATTR).kind != "own":
+                p.set_value(generate(p).astype(p.dtype))
+
+
+def materialize(model) -> int:
+    """Give every still-unallocated parameter its values (its Source's dtype); returns how many."""
+    import paddle
+
+    n = 0
+    with paddle.no_grad():
+        for _, p in model.named_parameters():
+            if is_lazy(p):
+                value(p).contiguous()._share_buffer_to(p)
+                n += 1
+    return n
