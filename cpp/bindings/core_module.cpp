@@ -10,6 +10,7 @@
 #include "llmpre/blend_index.h"
 #include "llmpre/buffer.h"
 #include "llmpre/corpus.h"
+#include "llmpre/counter_init.h"
 #include "llmpre/gpt_index.h"
 
 namespace py = pybind11;
@@ -313,4 +314,22 @@ PYBIND11_MODULE(_core, m) {
       py::arg("corpus"), py::arg("doc_idx"), py::arg("sample_idx"), py::arg("shuffle_idx"),
       py::arg("indices"), py::arg("seq_length"),
       "Samples at dataset positions `indices` as int64 [n, seq_length+1].");
+
+  m.def(
+      "counter_normal",
+      [](uint64_t key, std::vector<int64_t> shape, std::vector<std::pair<int64_t, int64_t>> region,
+         double std_dev, int threads) {
+        std::vector<py::ssize_t> dims;
+        for (auto& r : region) dims.push_back(static_cast<py::ssize_t>(r.second - r.first));
+        py::array_t<float> out(dims);
+        float* data = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          counter_normal(key, shape, region, std_dev, data, threads);
+        }
+        return out;
+      },
+      py::arg("key"), py::arg("shape"), py::arg("region"), py::arg("std"), py::arg("threads") = 0,
+      "float32 N(0, std^2) values of `region` ((start, stop) per axis) of a parameter of `shape` "
+      "under counter key `key` (llmpre.models.init's scheme; any region computable alone).");
 }

@@ -43,7 +43,8 @@ def test_every_rank_holds_the_single_process_values_of_its_shard_and_computes_no
 
     def counting(p, region=None, dtype=None):
         t = real(p, region, dtype)
-        generated.append(int(np.prod(t.shape)))
+        if getattr(p, init.ATTR).kind != "read":     # a deferred slice reads its parent's region
+            generated.append(int(np.prod(t.shape)))
         return t
 
     monkeypatch.setattr(init, "generate", counting)
@@ -69,3 +70,57 @@ def test_every_rank_holds_the_single_process_values_of_its_shard_and_computes_no
 def test_a_rank_outside_the_world_is_refused():
     with pytest.raises(ConfigError, match=r"--rank 8: the layout has 8 ranks \(0 to 7\)"):
         detached_env(ParallelDims(tp=2, pp=4), 8)
+
+
+@pytest.mark.parametrize("dims", [ParallelDims(sharding=2, sharding_stage=3),
+                                  ParallelDims(tp=2, sharding=2, sharding_stage=3)],
+                         ids=["sharding2 stage3", "tp2 x sharding2 stage3"])
+def test_stage3_ranks_compute_only_their_shard_of_the_layers(dims, monkeypatch):
+    """Under stage 3 a decoder layer's parameters are never whole on a rank: the optimizer
+    computes its own elements (whole rows around them), which equal the single-process
+    values; the embedding, final norm and head stay whole."""
+    from llmpre.parallel import stage3
+    from llmpre.parallel.optimizer import ShardedAdamW
+
+    cfg = _cfg()
+    single = {n: p.numpy() for n, p in build_model(cfg, seed=4).named_parameters()}
+    layer_elems = []
+    real = init.generate
+
+    def counting(p, region=None, dtype=None):
+        t = real(p, region, dtype)
+        if getattr(p, init.ATTR).kind != "read" and p.name in layer_names:
+            layer_elems.append(int(np.prod(t.shape)))
+        return t
+
+    monkeypatch.setattr(init, "generate", counting)
+    for rank in range(dims.world_size):
+        layer_elems.clear()
+        env = detached_env(dims, rank)
+        model = build_model(cfg, seed=4, lazy=True)
+        layer_names = {p.name for n, p in model.named_parameters() if n.startswith("layers.")}
+        model = parallelize(model, env, materialize=stage3.outside_units).model
+        params = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
+        layer_names |= {p.name for n, p in params if n.startswith("layers.")}
+        assert all(init.is_lazy(p) == n.startswith("layers.") for n, p in params)
+        opt = ShardedAdamW(params, env, boundaries=stage3.unit_boundaries(params))
+        stage3.shard_parameters(model, params, opt)
+        master = opt.master.numpy()
+        owned_layer = 0
+        for pc in opt.pieces:
+            n, p = params[pc.param]
+            want = single[n]
+            split = getattr(p, TP_SPLIT, None)
+            if split is not None:
+                axis, _ = split
+                size = p.shape[axis]
+                want = np.take(want, range(env.tp.index * size, (env.tp.index + 1) * size), axis=axis)
+            got = master[pc.local_start:pc.local_start + pc.param_end - pc.param_start]
+            assert np.array_equal(got, want.reshape(-1)[pc.param_start:pc.param_end]), (rank, n)
+            if n.startswith("layers."):
+                owned_layer += pc.param_end - pc.param_start
+        layer_total = sum(int(np.prod(p.shape)) for n, p in params if n.startswith("layers."))
+        widest_row = max(int(np.prod(p.shape[1:])) for n, p in params if n.startswith("layers."))
+        # its own elements, plus at most one partial row at each end of each piece
+        assert owned_layer <= sum(layer_elems) <= owned_layer + 2 * widest_row * len(opt.pieces)
+        assert sum(layer_elems) < layer_total, "a rank computed every layer parameter whole"

@@ -8,11 +8,15 @@ single-process run with the same seed.
 
 The scheme (counter-based, like Philox or SplitMix):
 
-    key    = first 8 bytes of blake2b(f"{seed}/{name}") as a uint64
+    key    = first 8 bytes of blake2b(f"{seed}/{name}"), little-endian uint64
     h(j)   = splitmix64(key + j * 0x9E3779B97F4A7C15)          (mod 2**64)
-    u1, u2 = ((h(2i) >> 11) + 1) / 2**53,  (h(2i+1) >> 11) / 2**53
-    z_i    = sqrt(-2 ln u1) * cos(2 pi u2)                       (Box-Muller, float64)
+    pair k = i // 2:  u1 = ((h(2k) >> 11) + 1) / 2**53,  u2 = (h(2k+1) >> 11) / 2**53
+    z_i    = sqrt(-2 ln u1) * (cos if i is even else sin)(2 pi u2)   (Box-Muller, float64)
     value  = float32(z_i * std), then the storage dtype
+
+computed by ``llmpre._core.counter_normal`` (C++, threads; ``standard_normal`` below is the
+same scheme in numpy, the reference the tests hold it to: equal up to the last bit of
+libm's log/sin/cos).
 
 What is drawn is PaddleNLP's scheme (:func:`llmpre.models.layers.init_weights`
 names the rules): N(0, initializer_range) for linear and embedding weights and
@@ -34,17 +38,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Source", "deferred", "is_deferred", "plan", "value", "generate", "initialize", "materialize",
-           "standard_normal", "is_lazy", "CHUNK"]
+__all__ = ["Source", "deferred", "is_deferred", "plan", "value", "view", "storage_dtype", "generate", "initialize",
+           "materialize",
+           "standard_normal", "normal_region", "normal_region_reference", "is_lazy"]
 
 ATTR = "_llmpre_init"
 GAMMA = np.uint64(0x9E3779B97F4A7C15)
-CHUNK = 1 << 22      # elements generated at a time (bounds the float64 scratch memory)
 _STATE = {"deferred": 0}
 
 
@@ -73,38 +78,36 @@ def _splitmix(z: np.ndarray) -> np.ndarray:
 
 
 def standard_normal(key: int, flat_index: np.ndarray) -> np.ndarray:
-    """N(0, 1) draws (float64) of elements ``flat_index`` under ``key`` (see the module doc)."""
+    """N(0, 1) draws (float64) of elements ``flat_index`` under ``key`` (see the module doc);
+    numpy, the reference of ``llmpre._core.counter_normal``."""
     i = np.asarray(flat_index, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        base = np.uint64(key) + (i * np.uint64(2)) * GAMMA
+        base = np.uint64(key) + ((i >> np.uint64(1)) * np.uint64(2)) * GAMMA
         h1 = _splitmix(base)
         h2 = _splitmix(base + GAMMA)
     u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 1.0) * (1.0 / 2 ** 53)
     u2 = (h2 >> np.uint64(11)).astype(np.float64) * (1.0 / 2 ** 53)
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
+    r, t = np.sqrt(-2.0 * np.log(u1)), 2.0 * math.pi * u2
+    return np.where((i & np.uint64(1)) == 0, r * np.cos(t), r * np.sin(t))
+
+
+def normal_region_reference(key: int, shape: Sequence[int], region: Sequence[tuple], std: float) -> np.ndarray:
+    """``normal_region`` in numpy, element by element from :func:`standard_normal`."""
+    shape = [int(s) for s in shape]
+    region = [(int(a), int(b)) for a, b in region]
+    grids = np.meshgrid(*[np.arange(a, b, dtype=np.int64) for a, b in region], indexing="ij")
+    flat = np.ravel_multi_index(grids, shape) if shape else np.zeros((), np.int64)
+    return (standard_normal(key, flat.reshape(-1)) * std).astype(np.float32).reshape(
+        [b - a for a, b in region])
 
 
 def normal_region(key: int, shape: Sequence[int], region: Sequence[tuple], std: float) -> np.ndarray:
     """float32 values of ``region`` ((start, stop) per axis) of a ``shape`` parameter."""
-    shape = [int(s) for s in shape]
-    region = [(int(a), int(b)) for a, b in region]
-    out = np.empty([b - a for a, b in region], dtype=np.float32)
-    if out.size == 0:
-        return out
-    strides = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
-    inner = np.zeros(1, dtype=np.int64)             # flat offsets of one index along axis 0
-    for k in range(1, len(shape)):
-        a, b = region[k]
-        inner = (inner[:, None] + np.arange(a, b, dtype=np.int64)[None, :] * strides[k]).reshape(-1)
-    a0, b0 = region[0] if shape else (0, 1)
-    per = max(1, CHUNK // max(inner.size, 1))
-    flat_out = out.reshape(b0 - a0, -1) if shape else out.reshape(1, 1)
-    for r in range(a0, b0, per):
-        rows = np.arange(r, min(r + per, b0), dtype=np.int64)
-        index = (rows[:, None] * (strides[0] if shape else 0) + inner[None, :]).reshape(-1)
-        flat_out[r - a0:r - a0 + rows.size] = (standard_normal(key, index) * std).astype(
-            np.float32).reshape(rows.size, -1)
-    return out
+    from llmpre._core import counter_normal
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    return counter_normal(int(key), [int(s) for s in shape], [(int(a), int(b)) for a, b in region],
+                          float(std), threads)
 
 
 # ----------------------------------------------------------------------------- building
@@ -192,6 +195,36 @@ def value(p, region: Optional[Sequence[tuple]] = None, dtype: Optional[str] = No
     return generate(p, region, dtype)
 
 
+def view(p, region: Sequence[tuple]):
+    """``region`` of ``p`` as a deferred parameter of its own (nothing computed until it is
+    materialised or read) when ``p`` is deferred; else a tensor holding that region."""
+    if not is_lazy(p):
+        return value(p, region)
+    import paddle
+
+    src: Optional[Source] = getattr(p, ATTR, None)
+    if src is None:
+        raise RuntimeError(f"parameter {p.name} has no data and no initialisation source")
+    origin = [int(a) for a, _ in region]
+
+    def read(sub):
+        return value(p, [(o + a, o + b) for o, (a, b) in zip(origin, sub)])
+
+    with paddle.LazyGuard():
+        q = paddle.create_parameter([int(b) - int(a) for a, b in region], "float32",
+                                    default_initializer=paddle.nn.initializer.Constant(0.0))
+    setattr(q, ATTR, Source(src.key, "read", 0.0, src.dtype, read))
+    return q
+
+
+def storage_dtype(p) -> str:
+    """The dtype ``p`` holds or, deferred, will hold."""
+    src = getattr(p, ATTR, None)
+    if is_lazy(p) and src is not None:
+        return src.dtype
+    return str(p.dtype).split(".")[-1]
+
+
 def generate(p, region: Optional[Sequence[tuple]] = None, dtype: Optional[str] = None):
     """``region`` of parameter ``p`` computed from its :class:`Source` (whatever it holds now)."""
     import paddle
@@ -246,14 +279,15 @@ def initialize(model, config, seed: Optional[int] = None) -> None:
                 p.set_value(generate(p).astype(p.dtype))
 
 
-def materialize(model) -> int:
-    """Give every still-unallocated parameter its values (its Source's dtype); returns how many."""
+def materialize(model, only: Optional[Callable] = None) -> int:
+    """Give every still-unallocated parameter (whose name ``only`` accepts, if given) its
+    values, in its Source's dtype; returns how many."""
     import paddle
 
     n = 0
     with paddle.no_grad():
-        for _, p in model.named_parameters():
-            if is_lazy(p):
+        for name, p in model.named_parameters():
+            if is_lazy(p) and (only is None or only(name)):
                 value(p).contiguous()._share_buffer_to(p)
                 n += 1
     return n

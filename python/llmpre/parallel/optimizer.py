@@ -39,6 +39,7 @@ import math
 import numpy as np
 import paddle
 
+from llmpre.models import init
 from llmpre.parallel.flat import flat_layout
 from llmpre.parallel.tensor_parallel import NORM_SKIP, TP_GRAD_SUM, TP_SPLIT
 
@@ -48,6 +49,30 @@ LOW = (paddle.float16, paddle.bfloat16)
 def no_decay(name: str) -> bool:
     """PaddleNLP's rule: no weight decay for parameters named *bias* or *norm*."""
     return "bias" in name or "norm" in name
+
+
+def _owned_values(p, start: int, end: int) -> np.ndarray:
+    """Flat elements ``[start, end)`` of parameter ``p`` as fp32 numpy (as stored: a bf16
+    parameter's values rounded to bf16). A deferred parameter (stage 3: never materialised
+    whole) computes only the rows that hold them."""
+    if not init.is_lazy(p):
+        flat = (p.astype("float32") if p.dtype in LOW else p).numpy().reshape(-1)
+        return flat[start:end]
+    shape = [int(s) for s in p.shape]
+    row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    r0, r1 = start // row, -(-end // row)
+    region = [(r0, r1)] + [(0, s) for s in shape[1:]]
+    v = init.value(p, region)
+    v = (v.astype("float32") if v.dtype in LOW else v).numpy().reshape(-1)
+    return v[start - r0 * row:end - r0 * row]
+
+
+def _add_run(runs: list, a: int, b: int) -> None:
+    """Append [a, b) to ``runs``, merged with the last run when they touch."""
+    if runs and runs[-1][1] == a:
+        runs[-1] = (runs[-1][0], b)
+    else:
+        runs.append((a, b))
 
 
 class ShardedAdamW:
@@ -65,29 +90,30 @@ class ShardedAdamW:
         self.rank = max(self.sharding.index, 0)
         self.pieces = self.layout.pieces(self.rank)
         n = self.layout.shard_numel(self.rank)
-        master = np.zeros(n, np.float32)
-        decay = np.zeros(n, np.float32)
-        counted = np.zeros(n, np.float32)   # 1 where this element counts toward the global norm
+        # filled piece by piece: no staging copy of the shard; padding stays 0
+        self.master = paddle.zeros([n], dtype="float32")
+        decayed, uncounted = [], []     # (start, end) runs of the shard; padding is neither
         tp_first = env.groups["tp"].index == 0
         for pc in self.pieces:
             name, p = self.params[pc.param]
-            flat = p.astype("float32").numpy().reshape(-1) if p.dtype in LOW else p.numpy().reshape(-1)
-            span = slice(pc.local_start, pc.local_start + pc.param_end - pc.param_start)
-            master[span] = flat[pc.param_start:pc.param_end]
-            decay[span] = 0.0 if no_decay(name) else 1.0
+            a, b = pc.local_start, pc.local_start + pc.param_end - pc.param_start
+            self.master[a:b] = paddle.to_tensor(_owned_values(p, pc.param_start, pc.param_end))
+            if not no_decay(name):
+                _add_run(decayed, a, b)
             once = hasattr(p, TP_SPLIT) or tp_first
-            counted[span] = 0.0 if getattr(p, NORM_SKIP, False) or not once else 1.0
-        self.master = paddle.to_tensor(master)
-        del master          # the numpy staging copies go as soon as their tensor exists
+            if getattr(p, NORM_SKIP, False) or not once:     # another copy is counted elsewhere
+                _add_run(uncounted, a, b)
         # one shard of fp32 parameters: the parameters themselves are the master weights
         self.aliased = (self.sharding.size == 1 and not boundaries
                         and all(p.dtype == paddle.float32 for _, p in self.params))
         if self.aliased:
             self._alias_parameters()
-        self.norm_all = bool(counted.all())   # every element counts: no mask to multiply
-        self.decay_mask = paddle.to_tensor(decay)
-        self.norm_mask = paddle.to_tensor(counted)
-        del decay, counted
+        # the weight-decay and grad-norm masks as runs, not arrays (two fp32 values an
+        # element would cost as much as the master weights); padding elements are 0 in
+        # every buffer, so what a mask says about them changes nothing
+        self.decayed_runs = decayed
+        self.uncounted_runs = uncounted
+        self.norm_all = not uncounted   # every element counts: nothing to zero
         self.exp_avg = paddle.zeros([n], dtype="float32")
         self.exp_avg_sq = paddle.zeros([n], dtype="float32")
         self.grad_shard: paddle.Tensor | None = None
@@ -172,7 +198,13 @@ class ShardedAdamW:
     def grad_norm(self) -> float:
         """Global L2 norm of the (reduced) gradient, every element counted once."""
         g = self.grad_shard
-        sq = paddle.sum(paddle.square(g)) if self.norm_all else paddle.sum(paddle.square(g) * self.norm_mask)
+        if self.norm_all:
+            sq = paddle.sum(paddle.square(g))
+        else:
+            sq = paddle.square(g)
+            for a, b in self.uncounted_runs:
+                sq[a:b] = 0.0
+            sq = paddle.sum(sq)
         for axis in ("sharding", "tp", "pp"):
             self.env.groups[axis].all_reduce(sq)
         return float(paddle.sqrt(sq).item())
@@ -196,7 +228,9 @@ class ShardedAdamW:
         self.exp_avg_sq.scale_(b2).add_(s)
         self.exp_avg.scale_(b1).add_(g.scale_(1.0 - b1))           # g is spent from here on
         if self.weight_decay:                                      # 1 - lr wd (where decayed)
-            paddle.assign(self.decay_mask, output=s)
+            s.fill_(0.0)
+            for a, b in self.decayed_runs:                         # the decay mask
+                s[a:b] = 1.0
             self.master.multiply_(s.scale_(-lr * self.weight_decay, bias=1.0))
         paddle.assign(self.exp_avg_sq, output=s)                   # denominator
         s.sqrt_().scale_(1.0 / math.sqrt(1.0 - b2 ** t), bias=self.eps)
@@ -223,8 +257,9 @@ class ShardedAdamW:
             _, p = self.params[i]
             off = self.layout.offsets[i] - b.start
             value = full[off:off + self.layout.numels[i]].reshape(p.shape)
-            if p.dtype != paddle.float32:
-                value = value.astype(p.dtype)
+            dtype = init.storage_dtype(p)
+            if dtype != "float32":
+                value = value.astype(dtype)
             if share or not p._is_initialized():
                 value.contiguous()._share_buffer_to(p)
             else:

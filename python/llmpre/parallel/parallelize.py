@@ -195,7 +195,10 @@ def _mark_second_embedding(model, chunks) -> None:
             setattr(p, NORM_SKIP, True)
 
 
-def parallelize(model, env) -> Plan:
+def parallelize(model, env, materialize=True) -> Plan:
+    """``materialize``: True allocates every parameter this rank keeps; a predicate on the
+    parameter name allocates only those it accepts (stage 3: the decoder layers' parameters
+    stay deferred, the sharded optimizer computes only its own elements of them)."""
     dims = env.dims
     tp_plan = _check_supported(model, dims)
     chunks, tied = _pipeline(model, env)
@@ -203,7 +206,7 @@ def parallelize(model, env) -> Plan:
         _tensor_parallel(model, env, tp_plan)
     if tied:
         _mark_second_embedding(model, chunks)
-    init.materialize(model)            # whatever is left (replicated, or no tensor parallelism)
+    init.materialize(model, None if materialize is True else materialize)   # whatever is left
     if dims.recompute:
         _recompute_layers(model, dims)
     if dims.tp > 1:

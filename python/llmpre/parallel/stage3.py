@@ -55,6 +55,11 @@ class _Stage3(PyLayer):
         return x.grad
 
 
+def outside_units(name: str) -> bool:
+    """Whether a parameter stays whole under stage 3 (not a decoder layer's)."""
+    return not name.startswith("layers.")
+
+
 def unit_boundaries(named_params) -> list[int]:
     """Indices (in ``named_params`` order) where each decoder layer's parameters
     start, and where the parameters after the last layer start."""

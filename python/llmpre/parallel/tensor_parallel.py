@@ -28,11 +28,15 @@ NORM_SKIP = "_llmpre_norm_skip"      # a second copy (tied embedding on the last
 
 
 def _param(value: paddle.Tensor, split=None, grad_sum=False) -> paddle.Tensor:
-    """A parameter holding ``value``'s memory (no copy)."""
-    with paddle.LazyGuard():
-        p = paddle.create_parameter(list(value.shape), "float32",
-                                    default_initializer=paddle.nn.initializer.Constant(0.0))
-    value.contiguous()._share_buffer_to(p)
+    """A parameter holding ``value``'s memory (no copy), or ``value`` itself when it is a
+    deferred parameter (``init.view``: computed only when materialised or read)."""
+    if init.is_lazy(value):
+        p = value
+    else:
+        with paddle.LazyGuard():
+            p = paddle.create_parameter(list(value.shape), "float32",
+                                        default_initializer=paddle.nn.initializer.Constant(0.0))
+        value.contiguous()._share_buffer_to(p)
     if split is not None:
         setattr(p, TP_SPLIT, split)
     if grad_sum:
@@ -49,11 +53,15 @@ def _span(index) -> tuple[int, int]:
 
 
 def _slice(w: paddle.Tensor, axis: int, index) -> paddle.Tensor:
-    """Elements ``index`` (a contiguous range) of ``w`` along ``axis``, as a new tensor; a
-    deferred weight computes only them."""
+    """Elements ``index`` (a contiguous range) of ``w`` along ``axis``: a new tensor, or, of a
+    deferred weight, a deferred parameter that computes only them when materialised."""
     region = [(0, int(s)) for s in w.shape]
     region[axis] = _span(index)
-    return init.value(w, region)
+    return init.view(w, region)
+
+
+def _whole(w: paddle.Tensor) -> paddle.Tensor:
+    return init.view(w, [(0, int(s)) for s in w.shape])
 
 
 def _columns(w: paddle.Tensor, index) -> paddle.Tensor:
@@ -87,7 +95,7 @@ class RowParallelLinear(nn.Layer):
         self.group, self.sp = group, sequence_parallel
         full_in = linear.weight.shape[0]
         self.weight = _param(_slice(linear.weight, 0, rows), split=(0, full_in))
-        self.bias = (_param(init.value(linear.bias), grad_sum=sequence_parallel)
+        self.bias = (_param(_whole(linear.bias), grad_sum=sequence_parallel)
                      if linear.bias is not None else None)
 
     def forward(self, x):
@@ -106,8 +114,8 @@ class ReplicatedKVProjection(nn.Layer):
         super().__init__()
         self.group, self.sp = group, sequence_parallel
         self.cols = paddle.to_tensor([h * head_dim + d for h in heads for d in range(head_dim)], dtype="int64")
-        self.weight = _param(init.value(linear.weight), grad_sum=True)
-        self.bias = _param(init.value(linear.bias), grad_sum=True) if linear.bias is not None else None
+        self.weight = _param(_whole(linear.weight), grad_sum=True)
+        self.bias = _param(_whole(linear.bias), grad_sum=True) if linear.bias is not None else None
 
     def forward(self, x):
         x = comm.all_gather_seq(x, self.group) if self.sp else comm.copy_to(x, self.group)

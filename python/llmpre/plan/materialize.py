@@ -33,7 +33,6 @@ class Materialized:
     gradients: int = 0
     optimizer: int = 0            # master weights (when not the parameters) + both moments
     optimizer_padding: int = 0    # of which: the flat layout's padding elements
-    optimizer_masks: int = 0      # decay / grad-norm masks (bookkeeping the plan does not count)
     seconds: float = 0.0
     rss_before: int = 0
     peak_rss: int = 0
@@ -89,7 +88,6 @@ def materialize(settings, rank: int, seed: int = 42) -> Materialized:
     shard = optimizer.layout.shard_numel(optimizer.rank)
     owned = sum(pc.param_end - pc.param_start for pc in optimizer.pieces)
     out.optimizer_padding = (shard - owned) * 4 * len(states)
-    out.optimizer_masks = sum(_bytes(t) for t in (optimizer.decay_mask, optimizer.norm_mask))
     if staged3:
         stage3.shard_parameters(model, params, optimizer)
         out.weights = sum(_bytes(p) for _, p in params if p._is_initialized())
@@ -115,8 +113,7 @@ def render_materialized(m: Materialized) -> str:
         rows.append(f"  (optimizer states include {m.optimizer_padding:,} bytes of flat-layout padding)")
     total = m.weights + m.gradients + m.optimizer
     planned = m.planned["weights"] + m.planned["gradients"] + m.planned["optimizer"]
-    rows += [f"  {'optimizer masks':22}{gib(m.optimizer_masks):>14}{'(not planned)':>14}",
-             f"  {'state total':22}{gib(total):>14}{gib(planned):>14}",
+    rows += [f"  {'state total':22}{gib(total):>14}{gib(planned):>14}",
              f"  {'peak resident memory':22}{gib(m.peak_rss):>14}  (process before the build: "
              f"{m.rss_before / GIB:.2f} GiB; {(m.peak_rss - planned) / GIB:+.2f} GiB over the planned state)"]
     return "\n".join(rows)
