@@ -65,11 +65,13 @@ class Engine:
         parallelism the vocabulary-parallel cross-entropy replaces it."""
         self.paddle, self.precision, self.env, self.args = paddle, precision, env, args
         self.config = model.config
-        self.plan = parallelize(model, env)
+        self.stage3 = env.dims.sharding_stage == 3 and env.dims.sharding > 1
+        # stage 3: decoder-layer parameters are never materialised whole on a rank; the
+        # optimizer computes its own shard of them and gathers a layer only while it runs
+        self.plan = parallelize(model, env, materialize=stage3.outside_units if self.stage3 else True)
         self.model = self.plan.model
         self.loss_fn = self.plan.loss_fn if env.dims.tp > 1 else loss_fn
         self.params = [(n, p) for n, p in self.model.named_parameters() if not p.stop_gradient]
-        self.stage3 = env.dims.sharding_stage == 3 and env.dims.sharding > 1
         self.optimizer = ShardedAdamW(self.params, env, betas=(args.adam_beta1, args.adam_beta2),
                                       eps=args.adam_epsilon, weight_decay=args.weight_decay,
                                       boundaries=stage3.unit_boundaries(self.params) if self.stage3 else ())
