@@ -43,8 +43,9 @@ def test_a_launch_that_fits_passes(tmp_path):
     assert build == 0 and planned > 0
 
 
-def test_continue_training_counts_the_whole_checkpoint_load(tmp_path):
-    """Loading an HF checkpoint still reads the whole model in every process first."""
+def test_continue_training_costs_what_a_run_from_scratch_costs(tmp_path):
+    """Each process reads only its own slices of an HF checkpoint (llmpre.models.hf_load):
+    no whole-model load, so the same layout needs the planner's peak and nothing more."""
     from llmpre.models import build_model, save_pretrained
 
     src = tmp_path / "hf"
@@ -53,9 +54,12 @@ def test_continue_training_counts_the_whole_checkpoint_load(tmp_path):
                    tensor_parallel_degree=2)
     dims, config = preflight.check_layout(args, 2)
     build, planned = preflight.process_bytes(args, dims, config)
-    assert build == 4 * config.num_parameters() and planned > 0
-    with pytest.raises(ConfigError, match="continue_training first loads the whole fp32 model"):
-        preflight.check_host_memory(args, dims, config, 2, available=int(1.5 * build))
+    scratch = args_of(tmp_path / "scratch", model_name_or_path=str(src), tensor_parallel_degree=2)
+    assert build == 0 and planned == preflight.process_bytes(scratch, *preflight.check_layout(scratch, 2))[1] > 0
+    preflight.check_host_memory(args, dims, config, 2, available=int(2.2 * planned))   # no error
+    with pytest.raises(ConfigError) as e:
+        preflight.check_host_memory(args, dims, config, 2, available=int(1.5 * planned))
+    assert f"2 processes x {planned / GIB:.1f} GiB" in str(e.value) and "whole" not in str(e.value)
 
 
 def run_cli(*argv):

@@ -4,10 +4,10 @@
   heads, vocabulary, intermediate size, layers), with the trainer's own
   adjustments of the model config (vocabulary padded for the tokenizer), so an
   impossible layout is one error from this process instead of one per worker.
-- **Host memory** (on a CPU machine): every process first builds the whole
-  model in fp32 and then keeps its shard (shard-local building is not there
-  yet), so a launch needs, per process, the larger of that build and the
-  planner's per-process peak; times the processes of this node, against what
+- **Host memory** (on a CPU machine): every process builds only its own shard,
+  from the seed or from its slices of a ``continue_training`` checkpoint
+  (:mod:`llmpre.models.init`, :mod:`llmpre.models.hf_load`), so a launch needs the
+  planner's per-process peak times the processes of this node, against what
   the kernel says is available (``MemAvailable``). When it cannot fit, the
   error gives both figures and what would make it fit, instead of the workers
   being killed by the OOM killer without a word. ``--force`` skips the check.
@@ -64,13 +64,14 @@ def plan_settings(args, dims, config):
 
 
 def process_bytes(args, dims, config) -> tuple[float, float]:
-    """(whole-model fp32 load, the planner's per-process peak or 0 when it cannot model
-    this model) in bytes, for one process. A run from scratch builds only its own shard
-    (llmpre.models.init): no whole-model cost; ``continue_training`` still loads the whole
-    checkpoint in every process first."""
+    """(what a process holds beyond its shard while it builds or loads the model, the
+    planner's per-process peak or 0 when it cannot model this model) in bytes, for one
+    process. The first is 0: a run from scratch computes only its own shard
+    (llmpre.models.init) and ``continue_training`` reads only its own slices of the
+    checkpoint (llmpre.models.hf_load), one parameter slice at a time."""
     from llmpre.plan import plan_memory
 
-    build = 4.0 * config.num_parameters() if args.continue_training else 0.0
+    build = 0.0
     try:
         planned = plan_memory(plan_settings(args, dims, config)).peak_allocated
     except ConfigError:      # the planner does not model MoE / latent attention yet
@@ -129,9 +130,7 @@ def check_host_memory(args, dims, config, processes: int, available: int | None 
                "degrees, or more nodes), " if fits else "")
     raise ConfigError(
         f"this launch needs about {need / GIB:.1f} GiB of host memory ({processes} processes x "
-        f"{per_process / GIB:.1f} GiB: the planner's per-process peak is {planned / GIB:.1f} GiB"
-        + (f" and continue_training first loads the whole fp32 model in every process, "
-           f"{build / GIB:.1f} GiB for {config.num_parameters():,} parameters" if build else "")
-        + f") but {available / GIB:.1f} GiB are available. Cheapest "
+        f"{per_process / GIB:.1f} GiB: the planner's per-process peak is {planned / GIB:.1f} GiB) but "
+        f"{available / GIB:.1f} GiB are available. Cheapest "
         f"changes: {changes}a smaller model, fewer layers (--num_hidden_layers), a smaller batch or "
         "sequence, or a machine with more memory; --force starts it anyway")

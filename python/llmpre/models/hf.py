@@ -18,16 +18,13 @@ from typing import Dict, List, Optional, Union
 import paddle
 import paddle.nn as nn
 from safetensors import safe_open
-from safetensors.paddle import save_file
 
 from llmpre.errors import ConfigError
 from llmpre.models.config import ModelConfig
-from llmpre.models.hf_config import from_hf_dict, to_hf_dict
+from llmpre.models.hf_config import from_hf_dict
 from llmpre.models.hf_names import IGNORABLE_SUFFIXES, checkpoint_rules, from_hf, hf_shapes, to_hf
+from llmpre.models.hf_stream import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, save_streamed
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 PathLike = Union[str, os.PathLike]
 
@@ -94,12 +91,11 @@ def _ignorable(name: str, config: ModelConfig) -> bool:
     return False
 
 
-def load_hf_weights(model: nn.Layer, path: PathLike) -> None:
-    """Copy an HF checkpoint's tensors into ``model`` (cast to each parameter's dtype).
-
-    Checks everything before copying anything: missing, unexpected and
-    mis-shaped tensors are all listed, by HF name, in one ConfigError.
-    """
+def check_checkpoint(model: nn.Layer, path: PathLike):
+    """``(rules, where)``: the layout rules of ``model`` and the file holding each HF tensor,
+    after checking the checkpoint's headers (no tensor data is read) against the model's
+    parameter shapes: missing, unexpected and mis-shaped tensors are all listed, by HF name,
+    in one ConfigError."""
     path = Path(path)
     config = model.config
     params = dict(model.named_parameters())
@@ -125,9 +121,21 @@ def load_hf_weights(model: nn.Layer, path: PathLike) -> None:
     if problems:
         raise ConfigError(f"{path}: checkpoint does not match its config.json ({len(problems)} problem(s)): "
                           + "; ".join(sorted(problems)))
+    return rules, {name: where[name] for name in expected}
+
+
+def load_hf_weights(model: nn.Layer, path: PathLike) -> None:
+    """Copy an HF checkpoint's tensors into ``model`` (cast to each parameter's dtype).
+
+    Checks everything before copying anything (:func:`check_checkpoint`). A rank of a
+    parallel run reads only its own slices instead: :mod:`llmpre.models.hf_load`.
+    """
+    rules, where = check_checkpoint(model, path)
+    config = model.config
+    params = dict(model.named_parameters())
     with contextlib.ExitStack() as stack, paddle.no_grad():
         handles = {file: stack.enter_context(safe_open(str(file), framework="paddle"))
-                   for file in set(where[n] for n in expected)}
+                   for file in set(where.values())}
         for rule in rules:
             hf = [handles[where[n]].get_tensor(n) for n in rule.hf]
             for name, value in zip(rule.ours, from_hf(rule, hf, config)):
@@ -175,16 +183,6 @@ def from_pretrained(path: PathLike, dtype: str = "float32", ops=None):
     return finish(model, dtype)
 
 
-def _fault_delay() -> None:
-    """Test hook: ``LLMPRE_FAULT_FINAL_SAVE_DELAY=<seconds>`` sleeps after each weights
-    file of a save, so a test can kill the process in the middle of one."""
-    delay = float(os.environ.get("LLMPRE_FAULT_FINAL_SAVE_DELAY", "0") or 0)
-    if delay > 0:
-        import time
-
-        time.sleep(delay)
-
-
 def weights_metadata(path: PathLike) -> Optional[Dict[str, str]]:
     """The metadata of the weights saved in directory ``path`` (its single file or first
     shard), or None when there are none or they cannot be read."""
@@ -214,20 +212,6 @@ def hf_state_dict(model: nn.Layer) -> Dict[str, paddle.Tensor]:
     return out
 
 
-def _shards(tensors: Dict[str, paddle.Tensor], max_bytes: Optional[int]) -> List[List[str]]:
-    if not max_bytes:
-        return [list(tensors)]
-    shards, current, size = [], [], 0
-    for name, t in tensors.items():
-        n = int(t.numel()) * t.element_size()
-        if current and size + n > max_bytes:
-            shards.append(current)
-            current, size = [], 0
-        current.append(name)
-        size += n
-    return shards + [current]
-
-
 def save_pretrained(model: nn.Layer, path: PathLike, style: str = "v4", max_shard_bytes: Optional[int] = None,
                     metadata: Optional[Dict[str, str]] = None) -> None:
     """Write ``path/config.json`` and the weights in HF layout: ``model.safetensors``, or
@@ -239,38 +223,6 @@ def save_pretrained(model: nn.Layer, path: PathLike, style: str = "v4", max_shar
     ``style`` picks the config keys (see :func:`llmpre.models.hf_config.to_hf_dict`); ``metadata``
     (strings) is stored in every weights file (see :func:`weights_metadata`).
     """
-    path = Path(path)
-    config = to_hf_dict(model.config, style=style)  # validates before anything is written
-    config["dtype" if style == "v5" else "torch_dtype"] = _dtype_name(model)
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = hf_state_dict(model)
-    shards = _shards(tensors, max_bytes=max_shard_bytes)
-    names = [WEIGHTS_NAME] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    files = {name: json.dumps(config, indent=2, sort_keys=True) + "\n" for name in [CONFIG_NAME]}
-    if len(shards) > 1:
-        weight_map = {t: name for name, keys in zip(names, shards) for t in keys}
-        total = sum(int(t.numel()) * t.element_size() for t in tensors.values())
-        files[INDEX_NAME] = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
-    temps = []
-    try:
-        for name, keys in zip(names, shards):
-            tmp = path / f".{name}.tmp{os.getpid()}"
-            temps.append((tmp, path / name))
-            save_file({k: tensors[k] for k in keys}, str(tmp),
-                      metadata={**(metadata or {}), "format": "pt"})  # HF needs format=pt
-            _fault_delay()
-        for name in sorted(files, key=lambda n: n == CONFIG_NAME):   # index before config
-            tmp = path / f".{name}.tmp{os.getpid()}"
-            temps.append((tmp, path / name))
-            tmp.write_text(files[name])
-        stale = [WEIGHTS_NAME, INDEX_NAME] + [p.name for p in path.glob("model-*-of-*.safetensors")]
-        for tmp, final in temps:
-            os.replace(tmp, final)
-        for old in stale:  # a previous save with another sharding
-            if (path / old).exists() and old not in names and old not in files:
-                (path / old).unlink()
-    finally:
-        for tmp, _ in temps:
-            if tmp.exists():
-                tmp.unlink()
+    params = dict(model.named_parameters())
+    save_streamed(model.config, {n: list(p.shape) for n, p in params.items()}, lambda n: params[n],
+                  path, dtype=_dtype_name(model), style=style, max_shard_bytes=max_shard_bytes, metadata=metadata)

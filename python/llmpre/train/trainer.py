@@ -146,15 +146,19 @@ class Trainer:
         self.config = _model_config(args)
         self.dims.validate(world, self.config, args.gradient_accumulation_steps)
         logger.info("Final pre-training config: %s", json.dumps(to_hf_dict(self.config), sort_keys=True))
-        from llmpre.models import build_model, from_pretrained
+        from llmpre.models import build_model
+        from llmpre.models.hf_load import open_pretrained
         from llmpre.ops.select import describe, flags_from_args, select_ops
 
         self.ops = select_ops(**flags_from_args(args))  # the one kernel choice (llmpre.ops.select)
         logger.info("ops: %s", describe(self.ops))
+        # deferred either way: each rank materialises only its own shard (llmpre.models.init),
+        # computed from the seed or read from the checkpoint's slices (llmpre.models.hf_load)
+        reader = None
         if args.continue_training:
-            model = from_pretrained(args.model_name_or_path, ops=self.ops)
-            self.precision.prepare_model(model)
-        else:   # deferred: each rank materialises only its own shard (llmpre.models.init)
+            model, reader = open_pretrained(args.model_name_or_path, dtype=self.precision.param_dtype,
+                                            ops=self.ops)
+        else:
             model = build_model(self.config, seed=args.seed, ops=self.ops, lazy=True,
                                 dtype=self.precision.param_dtype)
         # causal_lm_loss with the selected cross-entropy (mean over labels != -100)
@@ -171,7 +175,14 @@ class Trainer:
         self.env = init_parallel(self.dims, timeout_s=args.distributed_timeout)
         if self.dims.world_size > 1 or self.dims.recompute:
             logger.info("layout: %s", self.dims.describe())
-        self.engine = Engine(paddle, model, self.precision, args, self.env, loss_fn)
+        try:
+            self.engine = Engine(paddle, model, self.precision, args, self.env, loss_fn)
+        finally:
+            if reader is not None:
+                reader.close()
+        if reader is not None:
+            logger.info("continue_training: read %.1f MiB of the %.1f MiB checkpoint %s (this rank's slices)",
+                        reader.bytes_read / 2 ** 20, reader.checkpoint_bytes / 2 ** 20, args.model_name_or_path)
         data_world, data_rank = self.dims.data_parallel_size, self.dims.data_rank(rank)
         self.model = self.engine.model
 
@@ -509,7 +520,7 @@ class Trainer:
         logger.info("Saved the final model to %s", self.args.output_dir)
 
     def _save_final(self) -> None:
-        from llmpre.models import save_pretrained
+        from llmpre.models.hf_stream import DEFAULT_MAX_SHARD_SIZE, parse_size, save_streamed
 
         meta = {FINAL_STEP_KEY: str(self.global_step)}
         path = None
@@ -517,9 +528,11 @@ class Trainer:
             path = os.path.join(self.args.output_dir, f"{ckpt.PREFIX}{self.global_step}")
             if not os.path.isdir(path):
                 self.save()
-        model = self.engine.final_model(path, seed=self.args.seed)
-        if model is not None:
-            save_pretrained(model, self.args.output_dir, metadata=meta)
+        weights = self.engine.final_weights(path)
+        if weights is not None:     # written one parameter at a time, in shards past 5GB
+            shapes, tensor, dtype = weights
+            save_streamed(self.engine.config, shapes, tensor, self.args.output_dir, dtype=dtype,
+                          max_shard_bytes=parse_size(DEFAULT_MAX_SHARD_SIZE), metadata=meta)
         self.engine.barrier()
 
 
@@ -535,7 +548,7 @@ def _safetensors_error():
     return SafetensorError
 
 
-_FINAL_TEMP = re.compile(r"^\..+\.tmp(\d+)$")   # models.hf.save_pretrained's temporaries
+_FINAL_TEMP = re.compile(r"^\..+\.tmp(\d+)$")   # models.hf_stream.save_streamed's temporaries
 
 
 def _remove_stale_final_temps(output_dir: str) -> list[str]:
