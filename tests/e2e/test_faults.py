@@ -73,7 +73,7 @@ class Proc:
 # ---- 1 + 5: final weights -------------------------------------------------------------
 
 def test_final_weights_are_written_by_a_rerun_after_a_lost_or_failed_final_save(tmp_path, monkeypatch):
-    from llmpre.models import hf
+    from llmpre.models import hf_stream
     from llmpre.train.trainer import FinalSaveError, run
 
     out = tmp_path / "run"
@@ -81,14 +81,14 @@ def test_final_weights_are_written_by_a_rerun_after_a_lost_or_failed_final_save(
     assert final_step(out) == 4
 
     # A disk-full final save: one error line, the previous final weights (step 4) intact.
-    real_save = hf.save_file
+    real_write = hf_stream.write_safetensors
 
-    def full_disk(tensors, path, metadata=None):
+    def full_disk(path, *args, **kwargs):
         with open(path, "wb") as fh:
             fh.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(hf, "save_file", full_disk)
+    monkeypatch.setattr(hf_stream, "write_safetensors", full_disk)
     with pytest.raises(FinalSaveError) as e:
         run(make_args(out, max_steps=6, save_steps=2))
     msg = str(e.value)
@@ -97,15 +97,15 @@ def test_final_weights_are_written_by_a_rerun_after_a_lost_or_failed_final_save(
     assert final_step(out) == 4 and not [n for n in os.listdir(out) if ".tmp" in n]
 
     # Killed inside the final save (a temporary left behind, no final weights of step 6):
-    def killed(tensors, path, metadata=None):
+    def killed(path, *args, **kwargs):
         with open(path, "wb") as fh:
             fh.write(b"x" * 1000)
         raise KeyboardInterrupt   # stands for SIGKILL: nothing after this line runs
 
-    monkeypatch.setattr(hf, "save_file", killed)
+    monkeypatch.setattr(hf_stream, "write_safetensors", killed)
     with pytest.raises(KeyboardInterrupt):
         run(make_args(out, max_steps=6, save_steps=2))
-    monkeypatch.setattr(hf, "save_file", real_save)
+    monkeypatch.setattr(hf_stream, "write_safetensors", real_write)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     leftover = out / f".model.safetensors.tmp{dead.pid}"     # a killed writer's temporary

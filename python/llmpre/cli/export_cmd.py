@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 import click
 
 from llmpre.errors import ConfigError
+from llmpre.models.hf_stream import parse_size
 
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def parse_size(text: str) -> int:
-    """'5GB', '500MB', '2GiB' or a byte count -> bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", str(text), re.IGNORECASE)
-    if not m:
-        raise ConfigError(f"--max-shard-size {text!r}: give a size such as 5GB, 500MB or 2GiB")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+__all__ = ["export_hf", "llmpre_checkpoint_weights", "parse_size", "verify_for_export"]
 
 
 # Optimizer state of a single-process checkpoint and of a sharded one (llmpre.parallel.ckpt).
@@ -53,14 +47,15 @@ def verify_for_export(path: Path) -> list[str]:
     return optimizer
 
 
-def load_llmpre_checkpoint(path: Path, dtype: str):
-    """A model from a training checkpoint (``checkpoint-N/`` of a single-process run,
-    or the sharded checkpoint of any parallel layout, reassembled), after checking
-    its manifest (the optimizer state may be missing: a warning says so)."""
-    import paddle
-
+def llmpre_checkpoint_weights(path: Path):
+    """``(config, shapes, tensor)`` of a training checkpoint (``checkpoint-N/`` of a
+    single-process run, or the sharded checkpoint of any parallel layout): its model config,
+    every parameter's global shape, and ``tensor(name)``, which reads one parameter whole
+    (reassembled from its slices) as numpy, so a writer holds one at a time. Checks the
+    manifest first (the optimizer state may be missing: a warning says so) and that the
+    weights match the model_config."""
+    from llmpre.models.hf import build
     from llmpre.models.hf_config import from_hf_dict
-    from llmpre.models.hf import build, finish
     from llmpre.parallel.ckpt import GlobalTensors
 
     optimizer = verify_for_export(path)
@@ -70,20 +65,19 @@ def load_llmpre_checkpoint(path: Path, dtype: str):
     state = json.loads((path / "trainer_state.json").read_text())
     if "model_config" not in state:
         raise ConfigError(f"{path / 'trainer_state.json'}: no model_config; not an llmpre checkpoint")
-    model = build(from_hf_dict(state["model_config"]), ops=None, deferred=True)
-    params = dict(model.named_parameters())
+    config = from_hf_dict(state["model_config"])
+    model = build(config, ops=None, deferred=True)    # no parameter memory: the shapes only
+    shapes = {n: list(p.shape) for n, p in model.named_parameters()}
+    del model
     tensors = GlobalTensors(str(path))
     names = set(tensors.names())
-    problems = [f"missing tensor {n}" for n in params if n not in names]
-    problems += [f"unexpected tensor {n}" for n in names if n not in params]
-    problems += [f"shape mismatch {n}: checkpoint {tensors.meta(n)['shape']}, model {params[n].shape}"
-                 for n in names & set(params) if list(tensors.meta(n)["shape"]) != list(params[n].shape)]
+    problems = [f"missing tensor {n}" for n in shapes if n not in names]
+    problems += [f"unexpected tensor {n}" for n in names if n not in shapes]
+    problems += [f"shape mismatch {n}: checkpoint {tensors.meta(n)['shape']}, model {shapes[n]}"
+                 for n in names & set(shapes) if list(tensors.meta(n)["shape"]) != shapes[n]]
     if problems:
         raise ConfigError(f"{path}: weights do not match the checkpoint's model_config: " + "; ".join(problems))
-    with paddle.no_grad():
-        for n, p in params.items():
-            p.set_value(paddle.to_tensor(tensors.param(n)).astype(p.dtype))
-    return finish(model, dtype)
+    return config, shapes, tensors.param
 
 
 @click.command("export-hf")
@@ -106,18 +100,22 @@ def export_hf(source, out_dir, style, max_shard_size, dtype):
     directory (to re-shard it, change its dtype or its config key style).
     """
     from llmpre.models import from_pretrained, save_pretrained
+    from llmpre.models.hf_stream import save_streamed
 
     src = Path(source)
+    max_bytes = parse_size(max_shard_size) if max_shard_size else None
+    if Path(out_dir).resolve() == src.resolve():
+        raise ConfigError(f"{out_dir}: choose an output directory other than SOURCE")
     if (src / "trainer_state.json").is_file():
-        model = load_llmpre_checkpoint(src, dtype)
+        # one parameter at a time: no process holds the whole model
+        config, shapes, tensor = llmpre_checkpoint_weights(src)
+        save_streamed(config, shapes, tensor, out_dir, dtype=dtype, style=style, max_shard_bytes=max_bytes)
     elif (src / "config.json").is_file():
         model = from_pretrained(src, dtype=dtype)
+        save_pretrained(model, out_dir, style=style, max_shard_bytes=max_bytes)
+        config, shapes = model.config, {n: list(p.shape) for n, p in model.named_parameters()}
     else:
         raise ConfigError(f"{src}: neither a training checkpoint (trainer_state.json) nor an HF checkpoint "
                           "(config.json); pass OUTPUT_DIR/checkpoint-N or an HF model directory")
-    if Path(out_dir).resolve() == src.resolve():
-        raise ConfigError(f"{out_dir}: choose an output directory other than SOURCE")
-    save_pretrained(model, out_dir, style=style,
-                    max_shard_bytes=parse_size(max_shard_size) if max_shard_size else None)
-    n = sum(int(p.numel()) for p in model.parameters())
-    click.echo(f"wrote {out_dir}: {model.config.model_type}, {n:,} parameters, {dtype}, config keys {style}")
+    n = sum(math.prod(s) for s in shapes.values())
+    click.echo(f"wrote {out_dir}: {config.model_type}, {n:,} parameters, {dtype}, config keys {style}")

@@ -49,6 +49,9 @@ __all__ = ["Source", "deferred", "is_deferred", "plan", "value", "view", "storag
            "standard_normal", "normal_region", "normal_region_reference", "is_lazy"]
 
 ATTR = "_llmpre_init"
+NORMAL_INIT = "normal_init"   # a layer class attribute: its parameters drawn N(0, initializer_range)
+# projections that write into the residual stream: drawn with std / sqrt(2 * layers)
+RESIDUAL_OUTPUTS = ("o_proj.weight", "down_proj.weight")
 GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _STATE = {"deferred": 0}
 
@@ -137,14 +140,16 @@ def rules(model, config) -> dict:
     """``{parameter name: (kind, std)}`` by PaddleNLP's scheme (see the module doc)."""
     import paddle.nn as nn
 
-    from llmpre.models.layers import RESIDUAL_OUTPUTS, LMHead
-
     std = config.initializer_range
     scale = 1.0 / math.sqrt(2 * config.num_hidden_layers)
     out: dict = {}
     for prefix, layer in model.named_sublayers(include_self=True):
         pre = f"{prefix}." if prefix else ""
-        if isinstance(layer, (nn.Linear, nn.Embedding)) or (isinstance(layer, LMHead) and layer.tied is None):
+        # llmpre's own layers name their N(0, initializer_range) weights (``NORMAL_INIT``)
+        own = [a for a in getattr(layer, NORMAL_INIT, ()) if getattr(layer, a, None) is not None]
+        for attr in own:
+            out[pre + attr] = ("normal", std)
+        if isinstance(layer, (nn.Linear, nn.Embedding)):
             out[pre + "weight"] = ("normal", std)
             if getattr(layer, "bias", None) is not None:
                 out[pre + "bias"] = ("zeros", 0.0)

@@ -15,7 +15,7 @@ from typing import Optional
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle.nn.initializer import Constant, Normal
+from paddle.nn.initializer import Constant
 
 from llmpre.models.config import ModelConfig
 from llmpre.ops.select import Ops
@@ -239,6 +239,8 @@ class LMHead(nn.Layer):
     unit-normalised for Baichuan2's NormHead) or, when tied, the input embedding's
     ``[vocab, in]`` rows transposed (held by reference, not as a parameter)."""
 
+    normal_init = ("weight",)   # llmpre.models.init: N(0, initializer_range) (when untied)
+
     def __init__(self, config: ModelConfig, embedding: nn.Embedding, in_features: Optional[int] = None):
         super().__init__()
         self.normalize = config.lm_head_norm
@@ -254,7 +256,6 @@ class LMHead(nn.Layer):
 
 
 # ----------------------------------------------------------------------------- init
-RESIDUAL_OUTPUTS = ("o_proj.weight", "down_proj.weight")
 
 
 def init_weights(model: nn.Layer, config: ModelConfig) -> None:

@@ -275,21 +275,21 @@ class Engine:
         """Whether this process holds every parameter whole (one process of any kind)."""
         return self.world_size == 1
 
-    def final_model(self, checkpoint: str | None, seed: int):
-        """The whole model for the final HF export on the main rank (None on the others):
-        this process's own model when it holds every parameter whole, else one built on
-        the main rank and filled from ``checkpoint`` (a checkpoint of this run)."""
+    def final_weights(self, checkpoint: str | None):
+        """``(shapes, tensor, dtype)`` for the final HF export, on the main rank (None on the
+        others): every parameter's global shape, ``tensor(name)`` giving one whole parameter,
+        and the dtype to write. A process holding the whole model gives its own parameters
+        in their dtype; otherwise they are read from ``checkpoint`` (a checkpoint of this
+        run) one at a time, reassembled from their slices, and written as float32 (the
+        checkpoint's dtype), so no rank ever holds the whole model."""
         if self.holds_whole_model:
-            return self.model
+            params = dict(self.model.named_parameters())
+            dtype = str(next(iter(params.values())).dtype).replace("paddle.", "")
+            return {n: list(p.shape) for n, p in params.items()}, params.__getitem__, dtype
         if not self.is_main:
             return None
-        from llmpre.models import build_model
-
-        full = build_model(self.config, seed=seed)
         tensors = pckpt.GlobalTensors(checkpoint)
-        for name, p in full.named_parameters():
-            p.set_value(self.paddle.to_tensor(tensors.param(name)).astype(p.dtype))
-        return full
+        return {n: list(tensors.meta(n)["shape"]) for n in tensors.names()}, tensors.param, "float32"
 
 
 def _write(path: str, data: bytes) -> None:
