@@ -20,7 +20,7 @@ ALLOCATOR_OVERHEAD = 0.10      # reserved / allocated - 1 for Paddle's auto-grow
 RUNTIME_BYTES = 1.5 * GIB      # CUDA context, NCCL buffers, library workspaces: outside the allocator
 STAGE3_GATHERED_LAYERS = 2     # stage 3 holds the layer in use plus one prefetched, unsharded
 ADAM_STATE_BYTES = 8           # AdamW: two fp32 moments per parameter
-MASTER_BYTES = 4               # fp32 master weight per parameter under O2
+MASTER_BYTES = 4               # fp32 master weight per parameter (O2, or sharded)
 INDEX_BYTES = 8                # int64 token ids kept by the embedding for its backward
 
 
@@ -342,7 +342,10 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
             gathered = STAGE3_GATHERED_LAYERS * counts.layer * dt.weight
         grads_full = n * dt.grad
         grads_kept = grads_full / s.sharding if s.stage >= 2 else grads_full
-        optimizer = n * (ADAM_STATE_BYTES + (MASTER_BYTES if s.o2 else 0)) / shard
+        # fp32 master weights for the shard unless the parameters are their own master:
+        # O2 stores low-precision parameters, and a sharded shard spans parameters
+        master = MASTER_BYTES if s.o2 or shard > 1 else 0
+        optimizer = n * (ADAM_STATE_BYTES + master) / shard
         keep = set(s.no_recompute_layers)
         per_mb = sum(layer_bytes(s, recomputed=i not in keep) for i in layers)
         mb = in_flight(s, rank)
