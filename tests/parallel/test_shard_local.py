@@ -23,6 +23,22 @@ def _cfg(**changes):
     return get_config("llama-tiny").replace(**{**base, **changes})
 
 
+def _count_generated(monkeypatch, which=lambda p: True) -> list:
+    """Element counts of every region computed from a seed (not a deferred slice reading its
+    parent's region, which would count twice) for parameters ``which`` accepts."""
+    counts: list = []
+    real = init.generate
+
+    def counting(p, region=None, dtype=None):
+        t = real(p, region, dtype)
+        if getattr(p, init.ATTR).kind != "read" and which(p):
+            counts.append(int(np.prod(t.shape)))
+        return t
+
+    monkeypatch.setattr(init, "generate", counting)
+    return counts
+
+
 LAYOUTS = {
     "tp2": (ParallelDims(tp=2), _cfg()),
     "pp2": (ParallelDims(pp=2), _cfg()),
@@ -38,16 +54,7 @@ LAYOUTS = {
 def test_every_rank_holds_the_single_process_values_of_its_shard_and_computes_nothing_else(name, monkeypatch):
     dims, cfg = LAYOUTS[name]
     single = {n: p.numpy() for n, p in build_model(cfg, seed=9).named_parameters()}
-    generated = []
-    real = init.generate
-
-    def counting(p, region=None, dtype=None):
-        t = real(p, region, dtype)
-        if getattr(p, init.ATTR).kind != "read":     # a deferred slice reads its parent's region
-            generated.append(int(np.prod(t.shape)))
-        return t
-
-    monkeypatch.setattr(init, "generate", counting)
+    generated = _count_generated(monkeypatch)
     for rank in range(dims.world_size):
         generated.clear()
         env = detached_env(dims, rank)
@@ -84,21 +91,14 @@ def test_stage3_ranks_compute_only_their_shard_of_the_layers(dims, monkeypatch):
 
     cfg = _cfg()
     single = {n: p.numpy() for n, p in build_model(cfg, seed=4).named_parameters()}
-    layer_elems = []
-    real = init.generate
-
-    def counting(p, region=None, dtype=None):
-        t = real(p, region, dtype)
-        if getattr(p, init.ATTR).kind != "read" and p.name in layer_names:
-            layer_elems.append(int(np.prod(t.shape)))
-        return t
-
-    monkeypatch.setattr(init, "generate", counting)
+    layer_names: set = set()
+    layer_elems = _count_generated(monkeypatch, lambda p: p.name in layer_names)
     for rank in range(dims.world_size):
         layer_elems.clear()
         env = detached_env(dims, rank)
         model = build_model(cfg, seed=4, lazy=True)
-        layer_names = {p.name for n, p in model.named_parameters() if n.startswith("layers.")}
+        layer_names.clear()
+        layer_names.update(p.name for n, p in model.named_parameters() if n.startswith("layers."))
         model = parallelize(model, env, materialize=stage3.outside_units).model
         params = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
         layer_names |= {p.name for n, p in params if n.startswith("layers.")}
