@@ -51,9 +51,9 @@ def llmpre_checkpoint_weights(path: Path):
     """``(config, shapes, tensor)`` of a training checkpoint (``checkpoint-N/`` of a
     single-process run, or the sharded checkpoint of any parallel layout): its model config,
     every parameter's global shape, and ``tensor(name)``, which reads one parameter whole
-    (reassembled from its slices) as numpy, so a writer holds one at a time. Checks the
-    manifest first (the optimizer state may be missing: a warning says so) and that the
-    weights match the model_config."""
+    (reassembled from its slices) as numpy and closes the files again, so a writer holds
+    one at a time and no file stays open. Checks the manifest first (the optimizer state
+    may be missing: a warning says so) and that the weights match the model_config."""
     from llmpre.models.hf import build
     from llmpre.models.hf_config import from_hf_dict
     from llmpre.parallel.ckpt import GlobalTensors
@@ -69,15 +69,15 @@ def llmpre_checkpoint_weights(path: Path):
     model = build(config, ops=None, deferred=True)    # no parameter memory: the shapes only
     shapes = {n: list(p.shape) for n, p in model.named_parameters()}
     del model
-    tensors = GlobalTensors(str(path))
-    names = set(tensors.names())
-    problems = [f"missing tensor {n}" for n in shapes if n not in names]
-    problems += [f"unexpected tensor {n}" for n in names if n not in shapes]
-    problems += [f"shape mismatch {n}: checkpoint {tensors.meta(n)['shape']}, model {shapes[n]}"
-                 for n in names & set(shapes) if list(tensors.meta(n)["shape"]) != shapes[n]]
+    with GlobalTensors(str(path)) as tensors:
+        names = set(tensors.names())
+        problems = [f"missing tensor {n}" for n in shapes if n not in names]
+        problems += [f"unexpected tensor {n}" for n in names if n not in shapes]
+        problems += [f"shape mismatch {n}: checkpoint {tensors.meta(n)['shape']}, model {shapes[n]}"
+                     for n in names & set(shapes) if list(tensors.meta(n)["shape"]) != shapes[n]]
     if problems:
         raise ConfigError(f"{path}: weights do not match the checkpoint's model_config: " + "; ".join(problems))
-    return config, shapes, tensors.param
+    return config, shapes, tensors.param_closing      # each read closes the files it opened
 
 
 @click.command("export-hf")

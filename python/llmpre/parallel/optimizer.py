@@ -312,7 +312,9 @@ class ShardedAdamW:
         return out
 
     def load_state_pieces(self, lookup) -> None:
-        """Fill the owned elements from ``lookup(name, start, end) -> (m, v, master)``."""
+        """Fill the owned elements from ``lookup(name, start, end) -> (m, v, master)`` and
+        write the parameters from the master weights (stage 3's released buckets stay
+        released: their next use gathers them from the new shards)."""
         m, v, w = self.exp_avg.numpy(), self.exp_avg_sq.numpy(), self.master.numpy()
         for pc in self.pieces:
             name, _ = self.params[pc.param]
@@ -321,7 +323,6 @@ class ShardedAdamW:
         self.exp_avg.set_value(m)
         self.exp_avg_sq.set_value(v)
         self.master.set_value(w)
-        released, self.released = self.released, set()
         self.publish()
-        for k in released:
+        for k in sorted(self.released):     # gathered since (a save): free them again
             self.release_bucket(k)

@@ -171,23 +171,15 @@ class Engine:
         self.env.barrier()
 
     # ---- checkpoints -----------------------------------------------------------------
-    def _tp_slice(self, p, full: np.ndarray) -> np.ndarray:
-        split = getattr(p, TP_SPLIT, None)
-        return full if split is None else pckpt.local_slice(full, split[0], self.env.tp.index, self.env.tp.size)
-
-    def save(self, output_dir: str, step: int, state: dict) -> str:
+    def checkpoint_files(self, state: dict) -> dict:
+        """``{file name: write(path)}``: this rank's files of a checkpoint (the values are
+        taken now; stage 3's buckets must be gathered). No collective: any rank of any
+        layout can be written from one process (``detached_env``)."""
         from safetensors.numpy import save_file
 
-        env, world = self.env, self.env.groups
-        final = os.path.join(output_dir, f"{ckpt.PREFIX}{step}")
-        made = None
-        if self.is_main:
-            os.makedirs(output_dir, exist_ok=True)
-            made = ckpt.temp_dir(output_dir, step)     # named after rank 0, the writer of record
-        tmp = self.broadcast_text(made)
+        env = self.env
         files = pckpt.rank_files(env)
         writers = {files["rng"]: lambda path: _write(path, pickle.dumps(rng_state(self.paddle)))}
-        gathered = self.optimizer.materialise_all()     # stage 3: parameters are shards now
         if files["writes_model"]:
             arrays = {n: to_numpy(p) for n, p in self.model.named_parameters()}
             meta = {pckpt.PARAMS_KEY: json.dumps({n: pckpt.param_meta(p) for n, p in self.model.named_parameters()})}
@@ -202,14 +194,26 @@ class Engine:
                     for kind, arr in zip(kinds, values):
                         pieces[f"{name}|{start}|{end}|{kind}"] = np.ascontiguousarray(arr)
             writers[files["optim"]] = lambda path: save_file(pieces, path)
-        for k in gathered:
-            self.optimizer.release_bucket(k)
         if self.is_main:
             dims = env.dims
             layout = {"format": "llmpre-sharded-1", "dims": {"dp": dims.dp, "sharding": dims.sharding,
                       "stage": dims.sharding_stage, "tp": dims.tp, "pp": dims.pp, "vpp": dims.vpp}}
             state = {**state, "optimizer": {"step": self.optimizer.step_count}, "layout": layout}
             writers["trainer_state.json"] = lambda path: _write(path, json.dumps(state, indent=1).encode())
+        return writers
+
+    def save(self, output_dir: str, step: int, state: dict) -> str:
+        env = self.env
+        final = os.path.join(output_dir, f"{ckpt.PREFIX}{step}")
+        made = None
+        if self.is_main:
+            os.makedirs(output_dir, exist_ok=True)
+            made = ckpt.temp_dir(output_dir, step)     # named after rank 0, the writer of record
+        tmp = self.broadcast_text(made)
+        gathered = self.optimizer.materialise_all()     # stage 3: parameters are shards now
+        writers = self.checkpoint_files(state)
+        for k in gathered:
+            self.optimizer.release_bucket(k)
         error = None
         try:
             ckpt.write_files(tmp, writers)
@@ -227,34 +231,46 @@ class Engine:
         return final
 
     def load(self, path: str) -> dict:
-        """Restore from a checkpoint of any layout."""
-        tensors = pckpt.GlobalTensors(path)
-        own = dict(self.model.named_parameters())
-        missing = sorted(set(own) - set(tensors.names()))
-        if missing:
-            raise ckpt.CheckpointError(f"{path}: parameters missing for this model ({missing[:4]}); it "
-                                       "was saved for another configuration")
-        cache: dict = {}
-        released = self.optimizer.materialise_all()
-        for name, p in own.items():
-            value = self._tp_slice(p, tensors.param(name))
-            if tuple(value.shape) != tuple(p.shape):
-                raise ckpt.CheckpointError(f"{path}: {name} has shape {value.shape} here, the model "
-                                           f"needs {tuple(p.shape)}")
-            p.set_value(self.paddle.to_tensor(value).astype(p.dtype))
+        """Restore from a checkpoint of any layout, reading only what this rank keeps.
 
-        def lookup(name, start, end):
-            if name not in cache:
-                p = own[name]
-                m, v, master = tensors.optimizer(name)
-                if master is None:
-                    master = tensors.param(name).astype(np.float32)
-                cache[name] = [self._tp_slice(p, a).reshape(-1) for a in (m, v, master)]
-            return tuple(a[start:end] for a in cache[name])
+        The optimizer reads the state of the elements it owns (``optimizer.pieces``): the
+        moments, and the master weights (stored, or an fp32 parameter's own values), and
+        writes the parameters from them (stage 3's decoder layers stay released: they are
+        gathered from the new shards at their next use). A parameter outside the optimizer
+        reads its tp slice (whole if replicated). No whole tensor is assembled unless this
+        rank keeps it whole; :class:`llmpre.parallel.ckpt.GlobalTensors` reads the parts of
+        the files that overlap each request and closes them at the end."""
+        with pckpt.GlobalTensors(path) as tensors:
+            own = dict(self.model.named_parameters())
+            missing = sorted(set(own) - set(tensors.names()))
+            if missing:
+                raise ckpt.CheckpointError(f"{path}: parameters missing for this model ({missing[:4]}); it "
+                                           "was saved for another configuration")
+            tp = self.env.tp
+            regions = {}
+            for name, p in own.items():
+                stored, needed = list(tensors.meta(name)["shape"]), [int(s) for s in p.shape]
+                here = list(stored)                          # the checkpoint's, sliced as this rank
+                split = getattr(p, TP_SPLIT, None)
+                if split is not None and len(here) > split[0]:
+                    here[split[0]] //= tp.size
+                    needed[split[0]] = split[1]
+                if tuple(here) != tuple(p.shape) or stored != needed:
+                    raise ckpt.CheckpointError(f"{path}: {name} has shape {tuple(here)} here, the model "
+                                               f"needs {tuple(p.shape)}")
+                regions[name] = pckpt.tp_region(p, tp.index)
+            trainable = {name for name, _ in self.params}
+            for name, p in own.items():
+                if name not in trainable:      # not the optimizer's: its slice is read here
+                    p.set_value(self.paddle.to_tensor(tensors.region(name, regions[name])).astype(p.dtype))
 
-        self.optimizer.load_state_pieces(lookup)
-        for k in released:
-            self.optimizer.release_bucket(k)
+            def lookup(name, start, end):
+                m, v, master = tensors.optimizer_elements(name, regions[name], start, end)
+                if master is None:     # an fp32 parameter was its own master weight
+                    master = tensors.elements(name, regions[name], start, end).astype(np.float32, copy=False)
+                return m, v, master
+
+            self.optimizer.load_state_pieces(lookup)
         with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as fh:
             state = json.load(fh)
         self.optimizer.step_count = int(state["optimizer"]["step"])
@@ -288,8 +304,9 @@ class Engine:
             return {n: list(p.shape) for n, p in params.items()}, params.__getitem__, dtype
         if not self.is_main:
             return None
-        tensors = pckpt.GlobalTensors(checkpoint)
-        return {n: list(tensors.meta(n)["shape"]) for n in tensors.names()}, tensors.param, "float32"
+        with pckpt.GlobalTensors(checkpoint) as tensors:
+            shapes = {n: list(tensors.meta(n)["shape"]) for n in tensors.names()}
+        return shapes, tensors.param_closing, "float32"      # each read closes its files
 
 
 def _write(path: str, data: bytes) -> None:
