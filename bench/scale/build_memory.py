@@ -19,6 +19,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from other_tree import env_for  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys
@@ -73,7 +75,7 @@ def main() -> None:
         for src in [None] + ([args.other_src] if args.other_src else []):
             env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
             if src:
-                env["PYTHONPATH"] = src
+                env = env_for(src, env)
             for rank in range(tp * pp):
                 out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(tp), str(pp), str(rank)],
                                      capture_output=True, text=True, env=env, cwd=ROOT)

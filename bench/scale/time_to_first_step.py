@@ -23,6 +23,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from other_tree import env_for  # noqa: E402
 
 
 def descendants(pid: int) -> list[int]:
@@ -69,9 +71,7 @@ def run(src: str | None, layout: str, layers: int, model: str, seq: int) -> dict
             "--max_seq_length", str(seq), "--per_device_train_batch_size", "1", "--max_steps", "2",
             "--logging_steps", "1", "--do_eval", "false", "--report_to", "none", "--disable_tqdm", "true",
             "--save_steps", "100000", "--output_dir", out, "--force", *extra]
-    env = dict(os.environ)
-    if src:
-        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    env = env_for(src) if src else dict(os.environ)
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True, cwd=ROOT)
