@@ -13,7 +13,7 @@ import pytest
 paddle = pytest.importorskip("paddle")
 
 from models.test_config import scaled_down  # noqa: E402
-from safetensors import safe_open as real_safe_open  # noqa: E402
+from read_counting import ReadCounter  # noqa: E402
 
 from llmpre.errors import ConfigError  # noqa: E402
 from llmpre.models import PRESETS, build_model, from_pretrained, get_config, hf, hf_load, init  # noqa: E402
@@ -58,62 +58,9 @@ LAYOUTS = {
 }
 
 
-class Counting:
-    """``safe_open`` that counts the tensor bytes read, which tensors, and the files open."""
-
-    def __init__(self):
-        self.bytes, self.names, self.open, self.opened = 0, set(), 0, 0
-
-    def __call__(self, path, framework, **kw):
-        return _Handle(self, real_safe_open(path, framework=framework, **kw))
-
-    def count(self, name, t):
-        self.bytes += int(np.prod(t.shape)) * (t.element_size() if hasattr(t, "element_size") else t.itemsize)
-        self.names.add(name)
-        return t
-
-
-class _Handle:
-    def __init__(self, counter, inner):
-        self.counter, self.inner = counter, inner
-
-    def __enter__(self):
-        self.inner.__enter__()
-        self.counter.open += 1
-        self.counter.opened += 1
-        return self
-
-    def __exit__(self, *exc):
-        self.counter.open -= 1
-        return self.inner.__exit__(*exc)
-
-    def keys(self):
-        return self.inner.keys()
-
-    def get_tensor(self, name):
-        return self.counter.count(name, self.inner.get_tensor(name))
-
-    def get_slice(self, name):
-        return _Slice(self.counter, name, self.inner.get_slice(name))
-
-
-class _Slice:
-    def __init__(self, counter, name, inner):
-        self.counter, self.name, self.inner = counter, name, inner
-
-    def get_shape(self):
-        return self.inner.get_shape()
-
-    def get_dtype(self):
-        return self.inner.get_dtype()
-
-    def __getitem__(self, index):
-        return self.counter.count(self.name, self.inner[index])
-
-
 @pytest.fixture
 def counting(monkeypatch):
-    counter = Counting()
+    counter = ReadCounter()
     monkeypatch.setattr(hf_load, "safe_open", counter)
     monkeypatch.setattr(hf, "safe_open", counter)     # the up-front header check
     return counter
@@ -157,7 +104,7 @@ def test_every_rank_reads_only_its_slices_and_holds_what_the_whole_load_held(nam
     for rank in range(dims.world_size):
         env = detached_env(dims, rank)
         want = _former_path(path, precision, env)
-        counting.bytes, counting.names = 0, set()
+        counting.reset()
 
         model, reader = hf_load.open_pretrained(path, dtype=precision.param_dtype)
         with reader:
@@ -196,7 +143,7 @@ def test_a_mismatched_tensor_is_named_with_both_shapes_before_anything_is_read(t
     tensors = load_file(str(path / hf.WEIGHTS_NAME))
     tensors["model.layers.2.mlp.up_proj.weight"] = np.zeros((190, 64), np.float32)
     save_file(tensors, str(path / hf.WEIGHTS_NAME), metadata={"format": "pt"})
-    counting.bytes = 0
+    counting.reset()
     with pytest.raises(ConfigError) as e:
         hf_load.open_pretrained(path)
     message = str(e.value)

@@ -18,6 +18,7 @@ import pytest
 
 paddle = pytest.importorskip("paddle")
 
+from read_counting import ReadCounter  # noqa: E402
 from safetensors import safe_open as real_safe_open  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
@@ -77,64 +78,9 @@ def save(path, dims: ParallelDims, config=CFG) -> str:
     return ckpt.save_checkpoint(str(path), STEP, writers)
 
 
-class Counting:
-    """``safe_open`` that counts the tensor bytes read per file and the files open."""
-
-    def __init__(self):
-        self.bytes: dict = {}
-        self.open = 0
-
-    def __call__(self, path, framework, **kw):
-        return _Handle(self, os.path.basename(path), real_safe_open(path, framework=framework, **kw))
-
-    def count(self, fname, value):
-        self.bytes[fname] = self.bytes.get(fname, 0) + value.nbytes
-        return value
-
-    def read(self, prefix: str) -> int:
-        return sum(n for f, n in self.bytes.items() if f.startswith(prefix))
-
-
-class _Handle:
-    def __init__(self, counter, fname, inner):
-        self.counter, self.fname, self.inner = counter, fname, inner
-
-    def __enter__(self):
-        self.inner.__enter__()
-        self.counter.open += 1
-        return self
-
-    def __exit__(self, *exc):
-        self.counter.open -= 1
-        return self.inner.__exit__(*exc)
-
-    def keys(self):
-        return self.inner.keys()
-
-    def metadata(self):
-        return self.inner.metadata()
-
-    def get_tensor(self, name):
-        return self.counter.count(self.fname, self.inner.get_tensor(name))
-
-    def get_slice(self, name):
-        return _Slice(self.counter, self.fname, self.inner.get_slice(name))
-
-
-class _Slice:
-    def __init__(self, counter, fname, inner):
-        self.counter, self.fname, self.inner = counter, fname, inner
-
-    def get_shape(self):
-        return self.inner.get_shape()
-
-    def __getitem__(self, index):
-        return self.counter.count(self.fname, self.inner[index])
-
-
 @pytest.fixture
 def counting(monkeypatch):
-    counter = Counting()
+    counter = ReadCounter()
     monkeypatch.setattr(pckpt, "safe_open", counter)
     return counter
 
@@ -187,7 +133,7 @@ def test_same_layout_tp2_each_rank_reads_its_own_slices(tmp_path, single, counti
     model_total, optim_total = tensor_bytes(path, "model-"), tensor_bytes(path, "optim-")
     for rank in range(2):
         e = engine(dims, rank, LOADED)
-        counting.bytes.clear()
+        counting.reset()
         assert e.load(path)["global_step"] == STEP
         assert counting.open == 0, "a checkpoint file was left open"
         params = dict(e.model.named_parameters())
@@ -212,7 +158,7 @@ def test_same_layout_sharding2_each_rank_reads_half_the_optimizer_state(tmp_path
     model_total, optim_total = tensor_bytes(path, "model-"), tensor_bytes(path, "optim-")
     for rank in range(2):
         e = engine(dims, rank, LOADED)
-        counting.bytes.clear()
+        counting.reset()
         e.load(path)
         assert counting.open == 0
         owned = check_state(e, single)
@@ -247,7 +193,7 @@ def test_another_layout_gets_the_same_values(tmp_path, counting, no_publish, nam
     path = save(tmp_path, saved, config)
     for rank in range(loaded.world_size):
         e = engine(loaded, rank, LOADED, config)
-        counting.bytes.clear()
+        counting.reset()
         e.load(path)
         assert counting.open == 0
         owned = check_state(e, single)
@@ -319,5 +265,5 @@ def test_region_reads_only_the_overlap(tmp_path, single, counting):
         assert tensors.meta(name) == {"shape": [192, 64], "split_axis": 0, "stage": 0}
         got = tensors.region(name, [(90, 100), (8, 24)])
     assert np.array_equal(got, single[name][90:100, 8:24])
-    assert counting.bytes == {"model-tp0-pp0.safetensors": 6 * 16 * 4, "model-tp1-pp0.safetensors": 4 * 16 * 4}
+    assert counting.by_file() == {"model-tp0-pp0.safetensors": 6 * 16 * 4, "model-tp1-pp0.safetensors": 4 * 16 * 4}
     assert counting.open == 0
