@@ -66,7 +66,7 @@ def llmpre_checkpoint_weights(path: Path):
     if "model_config" not in state:
         raise ConfigError(f"{path / 'trainer_state.json'}: no model_config; not an llmpre checkpoint")
     config = from_hf_dict(state["model_config"])
-    model = build(config, ops=None, deferred=True)    # no parameter memory: the shapes only
+    model = build(config)    # no parameter memory: the shapes only
     shapes = {n: list(p.shape) for n, p in model.named_parameters()}
     del model
     with GlobalTensors(str(path)) as tensors:

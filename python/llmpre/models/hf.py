@@ -142,19 +142,13 @@ def load_hf_weights(model: nn.Layer, path: PathLike) -> None:
                 params[name].set_value(value.astype(params[name].dtype))
 
 
-def build(config: ModelConfig, dtype: str = "float32", ops=None, deferred: bool = False):
-    """The model of ``config``; ``deferred``: parameters unallocated, for a loader to fill
-    (then :func:`finish`), else randomly initialised in ``dtype``."""
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
+def build(config: ModelConfig, ops=None):
+    """The model of ``config`` with its parameters unallocated (:mod:`llmpre.models.init`),
+    for a loader to fill; then :func:`finish`."""
     from llmpre.models import init
 
-    if not deferred:
-        model = model_class(config)(config, ops=ops)
-        return model.to(dtype=dtype) if dtype != "float32" else model
     with init.deferred():
-        model = model_class(config)(config, ops=ops)
-    return model
+        return model_class(config)(config, ops=ops)
 
 
 def finish(model, dtype: str = "float32"):
@@ -178,7 +172,7 @@ def from_pretrained(path: PathLike, dtype: str = "float32", ops=None):
     if not Path(path).is_dir():
         raise ConfigError(f"{path}: not a directory; from_pretrained needs a checkpoint directory "
                           f"holding {CONFIG_NAME} and {WEIGHTS_NAME}")
-    model = build(load_hf_config(path), dtype, ops=ops, deferred=True)
+    model = build(load_hf_config(path), ops=ops)
     load_hf_weights(model, path)
     return finish(model, dtype)
 

@@ -167,5 +167,5 @@ def open_pretrained(path, dtype: str = "float32", ops=None):
     if not Path(path).is_dir():
         raise ConfigError(f"{path}: not a directory; continue_training needs a checkpoint directory "
                           f"holding {CONFIG_NAME} and {WEIGHTS_NAME}")
-    model = build(load_hf_config(path), ops=ops, deferred=True)
+    model = build(load_hf_config(path), ops=ops)
     return model, attach(model, path, dtype)
