@@ -37,12 +37,13 @@ def train_losses(output_dir) -> dict:
 def test_loss_falls_on_the_bundled_corpus(tmp_path):
     from llmpre.train.trainer import run
 
-    args = args_for(tmp_path, max_steps=40, logging_steps=5, learning_rate=3e-3,
+    args = args_for(tmp_path, max_steps=40, logging_steps=1, learning_rate=3e-3,
                     min_learning_rate=3e-4, warmup_steps=5, eval_steps=20, save_steps=1000)
     run(args)
     losses = train_losses(args.output_dir)
-    assert losses[5] > 8.0                      # ~ln(8192) = 9.0 at the start
-    assert losses[40] < losses[5] - 2.0         # clearly learning
+    assert losses[1] > 8.0                      # before any update: ~ln(8192) = 9.0
+    late = sum(losses[s] for s in range(36, 41)) / 5
+    assert late < losses[1] - 2.0               # clearly learning
     evals = [json.loads(l) for l in open(os.path.join(args.output_dir, "metrics.jsonl"))
              if '"eval"' in l]
     assert len(evals) == 2 and evals[1]["eval_loss"] < evals[0]["eval_loss"]

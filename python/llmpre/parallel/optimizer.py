@@ -4,7 +4,7 @@ This is the one AdamW of every layout, a single process included (one shard,
 groups of size 1). The update (decoupled weight decay, bias-corrected moments,
 as PyTorch's AdamW), with ``g`` the gradient times ``grad_scale`` (loss-scale
 and clipping factors), on fp32 master weights:
-    p <- p * (1 - lr * wd)                    (not for biases and norms)
+    p <- p - (lr * wd) p                      (not for biases and norms)
     m <- b1 m + (1 - b1) g ;  v <- b2 v + (1 - b2) g^2
     p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 Its state is keyed by the model's structured parameter names, so checkpoints
@@ -227,11 +227,11 @@ class ShardedAdamW:
         s.multiply_(g).scale_(1.0 - b2)                            # (1 - b2) g^2
         self.exp_avg_sq.scale_(b2).add_(s)
         self.exp_avg.scale_(b1).add_(g.scale_(1.0 - b1))           # g is spent from here on
-        if self.weight_decay:                                      # 1 - lr wd (where decayed)
-            s.fill_(0.0)
-            for a, b in self.decayed_runs:                         # the decay mask
-                s[a:b] = 1.0
-            self.master.multiply_(s.scale_(-lr * self.weight_decay, bias=1.0))
+        if self.weight_decay:                                      # p -= (lr wd) p where decayed:
+            s.fill_(0.0)                                           # not p *= fl(1 - lr wd), whose
+            for a, b in self.decayed_runs:                         # factor rounds to steps of 2^-24
+                s[a:b] = lr * self.weight_decay                    # (1% of lr wd = 2e-6)
+            self.master.subtract_(s.multiply_(self.master))
         paddle.assign(self.exp_avg_sq, output=s)                   # denominator
         s.sqrt_().scale_(1.0 / math.sqrt(1.0 - b2 ** t), bias=self.eps)
         paddle.assign(self.exp_avg, output=g)

@@ -2,11 +2,14 @@
 
 PaddleNLP's run_pretrain semantics (CosineAnnealingWithWarmupDecay and
 LinearAnnealingWithWarmupDecay): linear warmup from 0 over ``warmup`` steps
-(``lr * step / warmup``, so the first update uses lr 0 when warmup > 0), then
-decay to ``min_lr`` at ``decay_steps``, then ``min_lr``. The update of
-optimizer step ``k`` (0-based) uses ``lr_at(k)``; the value logged at
-global_step ``k`` is ``lr_at(k)``, the rate the next update will use, as
-PaddleNLP logs ``optimizer.get_lr()`` after ``scheduler.step()``.
+(``lr * step / warmup``), then decay to ``min_lr`` at ``decay_steps``, then
+``min_lr``. PaddleNLP builds the scheduler with ``last_epoch=0`` and Paddle's
+``LRScheduler`` steps once at construction, so optimizer update ``g`` (counting
+from 1) uses ``lr_at(g)``: the first update of a 5-step warmup uses ``lr / 5``,
+the last one (``g = decay_steps``) ``min_lr``. The value logged at global_step
+``g`` is ``lr_at(g + 1)``, the rate the next update will use, as PaddleNLP logs
+``optimizer.get_lr()`` after ``scheduler.step()``
+(``../shared/fixtures/paddlenlp_run`` records both, ``tests/e2e/test_paddlenlp_run.py``).
 """
 
 from __future__ import annotations

@@ -292,7 +292,7 @@ class Trainer:
         "ok", "overflow" (fp16 scale lowered) or "skipped" (non-finite)."""
         from llmpre.train.optim import clip_coefficient
 
-        lr = self.lr_at(self.global_step)
+        lr = self.lr_at(self.global_step + 1)    # update g uses the schedule at g, as PaddleNLP's
         loss_value = self.engine.forward_backward(lambda: next(batches),
                                                   self.args.gradient_accumulation_steps,
                                                   self.scaler.scale)
@@ -472,7 +472,7 @@ class Trainer:
         consumed = self.global_step * self.samples_per_step * self.dims.data_parallel_size
         values = {
             "loss": round(loss, 8),
-            "learning_rate": float(f"{self.lr_at(self.global_step):.3e}"),
+            "learning_rate": float(f"{self.lr_at(self.global_step + 1):.3e}"),   # the next update's
             "global_step": self.global_step,
             "current_memory_allocated": cur,
             "max_memory_allocated": peak,
