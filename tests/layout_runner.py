@@ -106,7 +106,9 @@ def record(name: str, output_dir, nproc: int, loss_deviation: float | None = Non
     e = last_train_entry(output_dir)
     row = {"layout": name, "ranks": nproc,
            "tokens_per_card_per_s": e["interval_tokens_per_second_per_device"],
-           "max_memory_gb": round(e["max_memory_allocated"], 3), "loss_deviation": loss_deviation}
+           "max_memory_gb": round(e["max_memory_allocated"] if "max_memory_allocated" in e   # a GPU run
+                                  else e["cpu_mem_used_peak"] / 1024, 3),                # MB on a CPU
+           "loss_deviation": loss_deviation}
     path = os.environ.get("LLMPRE_LAYOUT_REPORT")
     if path:
         with open(path, "a") as fh:

@@ -13,8 +13,9 @@ def report(run_dir, out_dir):
     """Plot a training run (finished or still running) from RUN_DIR/metrics.jsonl.
 
     Writes loss.png (train and eval loss against steps and tokens),
-    learning_rate.png, throughput.png, memory.png and summary.txt, and prints
-    the summary.
+    learning_rate.png, throughput.png, memory.png (device memory in GB for a GPU
+    run, process memory in MB for a CPU run) and summary.txt, and prints the
+    summary.
     """
     from llmpre.report import write_report
 

@@ -82,7 +82,7 @@ def write_report(run_dir: str, out_dir: str | None = None) -> dict:
     for name, keys, ylabel in (
         ("learning_rate", ["learning_rate"], "learning rate"),
         ("throughput", ["interval_tokens_per_second_per_device"], "tokens/s per device"),
-        ("memory", ["current_memory_allocated", "max_memory_allocated"], "GB"),
+        ("memory", *_memory_series(train)),
     ):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for key in keys:
@@ -102,6 +102,21 @@ def write_report(run_dir: str, out_dir: str | None = None) -> dict:
         fh.write(text)
     os.replace(tmp, os.path.join(out_dir, "summary.txt"))
     return summary
+
+
+# memory keys by unit: device memory in GB (a GPU run), process memory in MB (a CPU run);
+# runs logged before cpu_mem_* existed have current/max_memory_allocated in GB on either
+MEMORY_GB = ("current_memory_allocated", "current_memory_reserved", "max_memory_allocated", "max_memory_reserved")
+MEMORY_MB = ("cpu_mem_used", "cpu_mem_used_peak")
+
+
+def _memory_series(train) -> tuple[list[str], str]:
+    """The memory keys the run logged and their unit."""
+    logged = {k for e in train for k in e}
+    device = [k for k in MEMORY_GB if k in logged]
+    if device:
+        return device, "GB"
+    return [k for k in MEMORY_MB if k in logged], "MB"
 
 
 def _compact_ticks(ax) -> None:
@@ -162,9 +177,12 @@ def _summary(run_dir, train, evals, skips) -> dict:
         out["best_eval_loss"] = f"{best['eval_loss']} (step {best['step']})"
     if speeds:
         out["tokens_per_second_per_device_median"] = round(statistics.median(steady), 2)
-    peaks = [e["max_memory_allocated"] for e in train if "max_memory_allocated" in e]
-    if peaks:
-        out["peak_memory_gb"] = round(max(peaks), 3)
+    for key, label, digits in (("max_memory_allocated", "peak_memory_gb", 3),
+                               ("max_memory_reserved", "peak_memory_reserved_gb", 3),
+                               ("cpu_mem_used_peak", "peak_cpu_mem_mb", None)):
+        peaks = [e[key] for e in train if isinstance(e.get(key), (int, float))]
+        if peaks:
+            out[label] = round(max(peaks), digits) if digits else max(peaks)
     out["skipped_steps"] = len(skips)
     if skips:
         shown = ", ".join(str(e["step"]) for e in skips[:20]) + (", ..." if len(skips) > 20 else "")

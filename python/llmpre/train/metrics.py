@@ -1,29 +1,60 @@
-"""What the log line reports: memory, FLOPs and speed, in PaddleNLP's units."""
+"""What the log line reports: memory, FLOPs and speed, in PaddleNLP's units and order."""
 
 from __future__ import annotations
 
-import os
-import resource
+from llmpre.train.memory import DEVICE_KEYS, GB, HOST_KEYS, device_fields, host_fields, memory_source
 
-GB = 2 ** 30
+# Every key of PaddleNLP's per-interval log line, in its order (trainer.py
+# ``_maybe_log_save_evaluate`` and ``Trainer.log``): the device-memory keys appear on a
+# GPU only, the cpu_mem ones on a CPU only (see llmpre.train.memory). PaddleNLP's
+# benchmark scripts cut fields by position, so the order is part of the format.
+SPEED_KEYS = ("interval_runtime", "interval_samples_per_second", "interval_tokens_per_second_per_device",
+              "interval_hardware_tflops_per_device", "interval_steps_per_second")
+LOG_KEYS = ("loss", "learning_rate", "global_step", *DEVICE_KEYS, *SPEED_KEYS, *HOST_KEYS,
+            "progress_or_epoch")
+
+
+def interval_speed(runtime: float, samples: int, steps: int, seq: int, world_size: int,
+                   flops_per_token: float) -> dict:
+    """The interval's speed figures: samples/s over all data-parallel ranks,
+    tokens/s per device (divided by every rank, tensor and pipeline ones too, as
+    PaddleNLP does) and hardware TFLOP/s per device (FLOPs / 2**40)."""
+    tokens_per_s = samples * seq / runtime / max(1, world_size)
+    return {
+        "interval_runtime": round(runtime, 4),
+        "interval_samples_per_second": round(samples / runtime, 4),
+        "interval_tokens_per_second_per_device": round(tokens_per_s, 4),
+        "interval_hardware_tflops_per_device": round(tokens_per_s * flops_per_token / 2 ** 40, 2),
+        "interval_steps_per_second": round(steps / runtime, 4),
+    }
+
+
+def train_log_values(loss: float, learning_rate: float, global_step: int, memory, speed: dict,
+                     progress: float, skipped: int = 0) -> dict:
+    """One logging interval as PaddleNLP's log line has it: loss (8 decimals),
+    learning rate (3 significant digits), step, device memory (GPU), the speed
+    figures, process memory (CPU), progress_or_epoch. ``memory`` is a memory
+    source (llmpre.train.memory). ``skipped_steps`` (not PaddleNLP's) comes last
+    and only when steps of the interval were skipped."""
+    values = {"loss": round(loss, 8), "learning_rate": float(f"{learning_rate:.3e}"),
+              "global_step": global_step}
+    values.update(device_fields(memory))
+    values.update(speed)
+    values.update(host_fields(memory))
+    values["progress_or_epoch"] = progress
+    if skipped:
+        values["skipped_steps"] = skipped
+    return values
 
 
 def memory_gb(paddle) -> tuple[float, float]:
-    """(current, peak) memory in GB (2**30 bytes).
-
-    On a GPU: Paddle's allocated device memory. On a CPU: the process's
-    resident set size (current from /proc/self/statm, peak from getrusage),
-    which includes the Python interpreter and Paddle itself.
-    """
-    if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
-        return (paddle.device.cuda.memory_allocated() / GB,
-                paddle.device.cuda.max_memory_allocated() / GB)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    try:
-        with open("/proc/self/statm") as fh:
-            current = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        current = peak
+    """(current, peak) memory in GB for the previous log line; goes with the trainer's
+    switch to train_log_values (the next commit)."""
+    source = memory_source(paddle)
+    device = source.device()
+    if device is not None:
+        return device[0] / GB, device[2] / GB
+    current, peak = source.host()
     return current / GB, peak / GB
 
 

@@ -2,7 +2,10 @@
 when installed.
 
 ``<output_dir>/metrics.jsonl`` holds one JSON object per event
-(``{"type": "train" | "eval" | "test" | "skip" | "stop", "step": N, ...}``). A
+(``{"type": "train" | "eval" | "test" | "skip" | "stop" | "train_metrics", "step": N, ...}``;
+a train entry has the log line's keys, memory included: the four device-memory
+figures in GB on a GPU, ``cpu_mem_used``/``cpu_mem_used_peak`` in MB on a CPU;
+``train_metrics`` is the end-of-training summary of train_results.json). A
 non-finite value is stored as null (JSON has no nan/inf): a logging interval
 whose steps were all skipped has ``"loss": null`` and its value as a string in
 ``nonfinite_loss``; ``interval_skipped_steps`` counts the skipped steps of the
@@ -29,7 +32,8 @@ logger = logging.getLogger("llmpre")
 
 SCALARS = {
     "train": ("loss", "learning_rate", "grad_norm", "interval_tokens_per_second_per_device",
-              "current_memory_allocated", "max_memory_allocated", "loss_scale", "skipped_steps"),
+              "current_memory_allocated", "current_memory_reserved", "max_memory_allocated",
+              "max_memory_reserved", "cpu_mem_used", "cpu_mem_used_peak", "loss_scale", "skipped_steps"),
     "eval": ("eval_loss",),
     "test": ("test_loss",),
 }
