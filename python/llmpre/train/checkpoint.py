@@ -127,6 +127,19 @@ def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def step_of(path: str) -> int:
+    """The step of checkpoint directory ``path`` (``checkpoint-<step>``)."""
+    m = _NAME.match(os.path.basename(os.path.normpath(path)))
+    if not m:
+        raise CheckpointError(f"{path}: not a checkpoint-<step> directory")
+    return int(m.group(1))
+
+
+def is_temporary(path: str) -> bool:
+    """Whether ``path`` is one of the hidden temporaries of :func:`temp_dir`."""
+    return bool(_TEMP.match(os.path.basename(os.path.normpath(path))))
+
+
 def latest_checkpoint(output_dir: str) -> str | None:
     found = list_checkpoints(output_dir)
     return found[-1][1] if found else None

@@ -25,6 +25,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import time
@@ -35,6 +36,7 @@ from llmpre.errors import ConfigError, LlmpreError
 from llmpre.models.hf_config import to_hf_dict
 from llmpre.runtime import configure_threads, import_paddle
 from llmpre.train import checkpoint as ckpt
+from llmpre.train import paddlenlp_ckpt as pnlp
 from llmpre.train import guards
 from llmpre.train.args import TrainingArguments
 from llmpre.train.lock import RunLock
@@ -251,14 +253,42 @@ class Trainer:
             diffs = guards.replace_identity(args.output_dir, identity)
             if diffs:
                 logger.warning("resume_from_checkpoint with changed settings: %s", "; ".join(diffs))
+            if pnlp.is_paddlenlp_checkpoint(args.resume_from_checkpoint):
+                return self._import_paddlenlp(pnlp.examine(args.resume_from_checkpoint))
             return args.resume_from_checkpoint
         has_checkpoints = bool(ckpt.list_checkpoints(args.output_dir))
+        fresh = not os.path.exists(os.path.join(args.output_dir, guards.RUN_CONFIG))
         guards.check_run_directory(args.output_dir, identity, args.overwrite_output_dir, has_checkpoints)
         debris = ckpt.remove_stale_temps(args.output_dir) + _remove_stale_final_temps(args.output_dir)
         if debris:
             logger.info("Removed %d incomplete save(s) left by an interrupted run: %s",
                         len(debris), ", ".join(debris))
-        return ckpt.latest_valid_checkpoint(args.output_dir, warn=logger.warning)
+        latest = ckpt.latest_valid_checkpoint(args.output_dir, warn=logger.warning)
+        # a PaddleNLP checkpoint-N newer than llmpre's newest is resumed, or refused: never ignored
+        foreign = pnlp.find(args.output_dir)
+        if foreign and foreign[-1].step > (ckpt.step_of(latest) if latest else -1):
+            try:
+                return self._import_paddlenlp(foreign[-1])
+            except LlmpreError:
+                if fresh:   # nothing was trained: the directory stays the PaddleNLP run's
+                    os.unlink(os.path.join(args.output_dir, guards.RUN_CONFIG))
+                raise
+        if foreign:
+            logger.info("Not resuming from the older PaddleNLP checkpoint(s) %s: %s is newer",
+                        ", ".join(os.path.basename(f.path) for f in foreign), latest)
+        return latest
+
+    def _import_paddlenlp(self, found) -> str:
+        """A temporary llmpre checkpoint holding the PaddleNLP checkpoint's state (see
+        :mod:`llmpre.train.paddlenlp_ckpt`); ``_train`` removes it once loaded."""
+        state = {**self._state(), "consumed_samples":
+                 found.step * self.samples_per_step * self.dims.data_parallel_size}
+        path = pnlp.prepare(found, self.args, self.config, self.dims.data_parallel_size, state,
+                            logger.warning)
+        logger.info("Found %s; resuming from it (weights, Adam moments, step; the data position "
+                    "follows from the step)", found.describe())
+        self._imported_from = found.path
+        return path
 
     # ---- steps -------------------------------------------------------------
     @property
@@ -387,7 +417,13 @@ class Trainer:
         args, paddle = self.args, self.paddle
         if resume:
             # an automatic resume point was verified when it was chosen
-            self.load(resume, verified=not self.args.resume_from_checkpoint)
+            imported = ckpt.is_temporary(resume)     # a converted PaddleNLP checkpoint
+            self.load(resume, verified=imported or not self.args.resume_from_checkpoint)
+            if imported:
+                self.engine.barrier()               # every rank has read it
+                if self.engine.is_main:
+                    shutil.rmtree(resume, ignore_errors=True)
+                resume = getattr(self, "_imported_from", None) or "a PaddleNLP checkpoint"
             logger.info("Resuming from %s at global_step %d", resume, self.global_step)
         if self.global_step >= args.max_steps:
             logger.info("Nothing to do: global_step %d >= max_steps %d", self.global_step,

@@ -1,0 +1,195 @@
+"""A PaddleNLP ``checkpoint-N`` in output_dir is resumed (weights, Adam moments, step, data
+position) or refused with one error: never ignored. The checkpoints under
+``tests/assets/paddlenlp_checkpoint`` were written by PaddleNLP 2.8.1's Trainer (README there);
+PaddleNLP resumed from them logs the losses in ``expected.json``, and so must llmpre."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmpre.train import checkpoint as ckpt
+from llmpre.train import paddlenlp_ckpt as pnlp
+
+ASSET = Path(__file__).resolve().parents[1] / "assets" / "paddlenlp_checkpoint"
+EXPECTED = json.loads((ASSET / "expected.json").read_text())
+
+
+def _digest(path: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
+
+
+def _run_dir(tmp_path, fmt: str, **overrides):
+    """The PaddleNLP argument file, its inputs and an output_dir holding PaddleNLP's
+    checkpoint-2 of ``fmt``, copied into ``tmp_path``; returns (args, output_dir)."""
+    from llmpre.train.args import parse_arguments
+
+    for name in ("model", "tokenizer", "data"):
+        shutil.copytree(ASSET / name, tmp_path / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copytree(ASSET / fmt / "checkpoint-2", out / "checkpoint-2")
+    raw = json.loads((ASSET / "args.json").read_text())
+    raw.update({"model_name_or_path": str(tmp_path / "model"), "input_dir": str(tmp_path / "data"),
+                "tokenizer_name_or_path": str(tmp_path / "tokenizer"), "output_dir": str(out),
+                "num_threads": 1, **overrides})
+    (tmp_path / "args.json").write_text(json.dumps(raw))
+    return parse_arguments(str(tmp_path / "args.json"), {}), out
+
+
+@pytest.mark.parametrize("fmt", ["plain", "unified"])
+def test_llmpre_continues_a_paddlenlp_run_with_paddlenlps_losses(tmp_path, fmt):
+    from llmpre.train.monitor import read_metrics
+    from llmpre.train.trainer import run
+
+    args, out = _run_dir(tmp_path, fmt)
+    before = _digest(out / "checkpoint-2")
+    run(args)
+    got = {e["step"]: e for e in read_metrics(str(out))["train"]}
+    want = EXPECTED["resumed_from_checkpoint-2"]
+    assert sorted(got) == [3, 4, 5]            # steps 1-2 are PaddleNLP's, not trained again
+    for step, w in want.items():
+        g = got[int(step)]
+        # measured: equal at steps 3-4, 7.5e-8 apart at step 5 (fp32 reduction order); a fresh
+        # optimizer instead of the checkpoint's moments moves step 4 by 7e-4
+        assert g["loss"] == pytest.approx(w["loss"], rel=5e-7), (step, g["loss"], w["loss"])
+        assert g["learning_rate"] == pytest.approx(w["learning_rate"], rel=1e-3), step
+    # PaddleNLP's checkpoint is left as it was; llmpre's own follow it; no converted copy remains
+    assert _digest(out / "checkpoint-2") == before
+    assert [s for s, _ in ckpt.list_checkpoints(str(out))] == [3, 4, 5]
+    assert not [n for n in os.listdir(out) if n.startswith(".checkpoint-")]
+
+
+def test_explicit_resume_from_a_paddlenlp_checkpoint_elsewhere(tmp_path):
+    from llmpre.train.monitor import read_metrics
+    from llmpre.train.trainer import run
+
+    args, out = _run_dir(tmp_path, "unified")
+    shutil.move(str(out / "checkpoint-2"), str(tmp_path / "checkpoint-2"))
+    args.resume_from_checkpoint = str(tmp_path / "checkpoint-2")
+    args.max_steps, args.decay_steps = 3, 5        # the same schedule, one step
+    run(args)
+    got = {e["step"]: e["loss"] for e in read_metrics(str(out))["train"]}
+    assert list(got) == [3]
+    assert got[3] == pytest.approx(EXPECTED["resumed_from_checkpoint-2"]["3"]["loss"], rel=5e-7)
+
+
+def test_a_later_start_resumes_from_llmpres_newer_checkpoint(tmp_path):
+    from llmpre.train.trainer import Trainer, run
+
+    args, out = _run_dir(tmp_path, "plain", max_steps=3, decay_steps=5)
+    run(args)
+    trainer = Trainer(args)
+    assert trainer._prepare_run_directory() == str(out / "checkpoint-3")
+
+
+def test_an_unmappable_checkpoint_is_one_error_before_training(tmp_path):
+    from llmpre.train.trainer import run
+
+    args, out = _run_dir(tmp_path, "plain")
+    ckdir = out / "checkpoint-2"       # as a tensor-parallel rank of a hybrid run names its files
+    (ckdir / "model_state.pdparams").rename(ckdir / "model_state.tp00_pp00.pdparams")
+    (ckdir / "optimizer.pdopt").rename(ckdir / "optimizer.tp00_pp00.pdopt")
+    with pytest.raises(ckpt.CheckpointError) as e:
+        run(args)
+    msg = str(e.value)
+    assert msg.startswith(f"{ckdir}: a PaddleNLP hybrid-parallel checkpoint")
+    assert "at global_step 2, 1 process(es)" in msg
+    assert "model_state.tp00_pp00.pdparams" in msg
+    assert f"continue_training true, model_name_or_path {ckdir} and another output_dir" in msg
+    assert "overwrite_output_dir true" in msg and "Nothing was trained" in msg
+    # nothing trained, nothing converted, no run identity recorded (the fixed run may differ)
+    assert sorted(os.listdir(out)) == [".llmpre.lock", "checkpoint-2"]
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"per_device_train_batch_size": 1},
+     "its global batch is 4 samples (per_device_train_batch_size 2 x gradient_accumulation_steps 2 x 1 "
+     "data-parallel process(es)) and this run's is 2"),
+    ({"seed": 7}, "it was trained with seed 42 and this run has seed 7"),
+    ({"max_seq_length": 16}, "it was trained with max_seq_length 32 and this run has 16"),
+    ({"max_steps": 2}, "it is at global_step 2 and this run's max_steps is 2, so there is nothing left"),
+])
+def test_a_run_that_would_not_continue_paddlenlps_stream_is_refused(tmp_path, overrides, expected):
+    from llmpre.train.trainer import run
+
+    args, out = _run_dir(tmp_path, "unified", **overrides)
+    with pytest.raises(ckpt.CheckpointError, match="llmpre cannot resume from it") as e:
+        run(args)
+    assert expected in str(e.value)
+    args, _ = _run_dir(tmp_path / "fixed", "unified")    # the same directory with the run's values
+    shutil.rmtree(args.output_dir)
+    shutil.copytree(out, args.output_dir)
+    from llmpre.train.trainer import Trainer
+
+    assert ckpt.is_temporary(Trainer(args)._prepare_run_directory())
+
+
+def test_another_model_is_refused(tmp_path):
+    from llmpre.train.trainer import run
+
+    args, out = _run_dir(tmp_path, "plain", num_hidden_layers=1)
+    with pytest.raises(ckpt.CheckpointError) as e:
+        run(args)
+    assert "its config.json describes another model: num_hidden_layers 2 (this run: 1)" in str(e.value)
+
+
+# ---- reading, without training ------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["plain", "unified"])
+def test_examine(fmt):
+    found = pnlp.examine(str(ASSET / fmt / "checkpoint-2"))
+    assert (found.kind, found.step, found.world_size, found.reason) == (fmt, 2, 1, "")
+    ta = found.training_args
+    assert (ta["per_device_train_batch_size"], ta["gradient_accumulation_steps"], ta["seed"],
+            ta["max_steps"], ta["unified_checkpoint"]) == (2, 2, 42, 5, fmt == "unified")
+
+
+def test_find_skips_llmpre_checkpoints_and_other_folders(tmp_path):
+    shutil.copytree(ASSET / "plain" / "checkpoint-2", tmp_path / "checkpoint-2")
+    ckpt.save_checkpoint(str(tmp_path), 7, {"x.bin": lambda p: Path(p).write_bytes(b"1")})
+    (tmp_path / "checkpoint-9").mkdir()         # empty: neither PaddleNLP's nor llmpre's
+    assert [(f.step, os.path.basename(f.path)) for f in pnlp.find(str(tmp_path))] == [(2, "checkpoint-2")]
+
+
+@pytest.mark.parametrize("fmt", ["plain", "unified"])
+def test_both_formats_hold_the_same_state(fmt):
+    """Weights, moments and the update count read from either format agree exactly."""
+    import numpy as np
+
+    a = pnlp._Plain(str(ASSET / "plain" / "checkpoint-2"))
+    b = pnlp._Unified(str(ASSET / "unified" / "checkpoint-2"))
+    assert a.shapes() == b.shapes()
+    for name in a.shapes():
+        np.testing.assert_array_equal(a.weights(name), b.weights(name))
+        for kind in ("moment1", "moment2", "beta1_pow_acc"):
+            np.testing.assert_array_equal(a.state(name, kind), b.state(name, kind))
+        assert pnlp._updates(b.state(name, "beta1_pow_acc"), 0.9) == 2
+
+
+def test_name_map():
+    theirs = {"llama.embed_tokens.weight": [8, 4], "llama.norm.weight": [4], "lm_head.weight": [4, 8]}
+    ours = {"embed_tokens.weight": [8, 4], "norm.weight": [4], "lm_head.weight": [4, 8]}
+    assert pnlp.name_map(theirs, ours) == ({"embed_tokens.weight": "llama.embed_tokens.weight",
+                                            "norm.weight": "llama.norm.weight",
+                                            "lm_head.weight": "lm_head.weight"}, [])
+    _, problems = pnlp.name_map({**theirs, "llama.norm.weight": [5], "llama.extra.bias": [1]}, ours)
+    assert problems == ["llama.norm.weight has shape [5], this run's model needs [4] for norm.weight",
+                        "unexpected tensor llama.extra.bias"]
+
+
+def test_pickles_are_read_as_data_only(tmp_path):
+    class Code:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    bad = tmp_path / "model_state.pdparams"
+    bad.write_bytes(pickle.dumps({"w": Code()}))
+    with pytest.raises(ckpt.CheckpointError, match="holds a posix.system object"):
+        pnlp._load_pickle(str(bad))
+    assert not (tmp_path / "pwned").exists()
