@@ -83,9 +83,11 @@ def llmpre_checkpoint_weights(path: Path):
 @click.command("export-hf")
 @click.argument("source", type=click.Path(exists=True, file_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--style", type=click.Choice(["v4", "v5"]), default="v4", show_default=True,
-              help="config.json keys: v4 (rope_theta/rope_scaling/torch_dtype, read by transformers 4 and 5) "
-                   "or v5 (rope_parameters/dtype).")
+@click.option("--style", type=click.Choice(["v4", "v5", "paddlenlp"]), default="v4", show_default=True,
+              help="v4: HF layout, config keys rope_theta/rope_scaling/torch_dtype (transformers 4 and 5); "
+                   "v5: HF layout, rope_parameters/dtype; paddlenlp: what PaddleNLP 2.8.1 saves (its config.json, "
+                   "tensor names and [in, out] layouts, safetensors format np), for its "
+                   "AutoModelForCausalLM.from_pretrained.")
 @click.option("--max-shard-size", default=None,
               help="Split the weights into model-0000i-of-0000n.safetensors shards of at most this size "
                    "(e.g. 5GB) with a model.safetensors.index.json; default: one file.")
@@ -93,14 +95,16 @@ def llmpre_checkpoint_weights(path: Path):
               help="Dtype of the written weights.")
 def export_hf(source, out_dir, style, max_shard_size, dtype):
     """Export SOURCE as an HF checkpoint in OUT_DIR (config.json + safetensors, the layout
-    and tensor names transformers / PaddleNLP load for the model's family).
+    and tensor names transformers loads for the model's family), or as PaddleNLP saves it
+    (--style paddlenlp).
 
     \b
-    SOURCE is a training checkpoint (OUTPUT_DIR/checkpoint-N) or an HF checkpoint
-    directory (to re-shard it, change its dtype or its config key style).
+    SOURCE is a training checkpoint (OUTPUT_DIR/checkpoint-N), an HF checkpoint directory
+    or a PaddleNLP one (to convert it, re-shard it, change its dtype or its config keys).
     """
     from llmpre.models import from_pretrained, save_pretrained
     from llmpre.models.hf_stream import save_streamed
+    from llmpre.models.paddlenlp_format import save_paddlenlp
 
     src = Path(source)
     max_bytes = parse_size(max_shard_size) if max_shard_size else None
@@ -109,13 +113,21 @@ def export_hf(source, out_dir, style, max_shard_size, dtype):
     if (src / "trainer_state.json").is_file():
         # one parameter at a time: no process holds the whole model
         config, shapes, tensor = llmpre_checkpoint_weights(src)
-        save_streamed(config, shapes, tensor, out_dir, dtype=dtype, style=style, max_shard_bytes=max_bytes)
+        if style == "paddlenlp":
+            save_paddlenlp(config, shapes, tensor, out_dir, dtype=dtype, max_shard_bytes=max_bytes)
+        else:
+            save_streamed(config, shapes, tensor, out_dir, dtype=dtype, style=style, max_shard_bytes=max_bytes)
     elif (src / "config.json").is_file():
         model = from_pretrained(src, dtype=dtype)
-        save_pretrained(model, out_dir, style=style, max_shard_bytes=max_bytes)
         config, shapes = model.config, {n: list(p.shape) for n, p in model.named_parameters()}
+        if style == "paddlenlp":
+            save_paddlenlp(config, shapes, dict(model.named_parameters()).get, out_dir, dtype=dtype,
+                           max_shard_bytes=max_bytes)
+        else:
+            save_pretrained(model, out_dir, style=style, max_shard_bytes=max_bytes)
     else:
         raise ConfigError(f"{src}: neither a training checkpoint (trainer_state.json) nor an HF checkpoint "
                           "(config.json); pass OUTPUT_DIR/checkpoint-N or an HF model directory")
     n = sum(math.prod(s) for s in shapes.values())
-    click.echo(f"wrote {out_dir}: {config.model_type}, {n:,} parameters, {dtype}, config keys {style}")
+    click.echo(f"wrote {out_dir}: {config.model_type}, {n:,} parameters, {dtype}, "
+               + ("PaddleNLP layout" if style == "paddlenlp" else f"config keys {style}"))

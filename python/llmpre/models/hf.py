@@ -5,6 +5,9 @@ Names and layouts come from :mod:`llmpre.models.hf_names` (fused q/k/v and
 gate/up tensors are split on load and fused again on save, Linear weights are
 transposed both ways), config keys from :mod:`llmpre.models.hf_config`.
 A round trip ``save_pretrained`` -> ``from_pretrained`` is bit-identical.
+
+Directories PaddleNLP saved (its config.json keys, ``format: np`` safetensors or
+``.pdparams``) are read through :mod:`llmpre.models.paddlenlp_format` by the same calls.
 """
 
 from __future__ import annotations
@@ -41,20 +44,32 @@ def model_class(config: ModelConfig):
 
 
 def load_hf_config(path: PathLike) -> ModelConfig:
-    """ModelConfig from ``path/config.json`` (or a config file), transformers 4 or 5 keys."""
+    """ModelConfig from ``path/config.json`` (or a config file): transformers 4 or 5 keys, or
+    PaddleNLP's (:mod:`llmpre.models.paddlenlp_names`) when PaddleNLP wrote it."""
+    from llmpre.models.paddlenlp_names import config_from_paddlenlp, is_paddlenlp_config
+
     path = Path(path)
     file = path / CONFIG_NAME if path.is_dir() else path
     if not file.is_file():
-        raise ConfigError(f"{file}: no such file; pass a directory holding an HF checkpoint "
+        raise ConfigError(f"{file}: no such file; pass a directory holding an HF or PaddleNLP checkpoint "
                           f"({CONFIG_NAME} + {WEIGHTS_NAME}) or a preset name")
     try:
         d = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{file}: cannot read it as JSON ({e}); it should be an HF config.json") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{file}: holds a JSON {type(d).__name__}, not a config object")
     try:
-        return from_hf_dict(d)
+        return config_from_paddlenlp(d) if is_paddlenlp_config(d) else from_hf_dict(d)
     except ConfigError as e:
         raise ConfigError(f"{file}: {e}") from None
+
+
+def is_paddlenlp(path: PathLike) -> bool:
+    """Whether directory ``path`` holds weights as PaddleNLP saves them."""
+    from llmpre.models.paddlenlp_format import is_paddlenlp_dir
+
+    return is_paddlenlp_dir(path)
 
 
 def _weight_files(path: Path) -> List[Path]:
@@ -74,28 +89,33 @@ def _weight_files(path: Path) -> List[Path]:
                               "download the complete checkpoint")
         return files
     others = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pdparams"))
-    hint = f" (found {', '.join(others)}: convert it to safetensors first)" if others else ""
+    hint = (f" (found {', '.join(others)}: PyTorch .bin files and .pdparams other than PaddleNLP's "
+            "model_state.pdparams / its index are not read; convert them to safetensors)") if others else ""
     raise ConfigError(f"{path}: no {WEIGHTS_NAME} or {INDEX_NAME}{hint}")
 
 
-def _ignorable(name: str, config: ModelConfig) -> bool:
+def _ignorable(name: str, config: ModelConfig, deeper_ok: bool = False) -> bool:
     """Tensors some HF checkpoints carry that this model does not need: rotary caches,
     GPT-2 mask buffers, a tied model's copy of ``lm_head``, DeepSeek-V3's
-    multi-token-prediction layer (layers past ``num_hidden_layers``)."""
+    multi-token-prediction layer (layers past ``num_hidden_layers``), and with ``deeper_ok``
+    every layer past the model's depth."""
+    from llmpre.models.paddlenlp_names import layer_index
+
     if name.endswith(IGNORABLE_SUFFIXES):
         return True
     if config.tie_word_embeddings and name == "lm_head.weight":
         return True
-    if config.model_type == "deepseek_v3" and name.startswith("model.layers."):
-        return int(name.split(".")[2]) >= config.num_hidden_layers
+    if deeper_ok or (config.model_type == "deepseek_v3" and name.startswith("model.layers.")):
+        return (layer_index(name) or 0) >= config.num_hidden_layers
     return False
 
 
-def check_checkpoint(model: nn.Layer, path: PathLike):
+def check_checkpoint(model: nn.Layer, path: PathLike, deeper_ok: bool = False):
     """``(rules, where)``: the layout rules of ``model`` and the file holding each HF tensor,
     after checking the checkpoint's headers (no tensor data is read) against the model's
     parameter shapes: missing, unexpected and mis-shaped tensors are all listed, by HF name,
-    in one ConfigError."""
+    in one ConfigError. ``deeper_ok``: the checkpoint's layers past the model's depth are
+    skipped (its first ``num_hidden_layers`` layers are loaded)."""
     path = Path(path)
     config = model.config
     params = dict(model.named_parameters())
@@ -111,7 +131,7 @@ def check_checkpoint(model: nn.Layer, path: PathLike):
             for name in f.keys():
                 where[name] = file
                 if name not in expected:
-                    if not _ignorable(name, config):
+                    if not _ignorable(name, config, deeper_ok):
                         problems.append(f"unexpected tensor {name}")
                     continue
                 disk = list(f.get_slice(name).get_shape())
@@ -173,7 +193,12 @@ def from_pretrained(path: PathLike, dtype: str = "float32", ops=None):
         raise ConfigError(f"{path}: not a directory; from_pretrained needs a checkpoint directory "
                           f"holding {CONFIG_NAME} and {WEIGHTS_NAME}")
     model = build(load_hf_config(path), ops=ops)
-    load_hf_weights(model, path)
+    if is_paddlenlp(path):          # PaddleNLP's names, layouts and files
+        from llmpre.models.paddlenlp_format import load_paddlenlp_weights
+
+        load_paddlenlp_weights(model, path)
+    else:
+        load_hf_weights(model, path)
     return finish(model, dtype)
 
 

@@ -28,8 +28,18 @@ kind           what is read
                ``q_proj`` and ``k_proj`` stacked, one read per head
 =============  ========================================================================
 
+PaddleNLP checkpoints (:mod:`llmpre.models.paddlenlp_format`) are read the same way with
+their own names and reader; their fused tensors are ``[in, out]``: ``cols`` as above, and
+``grouped_cols``, whose output feature of part ``j`` sits in the column
+:func:`llmpre.models.paddlenlp_names.fused_columns` gives (runs of consecutive columns, one
+read each). A ``.pdparams`` file cannot be read by slices: it is loaded whole.
+
 Every value equals the same element of :func:`llmpre.models.hf.from_pretrained`'s model
 (a copy, a transpose or a dtype cast of the same bits).
+
+``open_pretrained(path, config=...)`` may build a model with fewer layers than the
+checkpoint (``num_hidden_layers`` with ``continue_training``): layers ``0..N-1`` are read
+and the deeper ones skipped, as PaddleNLP does.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ import contextlib
 import functools
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -46,8 +56,10 @@ from safetensors import safe_open
 
 from llmpre.errors import ConfigError
 from llmpre.models import init
-from llmpre.models.hf import CONFIG_NAME, WEIGHTS_NAME, build, check_checkpoint, load_hf_config
+from llmpre.models.config import ModelConfig
+from llmpre.models.hf import CONFIG_NAME, WEIGHTS_NAME, build, check_checkpoint, is_paddlenlp, load_hf_config
 from llmpre.models.hf_names import Rule, hf_shapes
+from llmpre.models.paddlenlp_names import fused_columns
 
 __all__ = ["CheckpointReader", "attach", "open_pretrained"]
 
@@ -97,8 +109,10 @@ def _output_rows(rule: Rule, j: int, start: int, stop: int, offsets: List[int], 
     """Rows of the rule's HF tensors (stacked on axis 0) holding output features
     ``start..stop`` of its part ``j``."""
     c = np.arange(start, stop, dtype=np.int64)
-    if rule.kind in ("rows", "cols"):
+    if rule.kind == "rows":
         return offsets[j] + c
+    if rule.kind in ("cols", "grouped_cols"):
+        return fused_columns(rule.kind, j, c, offsets, config)
     d = config.head_dim
     h, i = np.divmod(c, d)
     if rule.kind == "heads3":
@@ -130,28 +144,37 @@ def _read(ckpt: CheckpointReader, rule: Rule, j: int, shapes: List[List[int]], c
     if k == "linear":                                    # HF [out, in]
         return ckpt.read(rule.hf[j], region[::-1]).transpose([1, 0])
     offsets = np.cumsum([0] + [s[-1] for s in shapes]).tolist()
-    if k == "cols" and len(region) == 2:                 # GPT-2 Conv1D [in, out], no transpose
+    if k in ("cols", "grouped_cols") and len(region) == 2:   # fused [in, out] (GPT-2 Conv1D, PaddleNLP)
         (a0, b0), (a1, b1) = region
-        return ckpt.read(rule.hf[0], [(a0, b0), (offsets[j] + a1, offsets[j] + b1)])
+        cols = _output_rows(rule, j, a1, b1, offsets, config)
+        pieces = [ckpt.read(rule.hf[0], [(a0, b0), (c0, c1)]) for _, c0, c1 in _runs(cols, np.zeros(1, np.int64))]
+        return pieces[0] if len(pieces) == 1 else paddle.concat(pieces, axis=1)
     # rows, heads3, yuan_qk (and a fused bias): output features are HF rows
     rows = _output_rows(rule, j, *region[-1], offsets, config)
-    bounds = np.cumsum([0] + [s[0] for s in hf_shapes(rule, shapes)])
+    bounds = np.zeros(1, np.int64) if len(rule.hf) == 1 else np.cumsum([0] + [s[0] for s in hf_shapes(rule, shapes)])
     pieces = [ckpt.read(rule.hf[t], [(r0, r1)] + region[:-1]) for t, r0, r1 in _runs(rows, bounds)]
     out = pieces[0] if len(pieces) == 1 else paddle.concat(pieces, axis=0)
     return out.transpose([1, 0]) if len(region) == 2 else out
 
 
-def attach(model, path, dtype: str = "float32") -> CheckpointReader:
-    """Check the HF checkpoint at ``path`` against the deferred ``model``, then make every
-    parameter read its regions from it (cast to ``dtype``). Returns the reader: close it
-    once the model is materialised."""
-    rules, where = check_checkpoint(model, path)
+def attach(model, path, dtype: str = "float32", deeper_ok: bool = False):
+    """Check the HF or PaddleNLP checkpoint at ``path`` against the deferred ``model``, then
+    make every parameter read its regions from it (cast to ``dtype``). Returns the reader
+    (:class:`CheckpointReader` or :class:`llmpre.models.paddlenlp_format.PaddleNLPReader`):
+    close it once the model is materialised. ``deeper_ok``: the checkpoint may have more
+    layers than the model (its first ones are read)."""
+    if is_paddlenlp(path):
+        from llmpre.models.paddlenlp_format import check_checkpoint as check_paddlenlp
+
+        rules, ckpt = check_paddlenlp(model, path, deeper_ok)
+    else:
+        rules, where = check_checkpoint(model, path, deeper_ok)
+        ckpt = CheckpointReader(path, where)
     config = model.config
     params = dict(model.named_parameters())
     ruled = {name for rule in rules for name in rule.ours}
     if any(name not in ruled for name in params):    # as hf.finish: the scheme's values, a fresh seed
         init.plan(model, config, int(paddle.randint(0, 2 ** 31 - 1, [1]).item()), dtype)
-    ckpt = CheckpointReader(path, where)
     for rule in rules:
         shapes = [[int(s) for s in params[o].shape] for o in rule.ours]
         for j, name in enumerate(rule.ours):
@@ -160,12 +183,25 @@ def attach(model, path, dtype: str = "float32") -> CheckpointReader:
     return ckpt
 
 
-def open_pretrained(path, dtype: str = "float32", ops=None):
-    """``(model, reader)``: the model of ``path/config.json`` built deferred, each parameter
-    reading only the regions asked of it from ``path``'s weights, in ``dtype``
-    (:func:`llmpre.models.init.materialize` or ``parallelize`` fills it; then close the reader)."""
+def open_pretrained(path, dtype: str = "float32", ops=None, config: Optional[ModelConfig] = None):
+    """``(model, reader)``: the model of ``path/config.json`` (or ``config``) built deferred, each
+    parameter reading only the regions asked of it from ``path``'s weights, in ``dtype``
+    (:func:`llmpre.models.init.materialize` or ``parallelize`` fills it; then close the reader).
+
+    ``config`` may differ from the checkpoint's only in having fewer layers: its
+    ``num_hidden_layers`` first layers are read, the others skipped; more layers than the
+    checkpoint has is a ConfigError."""
     if not Path(path).is_dir():
         raise ConfigError(f"{path}: not a directory; continue_training needs a checkpoint directory "
                           f"holding {CONFIG_NAME} and {WEIGHTS_NAME}")
-    model = build(load_hf_config(path), ops=ops)
-    return model, attach(model, path, dtype)
+    saved = load_hf_config(path)
+    config = saved if config is None else config
+    if config.num_hidden_layers > saved.num_hidden_layers:
+        raise ConfigError(f"num_hidden_layers={config.num_hidden_layers}: the checkpoint {path} has only "
+                          f"{saved.num_hidden_layers} layers; continue_training can load its first N layers "
+                          f"(N <= {saved.num_hidden_layers}), not add new ones")
+    if config != saved.replace(num_hidden_layers=config.num_hidden_layers):
+        raise ConfigError(f"open_pretrained({path}): the model config differs from the checkpoint's in more than "
+                          "num_hidden_layers")
+    model = build(config, ops=ops)
+    return model, attach(model, path, dtype, deeper_ok=config.num_hidden_layers < saved.num_hidden_layers)
