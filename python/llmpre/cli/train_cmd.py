@@ -32,12 +32,16 @@ def _help() -> str:
         "  llmpre train --model llama-tiny                 bundled corpus, quickstart values\n"
         "  llmpre train pretrain_argument.json             PaddleNLP argument file\n"
         "  llmpre train args.json --max_steps 50 --learning-rate 1e-3\n"
+        "  llmpre train --paddlenlp-defaults --max_steps 100   PaddleNLP's defaults, no file\n"
         "  llmpre train --model qwen-7b --tp 2 --sharding 4   8 processes on this machine\n"
         "  llmpre train ... --nproc-per-node 8 --master 10.0.0.1:8090 --nnodes 2 --rank 0\n\n"
         "Every key of PaddleNLP's run_pretrain JSON files is spelled the same here "
         "(as --key value, dashes or underscores); flags override the file. Without a "
-        "file the [quickstart] values apply, with one PaddleNLP's defaults do. Keys "
-        "llmpre does not implement are refused by name.\n\n"
+        "file the [quickstart] values apply (one log line lists those that differ from "
+        "PaddleNLP's defaults; --paddlenlp-defaults uses PaddleNLP's instead), with one "
+        "PaddleNLP's defaults do. Keys that cannot change the result here are accepted "
+        "with one notice line each; keys llmpre does not implement are refused with the "
+        "reason, all of a file's in one error.\n\n"
         "Parallel runs: llmpre starts `python -m paddle.distributed.launch` itself when the "
         "run needs more than one process (--nproc-per-node; else on a GPU machine one per "
         "visible GPU, on a CPU machine tp x pp x sharding degree); across machines, run the same command on every node with "
@@ -218,6 +222,10 @@ def train(argv):
     args = parse_arguments(args_file, parse_flag_list(tokens[1:] if args_file else tokens))
 
     under_launcher = "PADDLE_TRAINER_ID" in os.environ
+    if not under_launcher:   # hub names: found or downloaded once, here; workers inherit the result
+        from llmpre.models.hub import resolve_run_names
+
+        resolve_run_names(args)
     nproc, source = (1, "") if under_launcher else launch_width(launch, args)
     if not under_launcher and (launch or nproc > 1):
         from llmpre.cli.preflight import check_device_memory, check_host_memory, check_layout

@@ -7,7 +7,16 @@
     logits = [LN](x_L) [@ P_out] @ embed^T         tied output embedding
 
 Attention has q/k/v/o biases, the MLP is ``down(act(up x))`` with biases (GELU for
-GPT/Bloom, ReLU for OPT); norms are LayerNorms.  Parameter names follow
+GPT/Bloom, ReLU for OPT); norms are LayerNorms.
+
+Dropout (training only, after :meth:`GPTForCausalLM.set_dropout`; PaddleNLP's GPT
+sites and rates as of PaddleNLP 2.8):
+
+    x_0 = drop_h(x_0);   Attn = drop_a(o_proj(drop_a(softmax(.)) v));   MLP = drop_h(MLP)
+
+``drop_h`` at ``hidden_dropout_prob``, ``drop_a`` at ``attention_probs_dropout_prob``
+(PaddleNLP 2.8 applies that rate after the attention output too); masks come from
+:mod:`llmpre.models.dropout`, a pure function of seed, step, sample and site.  Parameter names follow
 :mod:`llmpre.models.llama` (``embed_tokens``, ``layers.{i}.self_attn.q_proj``,
 ``mlp.up_proj``/``mlp.down_proj``, ``norm``) plus ``embed_positions``,
 ``embed_norm`` and OPT-350m's ``project_in``/``project_out``.
@@ -21,6 +30,7 @@ import paddle
 import paddle.nn as nn
 
 from llmpre.errors import ConfigError
+from llmpre.models import dropout as drop
 from llmpre.models.config import ModelConfig
 from llmpre.models.layers import MLP, Attention, LMHead, alibi_slopes, init_weights, make_norm
 from llmpre.models.stage import ParallelSupport
@@ -28,20 +38,31 @@ from llmpre.ops.select import Ops, select_ops
 
 
 class Block(nn.Layer):
-    def __init__(self, config: ModelConfig, ops: Ops):
+    def __init__(self, config: ModelConfig, ops: Ops, index: int = 0):
         super().__init__()
+        self.index, self.p_hidden, self.p_attn = index, 0.0, 0.0   # dropout: set_dropout
         self.input_layernorm = make_norm(config, ops)
         self.self_attn = Attention(config, ops)
         self.post_attention_layernorm = make_norm(config, ops)
         self.mlp = MLP(config, ops)
         self.pre_norm = config.pre_norm
 
-    def forward(self, x, alibi):
+    def forward(self, x, alibi, keys=None):
+        """``keys``: the batch's dropout keys (training with dropout), else None."""
+        site = 3 * self.index + 1      # + 0 attention probabilities, + 1 attention out, + 2 MLP out
+
+        def attn(y):
+            return drop.dropout(self.self_attn(y, None, None, None, alibi, keys, site), self.p_attn, keys,
+                                site + 1)
+
+        def mlp(y):
+            return drop.dropout(self.mlp(y), self.p_hidden, keys, site + 2)
+
         if self.pre_norm:
-            h = x + self.self_attn(self.input_layernorm(x), alibi=alibi)
-            return h + self.mlp(self.post_attention_layernorm(h))
-        h = self.input_layernorm(x + self.self_attn(x, alibi=alibi))
-        return self.post_attention_layernorm(h + self.mlp(h))
+            h = x + attn(self.input_layernorm(x))
+            return h + mlp(self.post_attention_layernorm(h))
+        h = self.input_layernorm(x + attn(x))
+        return self.post_attention_layernorm(h + mlp(h))
 
 
 class GPTForCausalLM(nn.Layer):
@@ -61,12 +82,26 @@ class GPTForCausalLM(nn.Layer):
             self.register_buffer("alibi", alibi_slopes(config.num_attention_heads), persistable=False)
         else:
             self.alibi = None
-        self.layers = nn.LayerList([Block(config, self.ops) for _ in range(config.num_hidden_layers)])
+        self.layers = nn.LayerList([Block(config, self.ops, i) for i in range(config.num_hidden_layers)])
         self.norm = make_norm(config, self.ops) if config.final_norm else None
         self.lm_head = LMHead(config, self.embed_tokens, in_features=e)
         self.aux_loss = None
+        self.p_hidden = 0.0
+        self.dropout_seed = self.dropout_key = None   # set_dropout / models.dropout.set_dropout_step
         init_weights(self, config)
 
+    def set_dropout(self, hidden: float, attention: float, seed: int) -> None:
+        """Train with dropout (PaddleNLP's hidden_dropout_prob / attention_probs_dropout_prob);
+        masks are keyed by ``seed``, the step (``set_dropout_step``) and each sample."""
+        self.p_hidden = float(hidden)
+        self.dropout_seed = int(seed) if hidden > 0 or attention > 0 else None
+        for layer in self.layers:
+            layer.p_hidden, layer.p_attn = float(hidden), float(attention)
+            layer.self_attn.dropout_p = float(attention)
+
+    @property
+    def has_dropout(self) -> bool:
+        return self.dropout_seed is not None
     def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         """input_ids ``[batch, seq]`` int -> logits ``[batch, seq, vocab]`` in the model dtype."""
         ctx = self.context(input_ids.shape[0], input_ids.shape[1], position_ids)
@@ -77,10 +112,15 @@ class GPTForCausalLM(nn.Layer):
 
     def parallel_support(self) -> ParallelSupport:
         why = {"sequence_parallel": "GPT-family models add learned positions to the whole sequence"}
+        if self.has_dropout:
+            why["pipeline"] = ("dropout masks are keyed by each sample's token ids, which later pipeline "
+                               "stages do not see; set hidden_dropout_prob and "
+                               "attention_probs_dropout_prob to 0 for a pipeline run")
         if self.config.word_embed_proj_dim:
             why["tensor_parallel"] = "OPT's projected embeddings (project_in/project_out) are not split"
-            return ParallelSupport(tensor_parallel=(), sequence_parallel=False, why_not=why)
-        return ParallelSupport(sequence_parallel=False, why_not=why)
+            return ParallelSupport(tensor_parallel=(), sequence_parallel=False,
+                                   pipeline=not self.has_dropout, why_not=why)
+        return ParallelSupport(sequence_parallel=False, pipeline=not self.has_dropout, why_not=why)
 
     # The pieces of forward, used on their own by pipeline stages (models.stage).
     def context(self, batch: int, seq: int, position_ids: Optional[paddle.Tensor] = None) -> dict:
@@ -102,10 +142,13 @@ class GPTForCausalLM(nn.Layer):
             x = x + self.embed_positions(ctx["position_ids"] + self.config.position_offset)  # [b, s, hidden]
         if self.embed_norm is not None:
             x = self.embed_norm(x)
+        if self.training and self.has_dropout and self.dropout_key is not None:
+            ctx["dropout"] = drop.sample_keys(input_ids, self.dropout_key)       # [b]
+            x = drop.dropout(x, self.p_hidden, ctx["dropout"], site=0)
         return x
 
     def run_layer(self, layer, x: paddle.Tensor, ctx: dict) -> paddle.Tensor:
-        return layer(x, ctx["alibi"])
+        return layer(x, ctx["alibi"], ctx.get("dropout"))
 
     def head(self, x: paddle.Tensor) -> paddle.Tensor:
         if self.norm is not None:

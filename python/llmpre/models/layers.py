@@ -195,8 +195,10 @@ class Attention(nn.Layer):
         self.lf_gate = LocalizedFiltering(config, ops) if config.localized_filtering else None
         self.interleaved, self.window = config.rope_interleaved, config.sliding_window
         self.ops = ops
+        self.dropout_p = 0.0   # on the probabilities (GPT: set_dropout), with dropout keys given
 
-    def forward(self, x, cos=None, sin=None, position_ids=None, alibi=None):
+    def forward(self, x, cos=None, sin=None, position_ids=None, alibi=None, dropout_keys=None,
+                dropout_site=0):
         qk_in = x if self.lf_gate is None else self.lf_gate(x)
         # reshape's 0 keeps that axis: [b, s, heads * d] -> [b, s, heads, d]
         q = self.q_proj(qk_in).reshape([0, 0, self.num_heads, self.head_dim])     # [b, s, heads, d]
@@ -204,7 +206,16 @@ class Attention(nn.Layer):
         v = self.v_proj(x).reshape([0, 0, self.num_kv_heads, self.head_dim])      # [b, s, kv_heads, d]
         if cos is not None:
             q, k = self.ops.rotary(q, k, cos, sin, position_ids, interleaved=self.interleaved)
-        out = self.ops.attention(q, k, v, causal=True, window=self.window, alibi_slopes=alibi)  # [b, s, heads, d]
+        if dropout_keys is not None and self.dropout_p > 0 and self.training:
+            # written out: the fused kernels have no dropout; this rank's heads start at head_offset
+            from llmpre.models.dropout import attention_with_dropout
+
+            group = getattr(self.q_proj, "group", None)   # a tensor-parallel projection's group
+            head_offset = group.index * self.num_heads if group is not None else 0
+            out = attention_with_dropout(q, k, v, self.dropout_p, dropout_keys, dropout_site, head_offset,
+                                         self.window, alibi)                   # [b, s, heads, d]
+        else:
+            out = self.ops.attention(q, k, v, causal=True, window=self.window, alibi_slopes=alibi)
         return self.o_proj(out.reshape([0, 0, self.num_heads * self.head_dim]))  # [b, s, hidden]
 
 

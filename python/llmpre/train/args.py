@@ -9,9 +9,14 @@ Two sources of defaults:
 - Without one (``llmpre train --model llama-tiny``), :data:`QUICKSTART` is
   applied first: small, fast values for the bundled corpus on a CPU.
 
-Command-line flags override both. Every key PaddleNLP knows but llmpre does
-not implement (yet) is listed in :data:`UNSUPPORTED` with the values that are
-harmless; any other value is refused by name. Unknown keys are refused too.
+Command-line flags override both; ``--paddlenlp-defaults`` skips QUICKSTART
+for a run without a file (one log line lists the QUICKSTART values that
+differ from PaddleNLP's when they apply).
+
+Keys that cannot change what llmpre computes are accepted, each with one
+notice line (:mod:`llmpre.train.paddlenlp_keys`); keys llmpre does not
+implement are refused with the reason. Every unknown or refused key of a file
+(or of the flags) is reported in one error.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ import dataclasses
 import difflib
 import json
 import os
+import types
 import typing
 from dataclasses import dataclass, field, fields
 
 from llmpre.errors import ConfigError
 from llmpre.parallel.dims import GRANULARITIES
+from llmpre.train import paddlenlp_keys as pk
 
 __all__ = ["TrainingArguments", "QUICKSTART", "UNSUPPORTED", "ALIASES", "parse_arguments",
-           "argument_help"]
+           "argument_help", "quickstart_differences"]
 
 
 def _f(default, help: str, **kw):
@@ -45,6 +52,12 @@ class TrainingArguments:
     continue_training: bool = _f(False, "Load the weights at model_name_or_path instead of "
                                  "initialising randomly.")
     num_hidden_layers: typing.Optional[int] = _f(None, "Override the model's number of layers.")
+    model_type: typing.Optional[str] = _f(None, "The model family the run expects (llama, qwen2, gpt, "
+                                          "...); checked against the model's config.")
+    hidden_dropout_prob: float = _f(0.1, "GPT models: dropout on the embeddings and the MLP output "
+                                    "(PaddleNLP's run_pretrain default 0.1; no effect on other families).")
+    attention_probs_dropout_prob: float = _f(0.1, "GPT models: dropout on the attention probabilities "
+                                             "and the attention output (PaddleNLP 2.8's use; default 0.1).")
     # ---- data ----
     input_dir: typing.Optional[str] = _f(
         None, "Corpus prefix, a directory of corpora (several: equal weights), or "
@@ -82,7 +95,10 @@ class TrainingArguments:
     adam_beta2: float = _f(0.999, "AdamW beta2.")
     adam_epsilon: float = _f(1e-8, "AdamW epsilon.")
     max_grad_norm: float = _f(1.0, "Clip the global gradient norm to this (0: no clipping).")
-    max_steps: int = _f(-1, "Optimizer steps to train (required).")
+    max_steps: int = _f(-1, "Optimizer steps to train (this or num_train_epochs is required).")
+    num_train_epochs: typing.Optional[float] = _f(
+        None, "Passes over the train split when max_steps <= 0 (max_steps = ceil(epochs x steps per "
+        "pass)); ignored when max_steps > 0, as in PaddleNLP.")
     seed: int = _f(42, "Seed for initialisation and data sampling.")
     # ---- evaluation, logging, checkpoints ----
     do_train: bool = _f(True, "Train.")
@@ -90,6 +106,18 @@ class TrainingArguments:
     do_predict: bool = _f(False, "Evaluate on the test split after training.")
     eval_steps: typing.Optional[int] = _f(None, "Evaluate every N steps (default: "
                                           "logging_steps).")
+    evaluation_strategy: str = _f("no", "When to evaluate: steps (every eval_steps), epoch (after each "
+                                  "pass over the train split, and at the end) or no; do_eval turns no "
+                                  "into steps, and another value turns do_eval on (PaddleNLP's rule).",
+                                  choices=("no", "steps", "epoch"))
+    save_strategy: str = _f("steps", "When to checkpoint: steps (every save_steps), epoch or no.",
+                            choices=("no", "steps", "epoch"))
+    load_best_model_at_end: bool = _f(False, "Finish with the weights of the checkpoint with the best "
+                                      "metric_for_best_model (needs matching evaluation/save strategies, "
+                                      "and save_steps a multiple of eval_steps).")
+    metric_for_best_model: typing.Optional[str] = _f(None, "loss (eval_loss), the only metric of "
+                                                     "pretraining evaluation (default with "
+                                                     "load_best_model_at_end).")
     eval_iters: int = _f(10, "Batches per evaluation (PaddleNLP fixes 10); the test pass "
                          "uses 10x.")
     logging_steps: int = _f(500, "Log a line every N steps.")
@@ -109,6 +137,13 @@ class TrainingArguments:
     scale_loss: float = _f(2.0 ** 15, "Initial dynamic loss scale for fp16.")
     amp_master_grad: bool = _f(True, "fp32 gradients for clipping and the update under O2 (llmpre "
                                "always does this).")
+    amp_custom_black_list: typing.Optional[str] = _f(
+        None, "Paddle op names kept in fp32 under bf16/fp16, added to llmpre's list (a JSON list, or "
+        "names separated by commas or spaces).")
+    amp_custom_white_list: typing.Optional[str] = _f(
+        None, "Paddle op names run in bf16/fp16 under autocast (as amp_custom_black_list).")
+    device: typing.Optional[str] = _f(None, "cpu or gpu (unset: a GPU when Paddle has one; PaddleNLP's "
+                                      "default is gpu).")
     # ---- accepted PaddleNLP keys whose only supported value is the default ----
     bf16: bool = _f(False, "bfloat16 mixed precision (needs a GPU build of Paddle).")
     fp16: bool = _f(False, "float16 mixed precision with dynamic loss scaling (GPU build).")
@@ -147,6 +182,12 @@ class TrainingArguments:
     sharding: str = _f("", "Sharding stage: stage1 (optimizer state), stage2 (+ gradients), stage3 "
                        "(+ parameters); a number N means degree N at stage1 (--sharding 4).")
     sequence_parallel: bool = _f(False, "Megatron sequence parallelism on top of tp (--sp).")
+    pipeline_parallel_config: str = _f("", "PaddleNLP's pipeline options (space-separated); each is "
+                                       "accepted with a notice of why it changes nothing here.")
+    sharding_parallel_config: str = _f("", "PaddleNLP's sharding options (as pipeline_parallel_config).")
+    tensor_parallel_config: str = _f("", "PaddleNLP's tensor-parallel options (as "
+                                     "pipeline_parallel_config).")
+    data_parallel_config: str = _f("", "PaddleNLP's data-parallel options (as pipeline_parallel_config).")
     distributed_timeout: typing.Optional[int] = _f(
         None, "Seconds every rank waits for the others at the rendezvous, the process-group "
         "setup and checkpoint barriers; the error names the ranks that did not arrive (unset: "
@@ -198,24 +239,21 @@ ALIASES: dict = {
     "pp": "pipeline_parallel_degree",
     "vpp": "virtual_pp_degree",
     "sp": "sequence_parallel",
+    "eval_strategy": "evaluation_strategy",   # the newer HF/PaddleNLP spelling
 }
 
-# PaddleNLP keys llmpre does not implement (yet): the values it accepts
-# (the ones that mean "off") and what to do instead.
-UNSUPPORTED: dict = {}
+# PaddleNLP keys llmpre does not implement: the values it accepts (those that
+# mean "off") and what to do instead (llmpre.train.paddlenlp_keys).
+UNSUPPORTED: dict = pk.REFUSED
 
-# PaddleNLP keys that are accepted because they cannot change what llmpre
-# computes in the configurations it supports (documented in the README).
-ACCEPTED_NOOP: dict = {
-    "unified_checkpoint": "llmpre checkpoints are always layout-independent safetensors",
-    "unified_checkpoint_config": "see unified_checkpoint",
-    "distributed_dataloader": "every rank reads its own slice of the batch directly",
-    "fuse_attention_qkv": "a parameter-layout choice; llmpre keeps q/k/v separate (same math)",
-    "fuse_attention_ffn": "a parameter-layout choice; llmpre keeps gate/up separate (same math)",
-    "recompute_use_reentrant": "llmpre's recompute has one implementation (re-entrant style)",
-    "skip_memory_metrics": "memory is always logged",
-    "dataloader_drop_last": "pretraining datasets are sampled to exact batch multiples",
-}
+# PaddleNLP keys accepted because they cannot change what llmpre computes, with
+# the reason (one notice line each when set; documented in the README).
+ACCEPTED_NOOP: dict = {key: why for key, (_, why) in pk.NOOP.items()}
+
+# The values PaddleNLP uses when QUICKSTART's keys are not given (its TrainingArguments
+# and run_pretrain defaults), for the line that lists how a flags-only run differs.
+PADDLENLP_DEFAULTS: dict = {f.name: f.default for f in fields(TrainingArguments)}
+PADDLENLP_DEFAULTS["eval_iters"] = 10   # run_pretrain fixes it
 
 
 def _field_map() -> dict:
@@ -278,18 +316,32 @@ def _close_keys(name: str, fmap: dict, limit: int = 4) -> list:
     return close[:limit]
 
 
-def _apply(values: dict, raw: dict, where: str) -> None:
+_LIST_KEYS = ("amp_custom_black_list", "amp_custom_white_list")
+
+
+def _apply(values: dict, raw: dict, where: str, notices: list | None = None) -> None:
+    """Set ``values`` from ``raw`` (a file's object or the flags); every unknown or
+    refused key is collected and reported in one ConfigError."""
     fmap = _field_map()
+    problems: list[str] = []
     for key, value in raw.items():
         name = _canonical(key)
-        if name in ACCEPTED_NOOP:
+        if name in pk.NOOP:
+            if notices is not None and not pk.is_default(name, value):
+                notices.append(f"{name} = {value!r} has no effect here: {pk.NOOP[name][1]}")
+            continue
+        if name in pk.REFUSED:
+            if not pk.accepted(name, value):
+                problems.append(f"`{key}` = {value!r} is not supported: {pk.REFUSED[name][1]}")
             continue
         if name not in fmap and name != "sharding_stage":
             close = _close_keys(name, fmap)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"{where}: unknown argument `{key}`{hint} "
-                              "(`llmpre train --help` lists every accepted key)")
+            problems.append(f"unknown argument `{key}`{hint}")
+            continue
         if name == "no_recompute_layers" and isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        if name in _LIST_KEYS and isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
         if name == "sharding" and isinstance(value, (int, str)) and str(value).strip().isdigit():
             # `--sharding 4`: a degree; the stage stays as given (default stage1)
@@ -297,25 +349,51 @@ def _apply(values: dict, raw: dict, where: str) -> None:
             value = values.get("sharding") or "stage1"
         if name == "sharding_stage":
             value, name = f"stage{value}", "sharding"
-        values[name] = _coerce(name, fmap[name], value, where)
+        try:
+            values[name] = _coerce(name, fmap[name], value, where)
+        except ConfigError as e:
+            problems.append(str(e)[len(where) + 2:] if str(e).startswith(where + ": ") else str(e))
+    if len(problems) == 1:
+        raise ConfigError(f"{where}: {problems[0]} (`llmpre train --help` lists every accepted key)")
+    if problems:
+        raise ConfigError(f"{where}: {len(problems)} arguments cannot be used:\n  - "
+                          + "\n  - ".join(problems)
+                          + "\n(`llmpre train --help` lists every accepted key)")
 
 
-def _validate(args: TrainingArguments, where: str) -> None:
+def _op_names(value) -> list[str]:
+    return [w for w in str(value or "").replace(",", " ").split() if w]
+
+
+def _resolve_strategies(args: TrainingArguments) -> None:
+    """PaddleNLP's rule: an evaluation strategy other than no turns do_eval on, and
+    do_eval with strategy no evaluates every eval_steps."""
+    if args.evaluation_strategy != "no":
+        args.do_eval = True
+    elif args.do_eval:
+        args.evaluation_strategy = "steps"
+    if args.load_best_model_at_end and args.metric_for_best_model is None:
+        args.metric_for_best_model = "loss"
+
+
+def _validate(args: TrainingArguments, where: str, notices: list | None = None) -> None:
     fmap = _field_map()
+    notices = notices if notices is not None else []
     for name, f in fmap.items():
         choices = f.metadata.get("choices")
         value = getattr(args, name)
         if choices and value not in choices:
             raise ConfigError(f"{where}: `{name}` must be one of {', '.join(map(str, choices))}, "
                               f"got {value!r}")
-    for name, (ok, fix) in UNSUPPORTED.items():
-        if getattr(args, name) not in ok:
-            raise ConfigError(f"{where}: `{name}` = {getattr(args, name)!r} is not supported: {fix}")
     if args.bf16 and args.fp16:
         raise ConfigError(f"{where}: set only one of bf16 and fp16")
     if args.max_steps <= 0:
-        raise ConfigError(f"{where}: `max_steps` must be set to a positive number of steps "
-                          "(llmpre trains by steps, not epochs)")
+        if args.num_train_epochs is None or args.num_train_epochs <= 0:
+            raise ConfigError(f"{where}: set `max_steps` to a positive number of steps, or "
+                              "`num_train_epochs` to the passes over the train split to make")
+    elif args.num_train_epochs is not None:
+        notices.append(f"num_train_epochs = {args.num_train_epochs} is ignored: max_steps = "
+                       f"{args.max_steps} > 0 sets the length (as in PaddleNLP)")
     positive = ["per_device_train_batch_size", "per_device_eval_batch_size",
                 "gradient_accumulation_steps", "max_seq_length", "logging_steps", "save_steps",
                 "eval_iters"]
@@ -337,9 +415,11 @@ def _validate(args: TrainingArguments, where: str) -> None:
         raise ConfigError(f"{where}: `num_threads` must be positive")
     if args.no_recompute_layers:
         try:
-            [int(x) for x in str(args.no_recompute_layers).split(",") if x.strip()]
+            [int(x) for x in str(args.no_recompute_layers).replace(" ", ",").split(",") if x.strip()]
         except ValueError:
             raise ConfigError(f"{where}: `no_recompute_layers` must list layer indices, like 0,1,2") from None
+        args.no_recompute_layers = ",".join(x for x in str(args.no_recompute_layers).replace(" ", ",")
+                                            .split(",") if x.strip())
     if args.max_nonfinite_skips < 0:
         raise ConfigError(f"{where}: `max_nonfinite_skips` must be >= 0")
     if args.scale_loss <= 0:
@@ -348,10 +428,60 @@ def _validate(args: TrainingArguments, where: str) -> None:
         raise ConfigError(f"{where}: `dataloader_num_workers` must be >= 0")
     if args.distributed_timeout is not None and args.distributed_timeout <= 0:
         raise ConfigError(f"{where}: `distributed_timeout` must be a positive number of seconds")
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise ConfigError(f"{where}: `{name}` must be in [0, 1), got {getattr(args, name)}")
+    if args.device is not None and args.device.lower() not in ("cpu", "gpu"):
+        raise ConfigError(f"{where}: `device` {args.device!r} is not supported: llmpre runs on cpu or "
+                          "gpu (CUDA)")
+    _validate_parallel_configs(args, where, notices)
+    _validate_best_model(args, where)
+    black, white = _op_names(args.amp_custom_black_list), _op_names(args.amp_custom_white_list)
+    both = sorted(set(black) & set(white))
+    if both:
+        raise ConfigError(f"{where}: {', '.join(both)} in both amp_custom_black_list and "
+                          "amp_custom_white_list; keep each op in one list")
+    if (black or white) and not (args.bf16 or args.fp16):
+        notices.append("amp_custom_black_list/amp_custom_white_list have no effect here: the run is "
+                       "fp32 (they choose op precision under bf16/fp16 autocast)")
+
+
+def _validate_parallel_configs(args: TrainingArguments, where: str, notices: list) -> None:
+    """Each word of the *_parallel_config strings is known (one notice each) or refused."""
+    unknown = []
+    for key, known in pk.PARALLEL_CONFIG.items():
+        for word in pk.config_words(getattr(args, key)):
+            if word in known:
+                notices.append(f"{key} '{word}' has no effect here: {known[word]}")
+            else:
+                unknown.append(f"`{key}` word '{word}' is unknown (known: {', '.join(known)})")
+    if unknown:
+        raise ConfigError(f"{where}: " + "; ".join(unknown))
+
+
+def _validate_best_model(args: TrainingArguments, where: str) -> None:
+    """PaddleNLP's checks for load_best_model_at_end, and the one metric pretraining has."""
+    metric = args.metric_for_best_model
+    if metric is not None and metric not in ("loss", "eval_loss"):
+        raise ConfigError(
+            f"{where}: `metric_for_best_model` {metric!r} is not computed: pretraining evaluation "
+            "reports eval_loss only (PaddleNLP's run_pretrain too, whose trainer would fail looking "
+            "up eval_" + metric.removeprefix("eval_") + "); use loss")
+    if not args.load_best_model_at_end:
+        return
+    if args.evaluation_strategy != args.save_strategy:
+        raise ConfigError(f"{where}: `load_best_model_at_end` needs the evaluation and save strategies "
+                          f"to match, got evaluation_strategy {args.evaluation_strategy!r} and "
+                          f"save_strategy {args.save_strategy!r}")
+    if args.evaluation_strategy == "steps" and args.save_steps % args.effective_eval_steps:
+        raise ConfigError(f"{where}: `load_best_model_at_end` needs save_steps ({args.save_steps}) to be a "
+                          f"multiple of eval_steps ({args.effective_eval_steps})")
 
 
 def parse_flag_list(tokens: list[str]) -> dict:
-    """``["--learning_rate", "1e-4", "--do-eval", "false", "--x=y"]`` -> dict of strings."""
+    """``["--learning_rate", "1e-4", "--do-eval", "false", "--x=y"]`` -> dict of strings.
+    A flag followed by several words (``--amp_custom_black_list reduce_sum softmax``, as
+    PaddleNLP's list arguments are written) keeps them joined by spaces."""
     out: dict = {}
     i = 0
     while i < len(tokens):
@@ -363,23 +493,42 @@ def parse_flag_list(tokens: list[str]) -> dict:
             i += 1
         else:
             key = tok[2:]
-            if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-                value = tokens[i + 1]
-                i += 2
-            else:
-                value = "true"  # a bare flag means true: --do-eval
+            words = []
+            i += 1
+            while i < len(tokens) and not tokens[i].startswith("--"):
+                words.append(tokens[i])
                 i += 1
+            value = " ".join(words) if words else "true"   # a bare flag means true: --do-eval
         out[key] = value
     return out
 
 
+def quickstart_differences(values: dict) -> list[str]:
+    """``key value (PaddleNLP: default)`` for each QUICKSTART value in ``values`` that
+    differs from PaddleNLP's default."""
+    def show(v):
+        return "unset" if v is None else v
+
+    return [f"{k} {values[k]} (PaddleNLP: {show(PADDLENLP_DEFAULTS[k])})" for k in QUICKSTART
+            if k in values and values[k] == QUICKSTART[k] and values[k] != PADDLENLP_DEFAULTS[k]]
+
+
 def parse_arguments(json_file: str | None, overrides: dict) -> TrainingArguments:
-    """Build the arguments: defaults (PaddleNLP's, or QUICKSTART without a file),
-    then the JSON file, then command-line ``overrides``."""
+    """Build the arguments: defaults (PaddleNLP's, or QUICKSTART without a file unless
+    the flags hold ``paddlenlp_defaults``), then the JSON file, then command-line
+    ``overrides``. The lines to log about them (keys without effect here, QUICKSTART
+    values that differ from PaddleNLP's) are left in ``args.notices``."""
     values: dict = {}
-    if json_file is None:
+    notices: list[str] = []
+    overrides = dict(overrides)
+    paddlenlp_defaults = False
+    for key in list(overrides):
+        if _canonical(key) == "paddlenlp_defaults":
+            paddlenlp_defaults = _coerce("paddlenlp_defaults", _BOOL_FIELD, overrides.pop(key),
+                                         "command line")
+    if json_file is None and not paddlenlp_defaults:
         values.update(QUICKSTART)
-    else:
+    elif json_file is not None:
         try:
             with open(json_file, encoding="utf-8") as fh:
                 raw = json.load(fh)
@@ -389,17 +538,28 @@ def parse_arguments(json_file: str | None, overrides: dict) -> TrainingArguments
             raise ConfigError(f"{json_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{json_file}: must hold one JSON object of argument: value pairs")
-        _apply(values, raw, json_file)
-    _apply(values, overrides, "command line")
+        _apply(values, raw, json_file, notices)
+    _apply(values, overrides, "command line", notices)
+    if json_file is None and not paddlenlp_defaults:
+        diffs = quickstart_differences(values)
+        if diffs:
+            notices.insert(0, "no argument file: quickstart values where PaddleNLP's defaults differ: "
+                           + ", ".join(diffs) + " (--paddlenlp-defaults uses PaddleNLP's)")
     args = TrainingArguments(**values)
-    _validate(args, json_file or "command line")
+    _resolve_strategies(args)
+    _validate(args, json_file or "command line", notices)
     if args.output_dir is None:
         name = os.path.basename(os.path.normpath(args.model_name_or_path)) or "model"
         args.output_dir = os.path.join("output", name.replace("/", "_"))
+    args.given = set(values)      # the keys a file or flag set (not dataclass fields)
+    args.notices = notices
     from llmpre.train.lock import check_output_dir
 
     check_output_dir(args.output_dir)   # before the data cache or a launcher looks at it
     return args
+
+
+_BOOL_FIELD = types.SimpleNamespace(type="bool")   # what _coerce reads of a field
 
 
 def argument_help() -> str:

@@ -39,8 +39,17 @@ class RunMismatchError(LlmpreError):
     pass
 
 
+# Keys that shape the trajectory only in some runs: recorded only then, so the
+# identity of runs they cannot affect stays as it was.
+GPT_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob")   # GPT models only
+AMP_LIST_KEYS = ("amp_custom_black_list", "amp_custom_white_list")           # when set
+
+
 def run_identity(args, model_config: dict) -> dict:
     values = {k: getattr(args, k) for k in TRAJECTORY_KEYS if hasattr(args, k)}
+    if model_config.get("model_type") == "gpt2":
+        values.update({k: getattr(args, k) for k in GPT_DROPOUT_KEYS if hasattr(args, k)})
+    values.update({k: getattr(args, k) for k in AMP_LIST_KEYS if getattr(args, k, None)})
     if not args.decay_steps:
         values["decay_steps"] = args.max_steps  # the schedule depends on max_steps then
     return {"training": values, "model": model_config}

@@ -12,7 +12,9 @@
 
 The black list keeps reductions and the loss in fp32 (PaddleNLP always lists
 ``reduce_sum`` and ``c_softmax_with_cross_entropy``); llmpre's loss also casts
-logits to fp32 itself.
+logits to fp32 itself. ``amp_custom_black_list`` / ``amp_custom_white_list`` add
+Paddle op names to the lists given to ``paddle.amp.auto_cast``, as PaddleNLP
+passes them (:func:`unknown_ops` names those this Paddle build does not have).
 
 fp16 uses dynamic loss scaling (:class:`DynamicLossScaler`, Paddle
 GradScaler's rule): the loss is multiplied by the scale before backward, the
@@ -42,6 +44,8 @@ WHITE_LIST_O2 = frozenset({"lookup_table", "lookup_table_v2"})
 class Precision:
     dtype: str = "float32"      # float32, bfloat16 or float16
     level: str | None = None    # None (fp32), "O1" or "O2"
+    black: frozenset = frozenset()   # amp_custom_black_list: more ops kept in fp32
+    white: frozenset = frozenset()   # amp_custom_white_list: ops run in low precision
 
     @property
     def low(self) -> bool:
@@ -57,7 +61,9 @@ class Precision:
             raise ConfigError("set only one of bf16 and fp16")
         if not (args.bf16 or args.fp16):
             return cls()
-        return cls("bfloat16" if args.bf16 else "float16", args.fp16_opt_level)
+        black, white = (frozenset(_names(getattr(args, f"amp_custom_{k}_list", None)))
+                        for k in ("black", "white"))
+        return cls("bfloat16" if args.bf16 else "float16", args.fp16_opt_level, black, white)
 
     def check_available(self, paddle) -> None:
         if self.low and not paddle.is_compiled_with_cuda():
@@ -71,9 +77,10 @@ class Precision:
         """The context the forward pass (and loss) runs in."""
         if not self.low:
             return contextlib.nullcontext()
+        white = (set(WHITE_LIST_O2) if self.level == "O2" else set()) | set(self.white)
         return paddle.amp.auto_cast(enable=True, level=self.level, dtype=self.dtype,
-                                    custom_black_list=set(BLACK_LIST),
-                                    custom_white_list=set(WHITE_LIST_O2) if self.level == "O2" else None)
+                                    custom_black_list=(set(BLACK_LIST) - set(self.white)) | set(self.black),
+                                    custom_white_list=white or None)
 
     @property
     def param_dtype(self) -> str:
@@ -91,6 +98,20 @@ class Precision:
         for layer, name, buf in fp32_buffers:
             persistable = name not in layer._non_persistable_buffer_names_set
             layer.register_buffer(name, buf, persistable=persistable)
+
+
+def _names(value) -> list[str]:
+    return [w for w in str(value or "").replace(",", " ").split() if w]
+
+
+def unknown_ops(names, paddle) -> list[str]:
+    """The op names among ``names`` that this Paddle build does not register (a
+    name there can change nothing; a GPU build has more ops, e.g. flash_attn)."""
+    try:
+        known = set(paddle.base.core._get_all_register_op_kernels("all"))
+    except AttributeError:   # a Paddle without this registry: nothing to check against
+        return []
+    return sorted(n for n in names if n not in known)
 
 
 class DynamicLossScaler:
