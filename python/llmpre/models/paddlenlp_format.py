@@ -41,8 +41,8 @@ import numpy as np
 from llmpre.errors import ConfigError
 from llmpre.models.config import ModelConfig
 from llmpre.models.hf_stream import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, fault_delay, shards
-from llmpre.models.paddlenlp_names import (FAMILIES, IGNORABLE, config_to_paddlenlp, fused_columns, layer_index,
-                                           rules)
+from llmpre.models.paddlenlp_names import (FAMILIES, IGNORABLE, buffers, config_to_paddlenlp, fused_columns,
+                                           layer_index, rules)
 
 PDPARAMS_NAME = "model_state.pdparams"
 PDPARAMS_INDEX_NAME = "model_state.pdparams.index.json"
@@ -303,7 +303,8 @@ def save_paddlenlp(config: ModelConfig, shapes: Dict[str, Sequence[int]], tensor
     ``max_shard_bytes``) with PaddleNLP's names, ``[in, out]`` layouts, ``format: np``
     metadata and bfloat16 as ``U16``. ``tensor(name)`` gives one llmpre parameter at a time
     (numpy or Paddle); each file is written under a temporary name and renamed into place,
-    config.json last. Returns the bytes of weights written."""
+    config.json last; ChatGLM2 also gets the rotary buffer PaddleNLP saves
+    (:func:`llmpre.models.paddlenlp_names.buffers`). Returns the bytes of weights written."""
     from llmpre.models.hf_stream import _as_tensor
 
     if dtype not in CODES:
@@ -316,6 +317,8 @@ def save_paddlenlp(config: ModelConfig, shapes: Dict[str, Sequence[int]], tensor
     for rule in ruled:
         for name, shape in zip(rule.hf, tensor_shapes(rule, [list(shapes[o]) for o in rule.ours])):
             entries.append((name, [int(s) for s in shape], int(np.prod(shape, dtype=np.int64)) * size))
+    extra = buffers(config)
+    entries += [(name, list(a.shape), a.size * size) for name, a in extra.items()]
     groups = shards(entries, max_shard_bytes)
     names = [WEIGHTS_NAME] if len(groups) == 1 else [
         f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
@@ -334,6 +337,9 @@ def save_paddlenlp(config: ModelConfig, shapes: Dict[str, Sequence[int]], tensor
             for name, t in zip(rule.hf, out):
                 a = np.ascontiguousarray(t.contiguous().numpy())      # bfloat16 -> its uint16 bits
                 yield name, (a.byteswap() if sys.byteorder == "big" else a)
+        for name, value in extra.items():
+            a = np.ascontiguousarray(_as_tensor(value, dtype, name, value.shape).numpy())
+            yield name, (a.byteswap() if sys.byteorder == "big" else a)
 
     path.mkdir(parents=True, exist_ok=True)
     stream = arrays()

@@ -385,6 +385,16 @@ def rules(c: ModelConfig, fused_qkv: bool = False, fused_ffn: bool = False, writ
 
 # Buffers PaddleNLP saves that the model recomputes.
 IGNORABLE = re.compile(r".*(rotary_emb\.inv_freq|rotary_pos_emb\.inv_freq)$")
+
+
+def buffers(c: ModelConfig) -> Dict[str, np.ndarray]:
+    """Non-parameter tensors PaddleNLP saves and expects back (else it warns they are newly
+    initialised): ChatGLM2's rotary inverse frequencies, ``10000^(-2i/(head_dim/2))``."""
+    if c.model_type != "chatglm":
+        return {}
+    dim = c.head_dim // 2
+    inv = 1.0 / (10000.0 ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    return {FAMILIES["chatglm"][2] + "rotary_pos_emb.inv_freq": inv.astype(np.float32)}
 _LAYER = re.compile(r"\.(?:layers|h)\.(\d+)\.")
 
 
