@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from llmpre.errors import ConfigError, LlmpreError
+from llmpre.models import hub
 from llmpre.models.hf_config import to_hf_dict
 from llmpre.runtime import configure_threads, import_paddle
 from llmpre.train import checkpoint as ckpt
@@ -96,7 +97,7 @@ def _model_config(args: TrainingArguments):
     multiple of 128 that covers the tokenizer."""
     from llmpre.models import get_config
 
-    cfg = get_config(args.model_name_or_path)
+    cfg = get_config(hub.model_source(args.model_name_or_path, weights=args.continue_training))
     changes = {}
     if args.num_hidden_layers is not None:
         if args.continue_training:
@@ -112,6 +113,7 @@ def _model_config(args: TrainingArguments):
 
 
 def _tokenizer_vocab(path: str | None) -> int | None:
+    path = hub.tokenizer_source(path)        # a hub name: its local directory
     if path is None:
         return None
     if os.path.isdir(path):
@@ -158,7 +160,8 @@ class Trainer:
         # computed from the seed or read from the checkpoint's slices (llmpre.models.hf_load)
         reader = None
         if args.continue_training:
-            model, reader = open_pretrained(args.model_name_or_path, dtype=self.precision.param_dtype,
+            source = hub.model_source(args.model_name_or_path, weights=True)   # a hub name: its directory
+            model, reader = open_pretrained(source, dtype=self.precision.param_dtype,
                                             ops=self.ops)
         else:
             model = build_model(self.config, seed=args.seed, ops=self.ops, lazy=True,
