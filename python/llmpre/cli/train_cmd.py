@@ -226,10 +226,6 @@ def train(argv):
         from llmpre.models.hub import resolve_run_names
 
         resolve_run_names(args)
-    if not under_launcher:   # hub names: found or downloaded once, here; workers inherit the result
-        from llmpre.models.hub import resolve_run_names
-
-        resolve_run_names(args)
     nproc, source = (1, "") if under_launcher else launch_width(launch, args)
     if not under_launcher and (launch or nproc > 1):
         from llmpre.cli.preflight import check_device_memory, check_host_memory, check_layout
