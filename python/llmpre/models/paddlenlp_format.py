@@ -103,7 +103,8 @@ def _as_float(a: np.ndarray) -> np.ndarray:
 
 class PaddleNLPReader:
     """Regions of the tensors of one PaddleNLP checkpoint (bfloat16 comes back as float32,
-    exactly), counting the bytes read; ``names``, ``shapes`` and ``files`` describe it."""
+    exactly), counting the bytes read (safetensors: the regions; .pdparams: every whole-file
+    load); ``names`` and ``shapes`` describe it."""
 
     def __init__(self, path):
         from safetensors import safe_open
@@ -153,6 +154,7 @@ class PaddleNLPReader:
             while len(self._loaded) >= 2:
                 self._loaded.popitem(last=False)
             self._loaded[file] = state
+            self.bytes_read += os.path.getsize(file)          # a .pdparams is read whole
         self._loaded.move_to_end(file)
         return state
 
@@ -172,7 +174,8 @@ class PaddleNLPReader:
         else:
             part = np.asarray(self._state(file)[name])[index]
         part = np.ascontiguousarray(part)
-        self.bytes_read += part.nbytes
+        if self.kind == "safetensors":
+            self.bytes_read += part.nbytes
         return paddle.to_tensor(_as_float(part))
 
     def close(self) -> None:
