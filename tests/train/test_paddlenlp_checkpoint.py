@@ -172,15 +172,79 @@ def test_both_formats_hold_the_same_state(fmt):
         assert pnlp._updates(b.state(name, "beta1_pow_acc"), 0.9) == 2
 
 
-def test_name_map():
-    theirs = {"llama.embed_tokens.weight": [8, 4], "llama.norm.weight": [4], "lm_head.weight": [4, 8]}
-    ours = {"embed_tokens.weight": [8, 4], "norm.weight": [4], "lm_head.weight": [4, 8]}
-    assert pnlp.name_map(theirs, ours) == ({"embed_tokens.weight": "llama.embed_tokens.weight",
-                                            "norm.weight": "llama.norm.weight",
-                                            "lm_head.weight": "lm_head.weight"}, [])
-    _, problems = pnlp.name_map({**theirs, "llama.norm.weight": [5], "llama.extra.bias": [1]}, ours)
-    assert problems == ["llama.norm.weight has shape [5], this run's model needs [4] for norm.weight",
+def test_tensor_rules_name_every_problem():
+    from llmpre.models import get_config
+
+    config = get_config(str(ASSET / "model" / "config.json"))
+    theirs = pnlp._Plain(str(ASSET / "plain" / "checkpoint-2")).shapes()
+    params, _ = pnlp._model_params(config)
+    rules, problems = pnlp.tensor_rules(config, theirs, params)
+    assert problems == [] and sorted(o for r in rules for o in r.ours) == sorted(params)
+    bad = {**theirs, "llama.norm.weight": [5], "llama.extra.bias": [1]}
+    del bad["lm_head.weight"]
+    _, problems = pnlp.tensor_rules(config, bad, params)
+    assert problems == ["llama.norm.weight has shape [5], this run's model needs [8]", "no tensor lm_head.weight",
                         "unexpected tensor llama.extra.bias"]
+
+
+def _fuse(parts, kind, config):
+    """PaddleNLP's fused [in, out] tensor (or bias) from its parts (inverse of the split)."""
+    import numpy as np
+
+    from llmpre.models.paddlenlp_names import fused_columns
+
+    widths = [p.shape[-1] for p in parts]
+    offsets = np.cumsum([0] + widths).tolist()
+    out = np.zeros(parts[0].shape[:-1] + (sum(widths),), np.float32)
+    for j, p in enumerate(parts):
+        out[..., fused_columns(kind, j, np.arange(widths[j]), offsets, config)] = p
+    return out
+
+
+def test_fused_projections_resume_with_the_same_losses(tmp_path):
+    """PaddleNLP's fuse_attention_qkv / fuse_attention_ffn layout of the same state (weights
+    and moments fused alike) resumes to the same losses: the moments are split as the weights."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from llmpre.models import get_config
+    from llmpre.train.monitor import read_metrics
+    from llmpre.train.trainer import run
+
+    args, out = _run_dir(tmp_path, "unified")
+    ck = out / "checkpoint-2"
+    config = get_config(str(ASSET / "model" / "config.json"))
+    src = pnlp._Unified(str(ck))
+    weights, optim = {}, {}
+    groups = {}
+    for i in range(config.num_hidden_layers):
+        a, m = f"llama.layers.{i}.self_attn.", f"llama.layers.{i}.mlp."
+        groups[a + "qkv_proj.weight"] = ([a + n + ".weight" for n in ("q_proj", "k_proj", "v_proj")], "grouped_cols")
+        groups[m + "gate_up_fused_proj.weight"] = ([m + "gate_proj.weight", m + "up_proj.weight"], "cols")
+    fused_parts = {p for parts, _ in groups.values() for p in parts}
+    for name in src.shapes():
+        if name not in fused_parts:
+            weights[name] = src.weights(name)
+            for kind in ("moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc"):
+                optim[f"{name}/{kind}_0"] = src.state(name, kind)
+    for fused, (parts, kind) in groups.items():
+        weights[fused] = _fuse([src.weights(p) for p in parts], kind, config)
+        for k in ("moment1", "moment2"):
+            optim[f"{fused}/{k}_0"] = _fuse([src.state(p, k) for p in parts], kind, config)
+        for k in ("beta1_pow_acc", "beta2_pow_acc"):
+            optim[f"{fused}/{k}_0"] = src.state(parts[0], k)
+    for f in list(ck.iterdir()):
+        if f.name.startswith(("model", "optimizer")):
+            f.unlink()
+    save_file(weights, str(ck / "model.safetensors"), metadata={"format": "np"})
+    save_file(optim, str(ck / "optimizer.safetensors"), metadata={"format": "np"})
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg.update(fuse_attention_qkv=True, fuse_attention_ffn=True)
+    (ck / "config.json").write_text(json.dumps(cfg))
+    run(args)
+    got = {e["step"]: e["loss"] for e in read_metrics(str(out))["train"]}
+    for step, w in EXPECTED["resumed_from_checkpoint-2"].items():
+        assert got[int(step)] == pytest.approx(w["loss"], rel=5e-7), step
 
 
 def test_pickles_are_read_as_data_only(tmp_path):

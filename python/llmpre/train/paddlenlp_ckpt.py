@@ -34,10 +34,12 @@ the Adam moments (and master weights), the optimizer's step count (Paddle keeps
 ``beta1_pow_acc = beta1 ** (updates + 1)``), the loss scale and the global step are mapped;
 the data position follows from the step (PaddleNLP consumed ``step x global batch``
 samples, and llmpre's sample order is PaddleNLP's), which is why the global batch and the
-seed must be those of the PaddleNLP run. Parameter names map when PaddleNLP's are llmpre's
-behind the model's prefix (``llama.``, ``qwen2.``, ...) with the same shapes (Llama,
-Qwen2, Mistral, ... families). RNG states are not mapped (llmpre draws nothing while
-training these families).
+seed must be those of the PaddleNLP run. Tensors map by PaddleNLP 2.8.1's names and layouts
+of each family it has (:mod:`llmpre.models.paddlenlp_names`: Llama/Baichuan with or without
+fused q/k/v and gate/up, QWen, GPT, Mixtral, ChatGLM2, Bloom, OPT); the optimizer state of a
+fused tensor is split as its weights are. Other families map when PaddleNLP's names are
+llmpre's behind one prefix. RNG states are not mapped (only GPT-family dropout draws while
+training: its masks after the resume differ from PaddleNLP's).
 
 :func:`convert` writes the mapped state as an llmpre checkpoint (:mod:`llmpre.parallel.ckpt`
 format, one tensor at a time) into a directory of the caller's choosing, so any layout
@@ -367,26 +369,54 @@ class _Plain:
 
 
 # ---- mapping ----------------------------------------------------------------------------
-def name_map(theirs: dict, ours: dict) -> tuple[dict, list[str]]:
-    """``({our name: their name}, problems)``: PaddleNLP's structured names are llmpre's behind
-    one prefix (the base model's: ``llama.``, ``qwen2.``, ...); ``lm_head`` has none. Every
-    llmpre parameter must find a tensor of its shape, and every tensor a parameter."""
-    prefixes = {n.split(".", 1)[0] for n in theirs if "." in n and not n.startswith("lm_head.")}
-    prefix = next(iter(prefixes)) + "." if len(prefixes) == 1 else ""
-    mapping, problems = {}, []
-    for name, shape in ours.items():
-        for candidate in (prefix + name, name):
-            if candidate in theirs:
-                if list(theirs[candidate]) != list(shape):
-                    problems.append(f"{candidate} has shape {list(theirs[candidate])}, this run's model "
-                                    f"needs {list(shape)} for {name}")
-                mapping[name] = candidate
-                break
-        else:
-            problems.append(f"no tensor for {name} (looked for {prefix + name})")
-    used = set(mapping.values())
-    problems += [f"unexpected tensor {n}" for n in sorted(theirs) if n not in used]
-    return mapping, problems
+def tensor_rules(config, theirs: dict, ours: dict) -> tuple[list, list[str]]:
+    """``(rules, problems)``: how PaddleNLP's tensors (``theirs``: name -> shape) hold llmpre's
+    parameters (``ours``: name -> global shape). A family PaddleNLP 2.8.1 has uses its tensor
+    names and layouts (:func:`llmpre.models.paddlenlp_names.rules`: fused q/k/v and gate/up,
+    transposed heads); any other uses llmpre's names behind one prefix (``qwen2.``, ...).
+    Every parameter needs its tensors with the shapes the rule gives, and every tensor a
+    parameter (buffers PaddleNLP saves and a tied head's copy aside)."""
+    from llmpre.models.hf_names import Rule
+    from llmpre.models.paddlenlp_format import tensor_shapes
+    from llmpre.models.paddlenlp_names import FAMILIES, IGNORABLE, rules
+
+    if config.model_type in FAMILIES:
+        ruled = rules(config, fused_qkv=any(n.endswith("self_attn.qkv_proj.weight") for n in theirs),
+                      fused_ffn=any(n.endswith("mlp.gate_up_fused_proj.weight") for n in theirs))
+    else:
+        prefixes = {n.split(".", 1)[0] for n in theirs if "." in n and not n.startswith("lm_head.")}
+        prefix = next(iter(prefixes)) + "." if len(prefixes) == 1 else ""
+        ruled = [Rule((name if name.startswith("lm_head.") else prefix + name,), (name,), "copy") for name in ours]
+    expected, problems = {}, []
+    for rule in ruled:
+        for name, shape in zip(rule.hf, tensor_shapes(rule, [list(ours[o]) for o in rule.ours])):
+            expected[name] = [int(x) for x in shape]
+    for name, shape in expected.items():
+        if name not in theirs:
+            problems.append(f"no tensor {name}")
+        elif list(theirs[name]) != shape:
+            problems.append(f"{name} has shape {list(theirs[name])}, this run's model needs {shape}")
+    covered = {o for rule in ruled for o in rule.ours}
+    problems += [f"no tensor holds {name}" for name in ours if name not in covered]
+    tied_copy = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    problems += [f"unexpected tensor {n}" for n in sorted(theirs)
+                 if n not in expected and not IGNORABLE.match(n) and n not in tied_copy]
+    return ruled, problems
+
+
+def _to_ours(rule, stored: list, shapes: list, config) -> list:
+    """The llmpre parameters (or their elementwise optimizer state) a rule's PaddleNLP tensors
+    hold: the same values, transposed (``linear``) or split by output columns."""
+    from llmpre.models.paddlenlp_names import fused_columns
+
+    if rule.kind == "copy":
+        return stored
+    if rule.kind == "linear":
+        return [stored[0].T]
+    widths = [s[-1] for s in shapes]
+    offsets = np.cumsum([0] + widths).tolist()
+    return [np.take(stored[0], fused_columns(rule.kind, j, np.arange(w), offsets, config), axis=-1)
+            for j, w in enumerate(widths)]
 
 
 def _updates(b1pow: np.ndarray, beta1: float) -> int:
@@ -450,12 +480,13 @@ def _checkpoint_config(path: str) -> dict:
         return {}
 
 
-def convert(found: Found, params: dict, trainable: set, dest: str, state: dict, beta1: float) -> dict:
+def convert(found: Found, config, params: dict, trainable: set, dest: str, state: dict, beta1: float) -> dict:
     """Write the PaddleNLP checkpoint ``found`` into ``dest`` as an llmpre checkpoint of one
     position (``model-tp0-pp0.safetensors``, ``optim-tp0-pp0-sh0.safetensors``,
     ``trainer_state.json``), one tensor at a time; returns the state written.
 
-    ``params`` maps llmpre's parameter names to their global shapes, in model order;
+    ``config`` is this run's model config and ``params`` maps its parameter names to their
+    global shapes;
     ``trainable`` names those the optimizer updates; ``state`` is the trainer's state to
     record (its step and optimizer entries are set here); ``beta1`` is the Adam beta1
     PaddleNLP used. Raises :func:`unmappable`'s error when anything does not map."""
@@ -468,45 +499,46 @@ def convert(found: Found, params: dict, trainable: set, dest: str, state: dict, 
         source = _Unified(found.path) if found.kind == "unified" else _Plain(found.path)
     except CheckpointError as e:
         raise unmappable(found, str(e)) from None
-    mapping, problems = name_map(source.shapes(), params)
+    rules, problems = tensor_rules(config, source.shapes(), params)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise unmappable(found, f"its tensors do not match this run's model ({shown})")
-    missing = [mapping[n] for n in params if n in trainable and
-               not (source.has(mapping[n], "moment1") and source.has(mapping[n], "moment2"))]
+    trained = [r for r in rules if any(o in trainable for o in r.ours)]
+    missing = [n for r in trained for n in r.hf if not (source.has(n, "moment1") and source.has(n, "moment2"))]
     if missing:
         raise unmappable(found, f"no Adam moments for {', '.join(missing[:4])}"
                                 f"{' and more' if len(missing) > 4 else ''}")
-    counts = {_updates(source.state(mapping[n], "beta1_pow_acc"), beta1)
-              for n in params if n in trainable and source.has(mapping[n], "beta1_pow_acc")}
+    counts = {_updates(source.state(n, "beta1_pow_acc"), beta1)
+              for r in trained for n in r.hf if source.has(n, "beta1_pow_acc")}
     if len(counts) != 1 or min(counts) < 0 or min(counts) > found.step:
         raise unmappable(found, f"its optimizer's beta1_pow_acc values give no single update count "
                                 f"(found {sorted(counts)} with beta1 {beta1})")
     updates = counts.pop()
 
-    model_entries = [(n, [int(s) for s in shape], 4 * int(np.prod(shape, dtype=np.int64)))
-                     for n, shape in params.items()]
-    meta = {PARAMS_KEY: json.dumps({n: {"shape": [int(s) for s in shape], "split_axis": None}
+    def numel(name):
+        return int(np.prod(params[name], dtype=np.int64))
+
+    def converted(rule_list, read, kinds):
+        """(key, fp32 array) of every part of every rule, one rule's tensors at a time."""
+        for rule in rule_list:
+            for kind, theirs in kinds:
+                values = _to_ours(rule, [read(n, theirs) for n in rule.hf], [params[o] for o in rule.ours], config)
+                for o, v in zip(rule.ours, values):
+                    if kind is None:
+                        yield o, np.ascontiguousarray(v, dtype=np.float32)
+                    elif o in trainable:
+                        yield f"{o}|0|{numel(o)}|{kind}", np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
+
+    model_entries = [(o, [int(x) for x in params[o]], 4 * numel(o)) for r in rules for o in r.ours]
+    meta = {PARAMS_KEY: json.dumps({n: {"shape": [int(x) for x in shape], "split_axis": None}
                                     for n, shape in params.items()})}
     write_safetensors(os.path.join(dest, "model-tp0-pp0.safetensors"), model_entries, "float32",
-                      ((n, source.weights(mapping[n])) for n in params), meta)
-    optim_entries, order = [], []
-    for n, shape in params.items():
-        if n not in trainable:
-            continue
-        numel = int(np.prod(shape, dtype=np.int64))
-        for kind, theirs in (("exp_avg", "moment1"), ("exp_avg_sq", "moment2")):
-            key = f"{n}|0|{numel}|{kind}"
-            optim_entries.append((key, [numel], 4 * numel))
-            order.append((key, n, theirs))
-
-    def moments():
-        for key, n, theirs in order:
-            value = source.state(mapping[n], theirs)
-            yield key, value.reshape(-1)
-
+                      converted(rules, lambda n, _: source.weights(n), [(None, None)]), meta)
+    kinds = [("exp_avg", "moment1"), ("exp_avg_sq", "moment2")]
+    optim_entries = [(f"{o}|0|{numel(o)}|{kind}", [numel(o)], 4 * numel(o))
+                     for r in trained for kind, _ in kinds for o in r.ours if o in trainable]
     write_safetensors(os.path.join(dest, "optim-tp0-pp0-sh0.safetensors"), optim_entries, "float32",
-                      moments(), {})
+                      converted(trained, source.state, kinds), {})
     scaler = _scaler(found.path)
     state = {**state, "global_step": found.step, "skipped_steps": 0,
              "loss_scaler": {**state.get("loss_scaler", {}), **scaler},
@@ -585,7 +617,7 @@ def prepare(found: Found, args, config, data_parallel_size: int, state: dict, lo
     params, trainable = _model_params(config)
     dest = temp_dir(args.output_dir, found.step)
     try:
-        convert(found, params, trainable, dest, state, beta1)
+        convert(found, config, params, trainable, dest, state, beta1)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
