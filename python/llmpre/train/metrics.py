@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmpre.train.memory import DEVICE_KEYS, GB, HOST_KEYS, device_fields, host_fields, memory_source
+from llmpre.train.memory import DEVICE_KEYS, HOST_KEYS, device_fields, host_fields
 
 # Every key of PaddleNLP's per-interval log line, in its order (trainer.py
 # ``_maybe_log_save_evaluate`` and ``Trainer.log``): the device-memory keys appear on a
@@ -45,17 +45,6 @@ def train_log_values(loss: float, learning_rate: float, global_step: int, memory
     if skipped:
         values["skipped_steps"] = skipped
     return values
-
-
-def memory_gb(paddle) -> tuple[float, float]:
-    """(current, peak) memory in GB for the previous log line; goes with the trainer's
-    switch to train_log_values (the next commit)."""
-    source = memory_source(paddle)
-    device = source.device()
-    if device is not None:
-        return device[0] / GB, device[2] / GB
-    current, peak = source.host()
-    return current / GB, peak / GB
 
 
 def flops_per_token(hidden: int, intermediate: int, layers: int, vocab: int, seq: int,

@@ -19,7 +19,6 @@ final weights when they are missing or older than its newest checkpoint.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -38,10 +37,12 @@ from llmpre.models.hf_config import to_hf_dict
 from llmpre.runtime import configure_threads, import_paddle
 from llmpre.train import checkpoint as ckpt
 from llmpre.train import paddlenlp_ckpt as pnlp
-from llmpre.train import cadence, guards
+from llmpre.train import guards
 from llmpre.train.args import TrainingArguments
 from llmpre.train.lock import RunLock
-from llmpre.train.metrics import flops_per_token, format_log, memory_gb
+from llmpre.train import outputs
+from llmpre.train.memory import memory_source
+from llmpre.train.metrics import flops_per_token, format_log, interval_speed, train_log_values
 from llmpre.train.monitor import Monitor
 from llmpre.train.precision import DynamicLossScaler, Precision
 from llmpre.train.schedule import schedule_from_args
@@ -138,19 +139,18 @@ class Trainer:
 
         rank, world = world_info()
         self.dims = dims_from_args(args, world)
-        paddle.set_device(cadence.choose_device(args.device, paddle, world))
+        gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+        paddle.set_device(f"gpu:{int(os.environ.get('FLAGS_selected_gpus', '0').split(',')[0])}"
+                          if gpu and world > 1 else ("gpu" if gpu else "cpu"))
         if rank != 0:
             logger.setLevel(logging.WARNING)   # one rank reports
         logger.info("world size %d (%s)", world, os.environ.get("LLMPRE_WORLD_SOURCE", "one process")
                     if world > 1 else "one process")
-        for line in getattr(args, "notices", ()):   # keys without effect here (llmpre.train.args)
-            logger.info("%s", line)
         self._seed_everything(args.seed)
 
         self.config = _model_config(args)
-        cadence.check_model_type(args.model_type, self.config)
         self.dims.validate(world, self.config, args.gradient_accumulation_steps)
-        logger.info("Final pre-training config: %s", json.dumps(to_hf_dict(self.config), sort_keys=True))
+        logger.info("Final pre-training config: %s", outputs.config_text(to_hf_dict(self.config)))
         from llmpre.models import build_model
         from llmpre.models.hf_load import open_pretrained
         from llmpre.ops.select import describe, flags_from_args, select_ops
@@ -167,11 +167,6 @@ class Trainer:
         else:
             model = build_model(self.config, seed=args.seed, ops=self.ops, lazy=True,
                                 dtype=self.precision.param_dtype)
-        for line in cadence.apply_model_keys(model, self.config, args, self.precision, paddle):
-            logger.info("%s", line)
-        from llmpre.models.dropout import set_dropout_step   # after import_paddle (its warnings)
-
-        self.set_dropout_step = set_dropout_step
         # causal_lm_loss with the selected cross-entropy (mean over labels != -100)
         loss_fn = functools.partial(self.ops.cross_entropy, ignore_index=-100)
         num_params = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
@@ -199,14 +194,6 @@ class Trainer:
 
         from llmpre.train.data import TrainData
 
-        # num_train_epochs and the epoch strategies need the steps of one pass over the data
-        self.epoch_steps = cadence.steps_per_epoch(args, data_world) if cadence.needs_epochs(args) else None
-        args.max_steps = cadence.resolve_max_steps(args, self.epoch_steps)
-        self.cadence = cadence.Cadence(args, self.epoch_steps)
-        self.best = cadence.BestCheckpoint()     # load_best_model_at_end: lowest eval loss
-        self._last_eval: tuple | None = None     # (step, eval loss) of the latest evaluation
-        logger.info("max_steps %d%s; %s", args.max_steps, f" ({self.epoch_steps} steps per epoch)"
-                    if self.epoch_steps else "", self.cadence.describe())
         self.data = TrainData(args, self.config.vocab_size, world=data_world, rank=data_rank)
         logger.info("data %s: %s", self.data.prefix, ", ".join(
             f"{k} {v.summary()['len']} samples ({v.num_epochs} epochs)"
@@ -221,6 +208,7 @@ class Trainer:
         self.flops_per_token = flops_per_token(
             self.config.hidden_size, self.config.intermediate_size,
             self.config.num_hidden_layers, self.config.vocab_size, args.max_seq_length)
+        self.memory = memory_source(paddle)   # GPU allocator counters, else process memory
         self.monitor = Monitor(args.output_dir, enabled=False)  # opened by train()
 
     # ---- state -------------------------------------------------------------
@@ -237,17 +225,13 @@ class Trainer:
             "loss_scaler": self.scaler.state_dict(),
             "args": self.args.to_dict(),
             "model_config": to_hf_dict(self.config),
-            "best_checkpoint": self.best.state_dict(),
         }
 
     def save(self) -> str:
-        if self.args.load_best_model_at_end and self._last_eval and self._last_eval[0] == self.global_step:
-            self.best.offer(self._last_eval[1], self.global_step)
         path = self.engine.save(self.args.output_dir, self.global_step, self._state())
         self._saved_step = self.global_step
-        keep = self.best.keep([s for s, _ in ckpt.list_checkpoints(self.args.output_dir)],
-                              self.args.save_total_limit)   # never the best checkpoint
-        removed = ckpt.rotate_checkpoints(self.args.output_dir, keep) if self.engine.is_main else []
+        removed = ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit) \
+            if self.engine.is_main else []
         logger.info("Saving checkpoint to %s%s", path,
                     f" (removed {', '.join(os.path.basename(r) for r in removed)})" if removed else "")
         return path
@@ -259,7 +243,6 @@ class Trainer:
         self.scaler.load_state_dict(state["loss_scaler"])
         self.global_step = int(state["global_step"])
         self.skipped_steps = int(state["skipped_steps"])
-        self.best.load_state_dict(state.get("best_checkpoint"))
 
     def _prepare_run_directory(self) -> str | None:
         """Check the run directory's identity, clear or tidy it; returns the
@@ -317,6 +300,13 @@ class Trainer:
     def samples_per_step(self) -> int:
         return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
 
+    def _consumed_samples(self) -> int:
+        return self.global_step * self.samples_per_step * self.dims.data_parallel_size
+
+    def _progress(self) -> float:
+        """``progress_or_epoch``: epochs of the train split consumed so far."""
+        return round(self._consumed_samples() / len(self.data.datasets["train"]), 4)
+
     def _eval_loss(self, reader, batches: int) -> float:
         self.engine.train_mode(False)
         total = 0.0
@@ -330,14 +320,14 @@ class Trainer:
         batches = self.args.eval_iters * (1 if split == "eval" else 10)
         start = time.time()
         loss = self._eval_loss(reader, batches)
-        if split == "eval":
-            self._last_eval = (self.global_step, loss)
         runtime = time.time() - start
         samples = batches * reader.batch_size
         result = {f"{split}_loss": round(loss, 8), f"{split}_runtime": round(runtime, 4),
                   f"{split}_samples_per_second": round(samples / runtime, 4),
                   f"{split}_steps_per_second": round(batches / runtime, 4)}
-        logger.info(format_log(result))
+        if split == "eval":   # PaddleNLP logs evaluations as a line; the test split as a block (_train)
+            result["progress_or_epoch"] = self._progress()
+            logger.info(format_log(result))
         self.monitor.log(split, self.global_step, result)
         return result
 
@@ -347,7 +337,6 @@ class Trainer:
         from llmpre.train.optim import clip_coefficient
 
         lr = self.lr_at(self.global_step + 1)    # update g uses the schedule at g, as PaddleNLP's
-        self.set_dropout_step(self.model, self.global_step + 1)   # dropout masks: f(seed, step, sample)
         loss_value = self.engine.forward_backward(lambda: next(batches),
                                                   self.args.gradient_accumulation_steps,
                                                   self.scaler.scale)
@@ -453,11 +442,9 @@ class Trainer:
         if self.global_step >= args.max_steps:
             logger.info("Nothing to do: global_step %d >= max_steps %d", self.global_step,
                         args.max_steps)
-            trained = self._load_best()
             if self._final_weights_missing():
                 logger.info("The final weights of step %d are missing: writing them", self.global_step)
                 self.save_final()
-            self.global_step = trained
             return {}
 
         acc = args.gradient_accumulation_steps
@@ -468,16 +455,19 @@ class Trainer:
         bar = _progress(args, self.global_step)
         train_start = interval_start = time.time()
         interval_losses: list = []
+        run_losses: list = []   # this run's finite step losses: train_loss at the end
         interval_steps = interval_skipped = 0
         skipped_loss = float("nan")
         self._saved_step = None
         start_step = self.global_step
+        eval_steps = args.effective_eval_steps
         self.engine.train_mode(True)
         while self.global_step < args.max_steps:
             step_loss, grad_norm, status = self._train_step(batches)
             interval_steps += 1
             if status == "ok":
                 interval_losses.append(step_loss)
+                run_losses.append(step_loss)
             else:
                 interval_skipped += 1
                 skipped_loss = step_loss if not math.isfinite(step_loss) else float("nan")
@@ -500,9 +490,9 @@ class Trainer:
                 interval_losses, interval_steps, interval_skipped = [], 0, 0
                 interval_start = time.time()
             paused = time.time()
-            if self.cadence.eval_due(self.global_step):
+            if args.do_eval and self.global_step % eval_steps == 0:
                 self.evaluate("eval")
-            if self.cadence.save_due(self.global_step):
+            if self.global_step % args.save_steps == 0:
                 self.save()
             stop = self._stop_requested() if self.global_step < args.max_steps else 0
             if stop:
@@ -517,61 +507,70 @@ class Trainer:
         if bar is not None:
             bar.close()
         runtime = time.time() - train_start
-        trained = (self.global_step - start_step) * self.samples_per_step * seq
-        summary = {"train_runtime": round(runtime, 4),
-                   "train_tokens_per_second": round(trained / runtime, 4) if runtime else 0.0}
-        if args.do_predict and self.data.test is not None:
-            summary.update(self.evaluate("test"))
-        trained = self._load_best()
+        logger.info("Training completed.")
+        metrics = self._train_metrics(runtime, self.global_step - start_step, run_losses)
+        logger.info(format_log(metrics))
+        self.monitor.log("train_metrics", self.global_step, outputs.json_safe(metrics))
         self.save_final()
-        self.global_step = trained
-        logger.info("Effective Tokens per second: %.2f", summary["train_tokens_per_second"])
-        return summary
+        if self.engine.is_main:
+            try:
+                self._write_outputs(metrics)
+            except OSError as e:
+                raise FinalSaveError(f"writing the run's results (train_results.json, all_results.json, "
+                                     f"trainer_state.json) to {args.output_dir} failed ({e}); the final "
+                                     "weights are saved") from e
+        if args.do_predict and self.data.test is not None:
+            test = self.evaluate("test")
+            outputs.log_metrics("test", test)
+            metrics = {**metrics, **test}
+        trained = (self.global_step - start_step) * self.samples_per_step * self.dims.data_parallel_size * seq
+        tokens_per_s = trained / runtime if runtime else 0.0
+        logger.info("Effective Tokens per second: %.2f", tokens_per_s)
+        logger.info("ips: %.2f tokens/s", tokens_per_s)
+        return metrics
+
+    def _train_metrics(self, runtime: float, steps: int, losses: list) -> dict:
+        """PaddleNLP's end-of-training metrics for this run's steps: runtime
+        (evaluation and saving included), global samples and steps per second,
+        the mean step loss (finite steps; nan if none) and progress_or_epoch."""
+        samples = steps * self.samples_per_step * self.dims.data_parallel_size
+        return {"train_runtime": round(runtime, 4),
+                "train_samples_per_second": round(samples / runtime, 4) if runtime else 0.0,
+                "train_steps_per_second": round(steps / runtime, 4) if runtime else 0.0,
+                "train_loss": sum(losses) / len(losses) if losses else float("nan"),
+                "progress_or_epoch": self._progress()}
+
+    def _write_outputs(self, metrics: dict) -> None:
+        """The train metrics block, train_results.json, all_results.json and the
+        top-level trainer_state.json (main rank; see llmpre.train.outputs)."""
+        from llmpre.train.monitor import read_metrics
+
+        args = self.args
+        outputs.log_metrics("train", metrics)
+        outputs.save_metrics(args.output_dir, "train", metrics)
+        history = outputs.log_history(read_metrics(args.output_dir), self.global_step)
+        history.append({**metrics, "step": self.global_step})
+        epochs = outputs.num_train_epochs(args.max_steps, len(self.data.datasets["train"]),
+                                          args.per_device_train_batch_size,
+                                          self.dims.data_parallel_size, args.gradient_accumulation_steps)
+        outputs.save_state(args.output_dir, outputs.trainer_state(
+            global_step=self.global_step, max_steps=args.max_steps, epoch=metrics["progress_or_epoch"],
+            num_train_epochs=epochs, history=history))
 
     def _log_train(self, loss: float, grad_norm: float, runtime: float, steps: int, seq: int,
                    skipped: int = 0):
-        cur, peak = memory_gb(self.paddle)
         samples = self.samples_per_step * steps * self.dims.data_parallel_size   # global
-        tokens_per_s = samples * seq / runtime / max(1, self.dims.world_size)  # per device
-        consumed = self.global_step * self.samples_per_step * self.dims.data_parallel_size
-        values = {
-            "loss": round(loss, 8),
-            "learning_rate": float(f"{self.lr_at(self.global_step + 1):.3e}"),   # the next update's
-            "global_step": self.global_step,
-            "current_memory_allocated": cur,
-            "max_memory_allocated": peak,
-            "interval_runtime": round(runtime, 4),
-            "interval_samples_per_second": round(samples / runtime, 4),
-            "interval_tokens_per_second_per_device": round(tokens_per_s, 4),
-            "interval_hardware_tflops_per_device": round(tokens_per_s * self.flops_per_token / 2 ** 40, 2),
-            "interval_steps_per_second": round(steps / runtime, 4),
-            "progress_or_epoch": round(consumed / len(self.data.datasets["train"]), 4),
-        }
-        if skipped:   # not in PaddleNLP's line: shown only when steps were skipped
-            values["skipped_steps"] = skipped
+        speed = interval_speed(runtime, samples, steps, seq, self.dims.world_size, self.flops_per_token)
+        values = train_log_values(loss, self.lr_at(self.global_step + 1), self.global_step,   # the next update's
+                                  self.memory, speed, self._progress(), skipped)
         logger.info(format_log(values))
         record = {**values, "loss": _json_number(values["loss"]), "grad_norm": _json_number(grad_norm),
                   "loss_scale": self.scaler.scale, "skipped_steps": self.skipped_steps,
-                  "interval_skipped_steps": skipped, "consumed_tokens": consumed * seq,
+                  "interval_skipped_steps": skipped, "consumed_tokens": self._consumed_samples() * seq,
                   "time": time.time()}
         if record["loss"] is None:
             record["nonfinite_loss"] = str(loss)
         self.monitor.log("train", self.global_step, record)
-
-    def _load_best(self) -> int:
-        """load_best_model_at_end: load the best-eval checkpoint, so the final weights
-        are its weights (as PaddleNLP loads them before saving the model). Returns the
-        step trained to, for the caller to restore after the final save."""
-        trained = self.global_step
-        if not self.args.load_best_model_at_end or self.best.step in (None, self.global_step):
-            return trained
-        path = os.path.join(self.args.output_dir, f"{ckpt.PREFIX}{self.best.step}")
-        if not os.path.isdir(path):
-            raise ConfigError(f"load_best_model_at_end: the best checkpoint {path} (eval loss "
-                              f"{self.best.metric}) is gone")
-        logger.info("Loading best model from %s (score: %s).", path, self.best.metric)
-        self.load(path)
-        return trained
 
     def _final_weights_missing(self) -> bool:
         """Whether output_dir lacks the final weights of this step (rank 0 decides)."""
