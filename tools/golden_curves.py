@@ -1,9 +1,9 @@
 """Regenerate or check the golden loss curves in tests/assets/losses/.
 
     .venv/bin/python tools/golden_curves.py --check                     # every curve, full length
-    .venv/bin/python tools/golden_curves.py --check llama-tiny-quickstart --steps 18
+    .venv/bin/python tools/golden_curves.py --check llama-tiny-quickstart --steps 12
     .venv/bin/python tools/golden_curves.py --check llama-tiny-quickstart --run-dir RUN
-    .venv/bin/python tools/golden_curves.py --check --steps 18 -- --learning_rate 3.03e-3
+    .venv/bin/python tools/golden_curves.py --check --steps 12 -- --learning_rate 3.03e-3
     .venv/bin/python tools/golden_curves.py --write [NAME ...]          # then commit, saying why
     .venv/bin/python tools/golden_curves.py --write --commit HEAD       # from a commit, not the tree
 

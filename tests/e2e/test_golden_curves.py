@@ -1,24 +1,23 @@
 """Golden loss curves: a rerun follows the checked-in curve (tests/assets/losses/).
 
 The default quick run (`llmpre train --model llama-tiny`, 200 steps) takes
-minutes on two cores, so CI trains its first 18 steps (~15 s): the same
+minutes on two cores, so CI trains its first 12 steps (~10 s): the same
 quickstart configuration on one thread, with decay_steps pinned at its default
 200 so the shortened run keeps the full run's schedule (the train split is one
-epoch either way, so the batches are the same too: the 18 losses equal the full
+epoch either way, so the batches are the same too: the 12 losses equal the full
 run's bit for bit), and compares each logged loss with the checked-in 200-step
 curve within a relative 1e-5.
 
-Why 18 steps and 1e-5 (measured; tests/assets/losses/README.md has the table):
+Why 12 steps and 1e-5 (measured; tests/assets/losses/README.md has the table):
 runs are bitwise repeatable on one machine and thread count. Changes with equal
-math (two threads instead of one; the parallel engine with its own AdamW, as in
-the refactor ahead; gradient accumulation 2 x 4 instead of 1 x 8) move steps
-1..18 by at most 1.2e-7, so 1e-5 leaves a factor ~80. From step 19, at the top
-of the warmup, the run is chaotic: the same changes give up to 1.3e-5 at step
-19, 3.7e-4 at step 21 and 2.4e-2 by step 40, so no per-step tolerance past step
-18 separates equal math from a real change. A learning rate 1% higher moves
-each of steps 3..18 by 1.3e-4 to 5.1e-3 (steps 1 and 2 do not depend on it),
-1% lower by up to 1.7e-3: both fail on 16 of 18 steps. Steps past 18 are
-checked as 50-step means (rel. 1e-2) by `tools/golden_curves.py --check`.
+math (two threads instead of one; the parallel engine with its own AdamW;
+gradient accumulation 2 x 4 instead of 1 x 8) move steps 1..12 by at most
+6.9e-8, so 1e-5 leaves a factor ~145. From step 13 the run turns chaotic: the
+same changes give up to 1.9e-6 at step 13 and 2.1e-5 at step 18, so no per-step
+tolerance past step 12 separates equal math from a real change. A learning rate
+1% higher or lower moves each of steps 2..12 by 8.2e-5 to 2.1e-3 (step 1 comes
+before any update): both fail on 11 of 12 steps. Steps past 12 are checked as
+50-step means (rel. 1e-2) by `tools/golden_curves.py --check`.
 """
 
 from __future__ import annotations
