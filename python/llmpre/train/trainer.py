@@ -37,7 +37,7 @@ from llmpre.models.hf_config import to_hf_dict
 from llmpre.runtime import configure_threads, import_paddle
 from llmpre.train import checkpoint as ckpt
 from llmpre.train import paddlenlp_ckpt as pnlp
-from llmpre.train import guards
+from llmpre.train import cadence, guards
 from llmpre.train.args import TrainingArguments
 from llmpre.train.lock import RunLock
 from llmpre.train import outputs
@@ -139,16 +139,17 @@ class Trainer:
 
         rank, world = world_info()
         self.dims = dims_from_args(args, world)
-        gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
-        paddle.set_device(f"gpu:{int(os.environ.get('FLAGS_selected_gpus', '0').split(',')[0])}"
-                          if gpu and world > 1 else ("gpu" if gpu else "cpu"))
+        paddle.set_device(cadence.choose_device(args.device, paddle, world))
         if rank != 0:
             logger.setLevel(logging.WARNING)   # one rank reports
         logger.info("world size %d (%s)", world, os.environ.get("LLMPRE_WORLD_SOURCE", "one process")
                     if world > 1 else "one process")
+        for line in getattr(args, "notices", ()):   # keys without effect here (llmpre.train.args)
+            logger.info("%s", line)
         self._seed_everything(args.seed)
 
         self.config = _model_config(args)
+        cadence.check_model_type(args.model_type, self.config)
         self.dims.validate(world, self.config, args.gradient_accumulation_steps)
         logger.info("Final pre-training config: %s", outputs.config_text(to_hf_dict(self.config)))
         from llmpre.models import build_model
@@ -167,6 +168,11 @@ class Trainer:
         else:
             model = build_model(self.config, seed=args.seed, ops=self.ops, lazy=True,
                                 dtype=self.precision.param_dtype)
+        for line in cadence.apply_model_keys(model, self.config, args, self.precision, paddle):
+            logger.info("%s", line)
+        from llmpre.models.dropout import set_dropout_step   # after import_paddle (its warnings)
+
+        self.set_dropout_step = set_dropout_step
         # causal_lm_loss with the selected cross-entropy (mean over labels != -100)
         loss_fn = functools.partial(self.ops.cross_entropy, ignore_index=-100)
         num_params = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
@@ -194,6 +200,14 @@ class Trainer:
 
         from llmpre.train.data import TrainData
 
+        # num_train_epochs and the epoch strategies need the steps of one pass over the data
+        self.epoch_steps = cadence.steps_per_epoch(args, data_world) if cadence.needs_epochs(args) else None
+        args.max_steps = cadence.resolve_max_steps(args, self.epoch_steps)
+        self.cadence = cadence.Cadence(args, self.epoch_steps)
+        self.best = cadence.BestCheckpoint()     # load_best_model_at_end: lowest eval loss
+        self._last_eval: tuple | None = None     # (step, eval loss) of the latest evaluation
+        logger.info("max_steps %d%s; %s", args.max_steps, f" ({self.epoch_steps} steps per epoch)"
+                    if self.epoch_steps else "", self.cadence.describe())
         self.data = TrainData(args, self.config.vocab_size, world=data_world, rank=data_rank)
         logger.info("data %s: %s", self.data.prefix, ", ".join(
             f"{k} {v.summary()['len']} samples ({v.num_epochs} epochs)"
@@ -225,13 +239,17 @@ class Trainer:
             "loss_scaler": self.scaler.state_dict(),
             "args": self.args.to_dict(),
             "model_config": to_hf_dict(self.config),
+            "best_checkpoint": self.best.state_dict(),
         }
 
     def save(self) -> str:
+        if self.args.load_best_model_at_end and self._last_eval and self._last_eval[0] == self.global_step:
+            self.best.offer(self._last_eval[1], self.global_step)
         path = self.engine.save(self.args.output_dir, self.global_step, self._state())
         self._saved_step = self.global_step
-        removed = ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit) \
-            if self.engine.is_main else []
+        keep = self.best.keep([s for s, _ in ckpt.list_checkpoints(self.args.output_dir)],
+                              self.args.save_total_limit)   # never the best checkpoint
+        removed = ckpt.rotate_checkpoints(self.args.output_dir, keep) if self.engine.is_main else []
         logger.info("Saving checkpoint to %s%s", path,
                     f" (removed {', '.join(os.path.basename(r) for r in removed)})" if removed else "")
         return path
@@ -243,6 +261,7 @@ class Trainer:
         self.scaler.load_state_dict(state["loss_scaler"])
         self.global_step = int(state["global_step"])
         self.skipped_steps = int(state["skipped_steps"])
+        self.best.load_state_dict(state.get("best_checkpoint"))
 
     def _prepare_run_directory(self) -> str | None:
         """Check the run directory's identity, clear or tidy it; returns the
@@ -320,6 +339,8 @@ class Trainer:
         batches = self.args.eval_iters * (1 if split == "eval" else 10)
         start = time.time()
         loss = self._eval_loss(reader, batches)
+        if split == "eval":
+            self._last_eval = (self.global_step, loss)
         runtime = time.time() - start
         samples = batches * reader.batch_size
         result = {f"{split}_loss": round(loss, 8), f"{split}_runtime": round(runtime, 4),
@@ -337,6 +358,7 @@ class Trainer:
         from llmpre.train.optim import clip_coefficient
 
         lr = self.lr_at(self.global_step + 1)    # update g uses the schedule at g, as PaddleNLP's
+        self.set_dropout_step(self.model, self.global_step + 1)   # dropout masks: f(seed, step, sample)
         loss_value = self.engine.forward_backward(lambda: next(batches),
                                                   self.args.gradient_accumulation_steps,
                                                   self.scaler.scale)
@@ -442,9 +464,11 @@ class Trainer:
         if self.global_step >= args.max_steps:
             logger.info("Nothing to do: global_step %d >= max_steps %d", self.global_step,
                         args.max_steps)
+            trained = self._load_best()
             if self._final_weights_missing():
                 logger.info("The final weights of step %d are missing: writing them", self.global_step)
                 self.save_final()
+            self.global_step = trained
             return {}
 
         acc = args.gradient_accumulation_steps
@@ -460,7 +484,6 @@ class Trainer:
         skipped_loss = float("nan")
         self._saved_step = None
         start_step = self.global_step
-        eval_steps = args.effective_eval_steps
         self.engine.train_mode(True)
         while self.global_step < args.max_steps:
             step_loss, grad_norm, status = self._train_step(batches)
@@ -490,9 +513,9 @@ class Trainer:
                 interval_losses, interval_steps, interval_skipped = [], 0, 0
                 interval_start = time.time()
             paused = time.time()
-            if args.do_eval and self.global_step % eval_steps == 0:
+            if self.cadence.eval_due(self.global_step):
                 self.evaluate("eval")
-            if self.global_step % args.save_steps == 0:
+            if self.cadence.save_due(self.global_step):
                 self.save()
             stop = self._stop_requested() if self.global_step < args.max_steps else 0
             if stop:
@@ -571,6 +594,21 @@ class Trainer:
         if record["loss"] is None:
             record["nonfinite_loss"] = str(loss)
         self.monitor.log("train", self.global_step, record)
+
+    def _load_best(self) -> int:
+        """load_best_model_at_end: load the best-eval checkpoint, so the final weights
+        are its weights (as PaddleNLP loads them before saving the model). Returns the
+        step trained to, for the caller to restore after the final save."""
+        trained = self.global_step
+        if not self.args.load_best_model_at_end or self.best.step in (None, self.global_step):
+            return trained
+        path = os.path.join(self.args.output_dir, f"{ckpt.PREFIX}{self.best.step}")
+        if not os.path.isdir(path):
+            raise ConfigError(f"load_best_model_at_end: the best checkpoint {path} (eval loss "
+                              f"{self.best.metric}) is gone")
+        logger.info("Loading best model from %s (score: %s).", path, self.best.metric)
+        self.load(path)
+        return trained
 
     def _final_weights_missing(self) -> bool:
         """Whether output_dir lacks the final weights of this step (rank 0 decides)."""
