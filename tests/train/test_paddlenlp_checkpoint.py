@@ -102,7 +102,7 @@ def test_an_unmappable_checkpoint_is_one_error_before_training(tmp_path):
     assert msg.startswith(f"{ckdir}: a PaddleNLP hybrid-parallel checkpoint")
     assert "at global_step 2, 1 process(es)" in msg
     assert "model_state.tp00_pp00.pdparams" in msg
-    assert f"continue_training true, model_name_or_path {ckdir} and another output_dir" in msg
+    assert "resume it with PaddleNLP (with unified_checkpoint true its next checkpoints are ones llmpre resumes)" in msg
     assert "overwrite_output_dir true" in msg and "Nothing was trained" in msg
     # nothing trained, nothing converted, no run identity recorded (the fixed run may differ)
     assert sorted(os.listdir(out)) == [".llmpre.lock", "checkpoint-2"]
@@ -123,6 +123,7 @@ def test_a_run_that_would_not_continue_paddlenlps_stream_is_refused(tmp_path, ov
     with pytest.raises(ckpt.CheckpointError, match="llmpre cannot resume from it") as e:
         run(args)
     assert expected in str(e.value)
+    assert f"continue_training true, model_name_or_path {out / 'checkpoint-2'}, another output_dir" in str(e.value)
     args, _ = _run_dir(tmp_path / "fixed", "unified")    # the same directory with the run's values
     shutil.rmtree(args.output_dir)
     shutil.copytree(out, args.output_dir)
@@ -257,3 +258,44 @@ def test_pickles_are_read_as_data_only(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="holds a posix.system object"):
         pnlp._load_pickle(str(bad))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_incomplete_or_split_checkpoints_are_refused(tmp_path):
+    from safetensors.numpy import save_file
+
+    from llmpre.train.trainer import run
+
+    args, out = _run_dir(tmp_path / "a", "plain")
+    (out / "checkpoint-2" / "optimizer.pdopt").unlink()          # a save that died half-way
+    with pytest.raises(ckpt.CheckpointError) as e:
+        run(args)
+    assert ("an incomplete PaddleNLP checkpoint at global_step 2, 1 process(es); llmpre cannot resume from it: "
+            "optimizer.pdopt missing. Nothing was trained. To continue: remove it") in str(e.value)
+    args, out = _run_dir(tmp_path / "b", "unified")
+    ck = out / "checkpoint-2"
+    src = pnlp._Unified(str(ck))
+    optim = {k: src.optim.read(k) for k in src.optim.where}
+    key = "llama.embed_tokens.weight/moment1_0"
+    optim[key] = optim[key][:256]                                # one sharding rank's half
+    for f in ck.glob("optimizer*"):
+        f.unlink()
+    save_file(optim, str(ck / "optimizer.safetensors"), metadata={"format": "np"})
+    with pytest.raises(ckpt.CheckpointError, match=r"its optimizer state is not whole for "
+                                                   r"llama.embed_tokens.weight \(moment1 \[256, 8\], weight \[512, 8\]\)"):
+        run(args)
+
+
+def test_the_advised_fresh_start_from_its_weights_works(tmp_path):
+    """continue_training true with model_name_or_path = the checkpoint (another output_dir):
+    its weights, a fresh optimizer, step 0; both formats hold the same weights."""
+    from llmpre.train.monitor import read_metrics
+    from llmpre.train.trainer import run
+
+    losses = []
+    for fmt in ("plain", "unified"):
+        args, out = _run_dir(tmp_path / fmt, fmt)
+        args.model_name_or_path, args.continue_training = str(out / "checkpoint-2"), True
+        args.output_dir, args.max_steps = str(tmp_path / fmt / "fresh"), 1
+        run(args)
+        losses.append(read_metrics(args.output_dir)["train"][0]["loss"])
+    assert losses[0] == losses[1] < EXPECTED["uninterrupted"]["1"]["loss"]   # trained weights, step-1 batch

@@ -160,11 +160,20 @@ def examine(path: str) -> Found:
 def unmappable(found: Found, reason: str | None = None) -> CheckpointError:
     """The one error for a PaddleNLP checkpoint llmpre cannot resume: what was found, and how
     to continue from it."""
+    weights = (f"start from its weights with a fresh optimizer at step 0 (continue_training true, "
+               f"model_name_or_path {found.path}, another output_dir)")
+    if found.kind == "incomplete":
+        ways = ("remove it (or move it away) to resume from the newest complete checkpoint, or name "
+                "one with resume_from_checkpoint")
+    elif found.kind == "hybrid":
+        ways = ("resume it with PaddleNLP (with unified_checkpoint true its next checkpoints are ones "
+                "llmpre resumes)")
+    else:
+        ways = f"resume it with PaddleNLP; or {weights}"
     return CheckpointError(
         f"{found.describe()}; llmpre cannot resume from it: {reason or found.reason}. Nothing was trained. "
-        f"To continue from it: resume it with PaddleNLP; or start from its weights with a fresh optimizer "
-        f"at step 0 with continue_training true, model_name_or_path {found.path} and another output_dir; "
-        "or set overwrite_output_dir true to delete the checkpoints here and start from scratch")
+        f"To continue: {ways}; or set overwrite_output_dir true to delete the checkpoints here and start "
+        "from scratch")
 
 
 # ---- reading ---------------------------------------------------------------------------
@@ -328,6 +337,9 @@ class _Unified:
     def has(self, name: str, kind: str) -> bool:
         return f"{name}/{kind}_0" in self.optim
 
+    def state_shape(self, name: str, kind: str) -> list[int]:
+        return self.optim.shape(f"{name}/{kind}_0")
+
     def state(self, name: str, kind: str):
         key = f"{name}/{kind}_0"
         return self.optim.read(key) if key in self.optim else None
@@ -362,6 +374,9 @@ class _Plain:
 
     def has(self, name: str, kind: str) -> bool:
         return f"{self.auto.get(name)}_{kind}_0" in self.optim
+
+    def state_shape(self, name: str, kind: str) -> list[int]:
+        return list(np.shape(self.optim[f"{self.auto.get(name)}_{kind}_0"]))
 
     def state(self, name: str, kind: str):
         value = self.optim.get(f"{self.auto.get(name)}_{kind}_0")
@@ -508,6 +523,12 @@ def convert(found: Found, config, params: dict, trainable: set, dest: str, state
     if missing:
         raise unmappable(found, f"no Adam moments for {', '.join(missing[:4])}"
                                 f"{' and more' if len(missing) > 4 else ''}")
+    shapes = source.shapes()
+    split = [f"{n} ({kind} {source.state_shape(n, kind)}, weight {shapes[n]})" for r in trained for n in r.hf
+             for kind in ("moment1", "moment2") if source.state_shape(n, kind) != list(shapes[n])]
+    if split:
+        raise unmappable(found, f"its optimizer state is not whole for {', '.join(split[:3])}"
+                                f"{' and more' if len(split) > 3 else ''} (split by a sharded optimizer)")
     counts = {_updates(source.state(n, "beta1_pow_acc"), beta1)
               for r in trained for n in r.hf if source.has(n, "beta1_pow_acc")}
     if len(counts) != 1 or min(counts) < 0 or min(counts) > found.step:
