@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from llmpre.errors import ConfigError, LlmpreError
+from llmpre.errors import USER_ERRORS, ConfigError, LlmpreError
 from llmpre.models import hub
 from llmpre.models.hf_config import to_hf_dict
 from llmpre.runtime import configure_threads, import_paddle
@@ -101,9 +101,14 @@ def _model_config(args: TrainingArguments):
     cfg = get_config(hub.model_source(args.model_name_or_path, weights=args.continue_training))
     changes = {}
     if args.num_hidden_layers is not None:
-        if args.continue_training:
-            raise ConfigError("num_hidden_layers cannot change the depth of a pretrained model "
-                              "loaded with continue_training")
+        if args.continue_training and args.num_hidden_layers > cfg.num_hidden_layers:
+            raise ConfigError(f"num_hidden_layers={args.num_hidden_layers}: {args.model_name_or_path} has "
+                              f"{cfg.num_hidden_layers} layers; continue_training loads its first N layers "
+                              f"(N <= {cfg.num_hidden_layers}) and cannot add new ones")
+        if args.continue_training and args.num_hidden_layers < cfg.num_hidden_layers:
+            logger.info("continue_training with num_hidden_layers=%d: loading layers 0..%d of the %d in %s "
+                        "(as PaddleNLP does)", args.num_hidden_layers, args.num_hidden_layers - 1,
+                        cfg.num_hidden_layers, args.model_name_or_path)
         changes["num_hidden_layers"] = args.num_hidden_layers
     if not args.continue_training:
         changes["max_position_embeddings"] = max(cfg.max_position_embeddings, args.max_seq_length)
@@ -164,7 +169,7 @@ class Trainer:
         if args.continue_training:
             source = hub.model_source(args.model_name_or_path, weights=True)   # a hub name: its directory
             model, reader = open_pretrained(source, dtype=self.precision.param_dtype,
-                                            ops=self.ops)
+                                            ops=self.ops, config=self.config)
         else:
             model = build_model(self.config, seed=args.seed, ops=self.ops, lazy=True,
                                 dtype=self.precision.param_dtype)
@@ -649,6 +654,18 @@ class Trainer:
             shapes, tensor, dtype = weights
             save_streamed(self.engine.config, shapes, tensor, self.args.output_dir, dtype=dtype,
                           max_shard_bytes=parse_size(DEFAULT_MAX_SHARD_SIZE), metadata=meta)
+        if self.engine.is_main:     # the tokenizer beside the weights (llmpre.data.tokenizer_files)
+            from llmpre.data.tokenizer_files import run_tokenizer, save_tokenizer
+
+            source = run_tokenizer(self.args.tokenizer_name_or_path, self.args.input_dir)
+            if source is None:
+                logger.info("No tokenizer files written to %s: set tokenizer_name_or_path to the tokenizer "
+                            "input_dir was made with", self.args.output_dir)
+            else:
+                try:
+                    save_tokenizer(self.args.output_dir, source)
+                except USER_ERRORS as e:    # the weights are saved; say why the tokenizer is not
+                    logger.warning("No tokenizer files written to %s: %s", self.args.output_dir, e)
         self.engine.barrier()
 
 
