@@ -539,7 +539,9 @@ class Trainer:
         metrics = self._train_metrics(runtime, self.global_step - start_step, run_losses)
         logger.info(format_log(metrics))
         self.monitor.log("train_metrics", self.global_step, outputs.json_safe(metrics))
+        trained = self._load_best()
         self.save_final()
+        self.global_step = trained
         if self.engine.is_main:
             try:
                 self._write_outputs(metrics)
@@ -551,8 +553,8 @@ class Trainer:
             test = self.evaluate("test")
             outputs.log_metrics("test", test)
             metrics = {**metrics, **test}
-        trained = (self.global_step - start_step) * self.samples_per_step * self.dims.data_parallel_size * seq
-        tokens_per_s = trained / runtime if runtime else 0.0
+        tokens = (self.global_step - start_step) * self.samples_per_step * self.dims.data_parallel_size * seq
+        tokens_per_s = tokens / runtime if runtime else 0.0
         logger.info("Effective Tokens per second: %.2f", tokens_per_s)
         logger.info("ips: %.2f tokens/s", tokens_per_s)
         return metrics
@@ -581,9 +583,11 @@ class Trainer:
         epochs = outputs.num_train_epochs(args.max_steps, len(self.data.datasets["train"]),
                                           args.per_device_train_batch_size,
                                           self.dims.data_parallel_size, args.gradient_accumulation_steps)
+        best = self.best.step if args.load_best_model_at_end else None
         outputs.save_state(args.output_dir, outputs.trainer_state(
             global_step=self.global_step, max_steps=args.max_steps, epoch=metrics["progress_or_epoch"],
-            num_train_epochs=epochs, history=history))
+            num_train_epochs=epochs, history=history, best_metric=self.best.metric if best else None,
+            best_model_checkpoint=os.path.join(args.output_dir, f"{ckpt.PREFIX}{best}") if best else None))
 
     def _log_train(self, loss: float, grad_norm: float, runtime: float, steps: int, seq: int,
                    skipped: int = 0):
