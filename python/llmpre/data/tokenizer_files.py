@@ -50,15 +50,20 @@ def run_tokenizer(tokenizer_name_or_path: Optional[str], input_dir: Optional[str
     return None
 
 
+def _temp(path: str) -> str:
+    """``.NAME.tmpPID`` beside ``path``: the trainer removes such leftovers of a dead writer."""
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
+
+
 def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = _temp(path)
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
     os.replace(tmp, path)
 
 
 def _copy(src: str, dst: str) -> None:
-    tmp = f"{dst}.tmp{os.getpid()}"
+    tmp = _temp(dst)
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
 
