@@ -299,3 +299,33 @@ def test_the_advised_fresh_start_from_its_weights_works(tmp_path):
         run(args)
         losses.append(read_metrics(args.output_dir)["train"][0]["loss"])
     assert losses[0] == losses[1] < EXPECTED["uninterrupted"]["1"]["loss"]   # trained weights, step-1 batch
+
+
+def test_two_data_parallel_processes_continue_a_one_process_paddlenlp_run(tmp_path):
+    """Rank 0 converts, every rank reads its part, the converted copy is removed; the global
+    batch (1 per device x 2 accumulation x 2 ranks) is PaddleNLP's, so are the losses."""
+    import signal
+    import subprocess
+    import sys
+
+    from llmpre.train.monitor import read_metrics
+
+    args, out = _run_dir(tmp_path, "unified")
+    argv = [sys.executable, "-m", "llmpre.cli", "train", str(tmp_path / "args.json"), "--nproc-per-node", "2",
+            "--per_device_train_batch_size", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PADDLE_TRAINER_ID", None)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)       # the launcher and its workers
+        output, _ = proc.communicate()
+    assert proc.returncode == 0, output[-3000:]
+    got = {e["step"]: e["loss"] for e in read_metrics(str(out))["train"]}
+    assert sorted(got) == [3, 4, 5]
+    for step, w in EXPECTED["resumed_from_checkpoint-2"].items():
+        # measured: within 7.7e-8 (the data-parallel mean adds one reduction)
+        assert got[int(step)] == pytest.approx(w["loss"], rel=5e-7), (step, got[int(step)], w["loss"])
+    assert not [n for n in os.listdir(out) if n.startswith(".checkpoint-")]
