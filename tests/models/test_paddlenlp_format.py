@@ -296,3 +296,23 @@ def test_the_first_layers_of_a_deeper_checkpoint(tmp_path):
         np.testing.assert_array_equal(got[n], full[n], err_msg=n)
     with pytest.raises(ConfigError, match="has only 2 layers"):
         open_pretrained(path, config=one.replace(num_hidden_layers=3))
+
+
+def test_export_a_training_checkpoint_for_paddlenlp_in_shards(tmp_path):
+    from .test_export_partial import checkpoint
+
+    model, ckpt = checkpoint(tmp_path)
+    out = tmp_path / "pnlp"
+    result = CliRunner().invoke(main, ["export-hf", ckpt, str(out), "--style", "paddlenlp", "--max-shard-size", "20KB"])
+    assert result.exit_code == 0 and "PaddleNLP layout" in result.output, result.output
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    shards = sorted(set(index.values()))
+    assert len(shards) > 1 and sorted(p.name for p in out.glob("model-*")) == shards
+    assert all(name.startswith(("llama.", "lm_head.")) for name in index)
+    for shard in shards:
+        with safe_open(str(out / shard), framework="np") as f:
+            assert f.metadata() == {"format": "np"}
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    want = params(model)
+    for n, v in params(from_pretrained(out)).items():
+        np.testing.assert_array_equal(v, want[n], err_msg=n)
