@@ -114,3 +114,14 @@ def test_a_resumed_run_is_not_confused_by_the_top_level_state(tmp_path, capsys):
     assert results["train_samples_per_second"] == pytest.approx(1 * 2 / results["train_runtime"], rel=1e-3)
     assert load(out / "all_results.json") == results
     assert not [n for n in os.listdir(out) if ".tmp" in n]
+
+
+def test_best_model_fields_under_load_best_model_at_end(tmp_path):
+    out = tmp_path / "run"
+    train(out, max_steps=3, do_eval="true", eval_steps=1, save_steps=1, load_best_model_at_end="true")
+    evals = {e["step"]: e["eval_loss"] for e in read_metrics(str(out))["eval"]}
+    best = min(evals, key=evals.get)
+    state = load(out / "trainer_state.json")
+    assert state["best_metric"] == pytest.approx(evals[best], abs=1e-8)        # eval_loss is logged to 8 places
+    assert state["best_model_checkpoint"] == str(out / f"checkpoint-{best}")
+    assert state["global_step"] == 3                                           # the steps trained, not the best's

@@ -159,10 +159,11 @@ def log_history(metrics: dict[str, list[dict]], last_step: int) -> list[dict]:
 
 
 def trainer_state(*, global_step: int, max_steps: int, epoch: float, num_train_epochs: int,
-                  history: list[dict]) -> dict:
-    """PaddleNLP's ``TrainerState`` fields (llmpre tracks no best model, and
-    PaddleNLP 2.8.1 leaves ``total_flos`` at 0)."""
-    return {"best_metric": None, "best_model_checkpoint": None, "epoch": epoch,
+                  history: list[dict], best_metric: float | None = None,
+                  best_model_checkpoint: str | None = None) -> dict:
+    """PaddleNLP's ``TrainerState`` fields (the best eval loss and its checkpoint
+    under ``load_best_model_at_end``; PaddleNLP 2.8.1 leaves ``total_flos`` at 0)."""
+    return {"best_metric": best_metric, "best_model_checkpoint": best_model_checkpoint, "epoch": epoch,
             "global_step": global_step, "is_local_process_zero": True, "is_world_process_zero": True,
             "log_history": history, "max_steps": max_steps, "num_train_epochs": num_train_epochs,
             "total_flos": 0, "trial_name": None, "trial_params": None}
