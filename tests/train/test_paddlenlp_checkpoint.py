@@ -329,3 +329,31 @@ def test_two_data_parallel_processes_continue_a_one_process_paddlenlp_run(tmp_pa
         # measured: within 7.7e-8 (the data-parallel mean adds one reduction)
         assert got[int(step)] == pytest.approx(w["loss"], rel=5e-7), (step, got[int(step)], w["loss"])
     assert not [n for n in os.listdir(out) if n.startswith(".checkpoint-")]
+
+
+def test_bf16_weights_resume_from_their_fp32_master_weights(tmp_path):
+    """O2 runs store the model in bfloat16 (PaddleNLP: U16 bits) and fp32 master weights beside
+    it: the master weights are the state; the bf16 copy reads back exactly (as its bits say)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from llmpre.train.monitor import read_metrics
+    from llmpre.train.trainer import run
+
+    args, out = _run_dir(tmp_path, "unified")
+    ck = out / "checkpoint-2"
+    src = pnlp._Unified(str(ck))
+    fp32 = {n: src.weights(n) for n in src.shapes()}
+    bits = {n: (v.view(np.uint32) >> 16).astype(np.uint16) for n, v in fp32.items()}   # bf16 by truncation
+    for f in ck.glob("model*"):
+        f.unlink()
+    save_file(bits, str(ck / "model.safetensors"), metadata={"format": "np"})
+    save_file(fp32, str(ck / "master_weights.safetensors"), metadata={"format": "np"})
+    u = pnlp._Unified(str(ck))
+    name = "llama.embed_tokens.weight"
+    np.testing.assert_array_equal(u.model.read(name).view(np.uint32), bits[name].astype(np.uint32) << 16)
+    np.testing.assert_array_equal(u.weights(name), fp32[name])
+    run(args)
+    got = {e["step"]: e["loss"] for e in read_metrics(str(out))["train"]}
+    for step, w in EXPECTED["resumed_from_checkpoint-2"].items():
+        assert got[int(step)] == pytest.approx(w["loss"], rel=5e-7), step

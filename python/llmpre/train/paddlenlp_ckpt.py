@@ -232,8 +232,8 @@ def _training_args(path: str) -> dict:
     return {k: (v.value if isinstance(v, _Record) else v) for k, v in state.items()}
 
 
-_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16,
-              "I64": np.int64, "I32": np.int32}
+# PaddleNLP writes bfloat16 as U16 (its bits; "format: np" safetensors), others as BF16
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16, "U16": np.uint16}
 
 
 class _Safetensors:
@@ -264,13 +264,13 @@ class _Safetensors:
             raise CheckpointError(f"{self.path}: {key} has dtype {meta['dtype']}, not a floating point one")
         a, b = meta["data_offsets"]
         raw = np.fromfile(self.path, dtype=np.uint8, count=b - a, offset=self.offset + a)
-        value = raw.view(dtype).reshape(meta["shape"])
-        return _float32(value, meta["dtype"] == "BF16")
+        return _float32(raw.view(dtype).reshape(meta["shape"]))
 
 
-def _float32(value: np.ndarray, bf16: bool = False) -> np.ndarray:
-    """fp32 values of a stored tensor; bf16 (uint16 bits in numpy) widened exactly."""
-    if bf16 or value.dtype == np.uint16:
+def _float32(value: np.ndarray) -> np.ndarray:
+    """fp32 values of a stored tensor; bfloat16 (its uint16 bits: numpy has no bfloat16)
+    widened exactly."""
+    if value.dtype == np.uint16:
         return (value.astype(np.uint32) << 16).view(np.float32)
     return np.ascontiguousarray(value, dtype=np.float32)
 
