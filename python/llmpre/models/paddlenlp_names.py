@@ -329,7 +329,8 @@ def rules(c: ModelConfig, fused_qkv: bool = False, fused_ffn: bool = False, writ
                 out += _lin(P + "mlp.down_proj", L + "mlp.down_proj", False)
         elif t == "qwen":
             P = f"{p}h.{i}."
-            out += _norm(P + "ln_1", L + "input_layernorm", False) + _norm(P + "ln_2", L + "post_attention_layernorm", False)
+            out += _norm(P + "ln_1", L + "input_layernorm", False)
+            out += _norm(P + "ln_2", L + "post_attention_layernorm", False)
             out += _attention(c, P + "attn", L + "self_attn", (None, None, None, "c_proj"), "c_attn", "cols")
             # Qwen's MLP is c_proj(w1(x) * silu(w2(x))): w2 is the gate, w1 the up projection
             out += [r for n, o in (("w2", "gate_proj"), ("w1", "up_proj"), ("c_proj", "down_proj"))
@@ -352,7 +353,8 @@ def rules(c: ModelConfig, fused_qkv: bool = False, fused_ffn: bool = False, writ
             out += _lin(P + "mlp.dense_4h_to_h", L + "mlp.down_proj", True)
         else:                                                  # gpt2 (PaddleNLP's gpt), opt
             P = f"{p}decoder.layers.{i}."
-            out += _norm(P + "norm1", L + "input_layernorm", True) + _norm(P + "norm2", L + "post_attention_layernorm", True)
+            out += _norm(P + "norm1", L + "input_layernorm", True)
+            out += _norm(P + "norm2", L + "post_attention_layernorm", True)
             out += _attention(c, P + "self_attn", L + "self_attn", ("q_proj", "k_proj", "v_proj", "out_proj"),
                               "qkv_proj" if fused_qkv else None)
             out += _lin(P + "linear1", L + "mlp.up_proj", True) + _lin(P + "linear2", L + "mlp.down_proj", True)
