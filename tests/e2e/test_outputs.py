@@ -125,3 +125,21 @@ def test_best_model_fields_under_load_best_model_at_end(tmp_path):
     assert state["best_metric"] == pytest.approx(evals[best], abs=1e-8)        # eval_loss is logged to 8 places
     assert state["best_model_checkpoint"] == str(out / f"checkpoint-{best}")
     assert state["global_step"] == 3                                           # the steps trained, not the best's
+
+
+def test_export_hf_of_a_finished_run_reads_its_final_weights(tmp_path):
+    """output_dir's top-level trainer_state.json sits beside config.json: export-hf takes the
+    directory as the HF checkpoint it is, not as a training checkpoint."""
+    import numpy as np
+    from click.testing import CliRunner
+    from safetensors.numpy import load_file
+
+    from llmpre.cli import main
+
+    out = tmp_path / "run"
+    train(out, max_steps=1, do_eval="false")
+    assert (out / "trainer_state.json").is_file() and (out / "config.json").is_file()
+    result = CliRunner().invoke(main, ["export-hf", str(out), str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    final, exported = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert sorted(final) == sorted(exported) and all(np.array_equal(final[k], exported[k]) for k in final)

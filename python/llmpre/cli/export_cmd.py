@@ -110,7 +110,8 @@ def export_hf(source, out_dir, style, max_shard_size, dtype):
     max_bytes = parse_size(max_shard_size) if max_shard_size else None
     if Path(out_dir).resolve() == src.resolve():
         raise ConfigError(f"{out_dir}: choose an output directory other than SOURCE")
-    if (src / "trainer_state.json").is_file():
+    # a finished run's output_dir also holds a trainer_state.json (PaddleNLP's, beside config.json)
+    if (src / "trainer_state.json").is_file() and not (src / "config.json").is_file():
         # one parameter at a time: no process holds the whole model
         config, shapes, tensor = llmpre_checkpoint_weights(src)
         if style == "paddlenlp":
