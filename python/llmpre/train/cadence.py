@@ -39,13 +39,22 @@ def train_samples_per_epoch(args) -> int:
     return total
 
 
+def update_steps_per_epoch(samples: int, batch: int, data_world: int, accumulation: int) -> int:
+    """Optimizer updates in one pass over ``samples``, counted as PaddleNLP's Trainer counts
+    them: a rank's loader yields ceil(ceil(samples / ranks) / batch) batches (the last one
+    short), an epoch is that // accumulation updates, at least 1."""
+    per_rank = math.ceil(samples / data_world)
+    return max(math.ceil(per_rank / batch) // accumulation, 1)
+
+
 def steps_per_epoch(args, data_parallel_size: int) -> int:
-    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * data_parallel_size
+    """Updates in one pass over the run's train split (:func:`update_steps_per_epoch`)."""
     samples = train_samples_per_epoch(args)
     if samples <= 0:
         raise ConfigError(f"the train split of {args.input_dir or 'the bundled corpus'} holds no "
                           f"sample of {args.max_seq_length} tokens, so an epoch has no step")
-    return max(1, samples // per_step)
+    return update_steps_per_epoch(samples, args.per_device_train_batch_size, data_parallel_size,
+                                  args.gradient_accumulation_steps)
 
 
 def needs_epochs(args) -> bool:

@@ -176,9 +176,10 @@ def save_state(output_dir: str, state: dict) -> None:
 
 def num_train_epochs(max_steps: int, train_samples: int, batch_size: int, data_world: int,
                      accumulation: int) -> int:
-    """How PaddleNLP counts epochs for ``max_steps`` updates: a rank's loader
-    yields ceil(ceil(samples / ranks) / batch) batches per epoch, an epoch is
-    that // accumulation updates (at least 1), and the count rounds up."""
-    per_rank = math.ceil(train_samples / data_world)
-    steps_per_epoch = max(math.ceil(per_rank / batch_size) // accumulation, 1)
-    return max_steps // steps_per_epoch + int(max_steps % steps_per_epoch > 0)
+    """How PaddleNLP counts epochs for ``max_steps`` updates over a train dataset of
+    ``train_samples``: epochs of :func:`llmpre.train.cadence.update_steps_per_epoch`
+    updates, rounded up."""
+    from llmpre.train.cadence import update_steps_per_epoch
+
+    per_epoch = update_steps_per_epoch(train_samples, batch_size, data_world, accumulation)
+    return math.ceil(max_steps / per_epoch)
