@@ -271,8 +271,25 @@ def test_llmpre_train_downloads_a_hub_name_once_and_trains(home, tmp_path):
     again = [str(tmp_path / "out2") if a == str(tmp_path / "out") else a for a in cmd]
     r = subprocess.run(again, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    # the hub tokenizer's files are saved beside the final weights
+    assert (tmp_path / "out2" / "tokenizer.json").read_bytes() == files["tokenizer.json"]
 
 
 def test_a_misspelt_preset_name_gets_the_close_names(home):
     with pytest.raises(ConfigError, match="did you mean meta-llama/Llama-2-7b"):
         hub.resolve("meta-llama/Llama-2-7x", "config")
+
+
+def test_plan_reads_a_hub_names_config_from_the_cache(home):
+    """`llmpre plan --model org/name` plans the cached model (its config.json), as training does."""
+    from llmpre.plan.args import parse_plan_arguments
+
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+              "intermediate_size": 160, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "num_hidden_layers": 3, "vocab_size": 512, "max_position_embeddings": 256,
+              "rms_norm_eps": 1e-6, "tie_word_embeddings": False}
+    hf_snapshot(home / ".cache" / "huggingface" / "hub", "acme/planned",
+                {"config.json": json.dumps(config).encode()})
+    settings, _ = parse_plan_arguments(None, {"model": "acme/planned", "seq_length": "128", "micro_batch": "1"})
+    assert settings.model.num_hidden_layers == 3 and settings.model.hidden_size == 64
+    assert settings.model_name == "acme/planned"

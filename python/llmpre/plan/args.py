@@ -164,7 +164,7 @@ def _positive_or_off(value: int) -> int:
 def parse_plan_arguments(json_file: Optional[str], flags: Dict[str, str]) -> Tuple[PlanSettings, dict]:
     """Settings from a PaddleNLP argument file (optional) and flags (which win).
     Returns ``(settings, options)``; options hold ``gpu_memory`` (GiB or None) and ``json``."""
-    from llmpre.models import get_config
+    from llmpre.models import get_config, hub
     from llmpre.parallel.dims import split_world
     from llmpre.train.args import TrainingArguments
 
@@ -187,7 +187,7 @@ def parse_plan_arguments(json_file: Optional[str], flags: Dict[str, str]) -> Tup
             raise ConfigError(f"command line: give {', '.join(missing)} (or a PaddleNLP argument file)")
     defaults = TrainingArguments()
     name = get("model_name_or_path", defaults.model_name_or_path)
-    model = get_config(name)
+    model = get_config(hub.model_source(str(name), weights=False))   # a hub name: its cached config
     layers = get("num_hidden_layers", None)
     if layers:
         model = model.replace(num_hidden_layers=layers)

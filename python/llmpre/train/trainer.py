@@ -661,7 +661,8 @@ class Trainer:
         if self.engine.is_main:     # the tokenizer beside the weights (llmpre.data.tokenizer_files)
             from llmpre.data.tokenizer_files import run_tokenizer, save_tokenizer
 
-            source = run_tokenizer(self.args.tokenizer_name_or_path, self.args.input_dir)
+            source = run_tokenizer(hub.tokenizer_source(self.args.tokenizer_name_or_path),  # hub name: its dir
+                                   self.args.input_dir)
             if source is None:
                 logger.info("No tokenizer files written to %s: set tokenizer_name_or_path to the tokenizer "
                             "input_dir was made with", self.args.output_dir)
