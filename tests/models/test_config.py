@@ -35,7 +35,7 @@ baichuan-inc/Baichuan2-13B-Chat
 bigscience/bloom-560m bigscience/bloom-560m-bf16 bigscience/bloom-1b1 bigscience/bloom-3b bigscience/bloom-7b1
 bigscience/bloomz-560m bigscience/bloomz-1b1 bigscience/bloomz-3b bigscience/bloomz-7b1-mt bigscience/bloomz-7b1-p3
 bigscience/bloomz-7b1 bellegroup/belle-7b-2m
-THUDM/chatglm2-6b THUDM/chatglm3-6b
+THUDM/chatglm2-6b THUDM/chatglm3-6b THUDM/chatglm-6b THUDM/chatglm-6b-v1.1
 deepseek-ai/DeepSeek-V2 deepseek-ai/DeepSeek-V2-Chat deepseek-ai/DeepSeek-V2-Lite deepseek-ai/DeepSeek-V2-Lite-Chat
 deepseek-ai/DeepSeek-Coder-V2-Base deepseek-ai/DeepSeek-Coder-V2-Instruct deepseek-ai/DeepSeek-Coder-V2-Lite-Base
 deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct deepseek-ai/DeepSeek-V3 deepseek-ai/DeepSeek-V3-Base
@@ -250,7 +250,7 @@ def test_presets_round_trip_through_hf_dict(name, style):
     config = PRESETS[name]
     d = json.loads(json.dumps(to_hf_dict(config, style=style)))
     assert from_hf_dict(d) == config
-    if config.model_type in ("qwen", "chatglm", "gpt2", "opt", "bloom"):  # own keys (rotary_emb_base...) or none
+    if config.model_type in ("qwen", "chatglm", "gpt2", "opt", "bloom", "glm"):  # own keys (rotary_emb_base...) or none
         assert "rope_theta" not in d and "rope_parameters" not in d
     elif style == "v4":
         assert "rope_theta" in d and "rope_parameters" not in d
@@ -359,5 +359,4 @@ def test_unknown_preset_lists_close_matches():
     assert "'llama2-7'" in message and "llama2-7b" in message and "llama-tiny" in message
     with pytest.raises(ConfigError, match="config.json"):
         get_config("no-such-model")
-    with pytest.raises(ConfigError, match="GLM v1"):
-        get_preset("THUDM/chatglm-6b")
+    assert get_preset("THUDM/chatglm-6b").model_type == "glm"      # GLM v1 is built (tests/models/test_glm.py)

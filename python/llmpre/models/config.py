@@ -12,6 +12,7 @@ mlp_type        ``gated`` (``down(act(gate x) * up x)``) or ``plain`` (``down(ac
 hidden_act      ``silu``, ``gelu``, ``gelu_tanh``, ``relu``
 moe             :class:`MoEConfig` (Mixtral, Qwen-MoE, DeepSeek) or None
 mla             :class:`MLAConfig` (DeepSeek multi-head latent attention) or None
+glm             :class:`GLMConfig` (ChatGLM-6B, GLM-130B: model_type ``glm``) or None
 ==============  ============================================================
 
 The HF ``config.json`` forms live in :mod:`llmpre.models.hf_config`.
@@ -30,10 +31,10 @@ NORM_TYPES = ("rmsnorm", "rmsnorm_plus_one", "layernorm")
 POSITIONS = ("rope", "alibi", "learned")
 MLP_TYPES = ("gated", "plain")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
-# Checkpoint layouts; GPT-family ones build llmpre.models.gpt, the rest llmpre.models.llama.
+# Checkpoint layouts; GPT-family ones build llmpre.models.gpt, glm llmpre.models.glm, the rest llmpre.models.llama.
 GPT_TYPES = ("gpt2", "opt", "bloom")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen", "baichuan", "gemma", "chatglm", "yuan",
-               "mixtral", "qwen2_moe", "deepseek_v2", "deepseek_v3") + GPT_TYPES
+               "mixtral", "qwen2_moe", "deepseek_v2", "deepseek_v3", "glm") + GPT_TYPES
 
 
 def _positive_int(owner: str, name: str, value) -> None:
@@ -205,6 +206,28 @@ class MLAConfig:
 
 
 @dataclass(frozen=True)
+class GLMConfig:
+    """GLM (``model_type="glm"``, built by :mod:`llmpre.models.glm`): ChatGLM-6B (GLM v1) and GLM-130B.
+
+    ``[MASK]`` / ``[gMASK]`` are ``mask_token_id`` / ``gmask_token_id``; ``<sop>`` is the
+    model's ``bos_token_id``.  ``position_2d``: ChatGLM-6B's 2-D positions (the first half of
+    each head rotated by the position id, the second half by the block position id); False:
+    GLM-130B's 1-D RoPE over the whole head.  ``deepnorm_init``: GLM-130B's DeepNorm
+    initialisation (Xavier normal, v/o/MLP projections scaled by ``(2 layers)^-1/2``)."""
+
+    mask_token_id: int
+    gmask_token_id: int
+    position_2d: bool = True
+    deepnorm_init: bool = False
+
+    def __post_init__(self):
+        for name in ("mask_token_id", "gmask_token_id"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"GLMConfig.{name} must be a token id (integer >= 0), got {value!r}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Shape and numerics of a decoder-only language model.
 
@@ -253,6 +276,7 @@ class ModelConfig:
     position_offset: int = 0              # OPT: learned position p is row p + 2
     moe: Optional[MoEConfig] = None
     mla: Optional[MLAConfig] = None
+    glm: Optional[GLMConfig] = None       # GLM: post-LN blocks with alpha-scaled residuals, prefix attention
 
     def __post_init__(self):
         def fix(name, value):  # frozen: normalise fields through object.__setattr__
@@ -264,6 +288,8 @@ class ModelConfig:
             fix("moe", MoEConfig(**self.moe))
         if isinstance(self.mla, Mapping):
             fix("mla", MLAConfig(**self.mla))
+        if isinstance(self.glm, Mapping):
+            fix("glm", GLMConfig(**self.glm))
         if isinstance(self.eos_token_id, list):
             fix("eos_token_id", tuple(self.eos_token_id))
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -313,6 +339,25 @@ class ModelConfig:
                               f"not {self.model_type!r}")
         if self.mla is not None and self.position != "rope":
             raise ConfigError("ModelConfig: multi-head latent attention (mla) needs position='rope'")
+        self._check_glm()
+
+    def _check_glm(self) -> None:
+        if (self.model_type == "glm") != (self.glm is not None):
+            raise ConfigError("ModelConfig: model_type='glm' and a glm=GLMConfig(...) go together "
+                              f"(got model_type={self.model_type!r}, glm={self.glm!r})")
+        if self.glm is None:
+            return
+        if (self.norm_type != "layernorm" or self.position != "rope" or self.moe or self.mla
+                or self.partial_rotary_factor != 1 or self.rope_interleaved or self.localized_filtering
+                or self.sliding_window or self.scale_embeddings or self.lm_head_norm):
+            raise ConfigError("ModelConfig: a GLM model has LayerNorms and RoPE over whole heads (rotate-half "
+                              "pairs), no MoE/MLA, windows, partial or interleaved rotary, scaled embeddings "
+                              "or a normalised head")
+        if self.bos_token_id is None:
+            raise ConfigError("ModelConfig: a GLM model needs bos_token_id (its <sop> token id)")
+        if self.glm.position_2d and self.head_dim % 4:
+            raise ConfigError(f"ModelConfig: GLM's 2-D positions rotate each half of a head, so head_dim must be "
+                              f"a multiple of 4, got {self.head_dim}")
 
     # ---------------------------------------------------------------- derived
     @property

@@ -38,6 +38,10 @@ def model_class(config: ModelConfig):
         from llmpre.models.gpt import GPTForCausalLM
 
         return GPTForCausalLM
+    if config.glm is not None:
+        from llmpre.models.glm import GLMForCausalLM
+
+        return GLMForCausalLM
     from llmpre.models.llama import LlamaForCausalLM
 
     return LlamaForCausalLM

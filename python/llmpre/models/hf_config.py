@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Mapping
 
 from llmpre.errors import ConfigError
-from llmpre.models.config import MODEL_TYPES, MLAConfig, ModelConfig, MoEConfig, RopeScaling
+from llmpre.models.config import MODEL_TYPES, GLMConfig, MLAConfig, ModelConfig, MoEConfig, RopeScaling
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -19,10 +19,11 @@ ARCHITECTURES = {
     "chatglm": "ChatGLMModel", "yuan": "YuanForCausalLM", "mixtral": "MixtralForCausalLM",
     "qwen2_moe": "Qwen2MoeForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM", "gpt2": "GPT2LMHeadModel", "opt": "OPTForCausalLM",
-    "bloom": "BloomForCausalLM",
+    "bloom": "BloomForCausalLM", "glm": "ChatGLMModel",
 }
 # Other spellings of the same architecture found in published checkpoints.
 _ALSO = {"baichuan": {"BaiChuanForCausalLM"}, "chatglm": {"ChatGLMForConditionalGeneration"},
+         "glm": {"ChatGLMForConditionalGeneration"},
          "qwen": {"QWenLMHeadModel"}}
 _ACTS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
          "gelu_fast": "gelu_tanh", "relu": "relu"}
@@ -151,6 +152,51 @@ def _chatglm(d):  # ChatGLM2/3 (remote code)
                 bos_token_id=d.get("bos_token_id"), eos_token_id=_eos(d))
 
 
+# HF's model_type "chatglm" names two architectures: GLM v1 (ChatGLM-6B) and ChatGLM2/3.
+_GLM_V1_KEYS = ("inner_hidden_size", "position_encoding_2d")
+_CHATGLM2_KEYS = ("ffn_hidden_size", "padded_vocab_size", "multi_query_attention", "kv_channels")
+
+
+def _chatglm_kind(d) -> str:
+    """``glm`` (ChatGLM-6B / GLM v1) or ``chatglm`` (ChatGLM2/3) for a ``model_type: chatglm`` config."""
+    v1 = [k for k in _GLM_V1_KEYS if k in d]
+    v2 = [k for k in _CHATGLM2_KEYS if k in d]
+    if v1 and v2:
+        raise ConfigError(f"config.json of model_type 'chatglm' has both ChatGLM-6B (GLM v1) keys ({', '.join(v1)}) "
+                          f"and ChatGLM2/3 keys ({', '.join(v2)}); keep the keys of the one it is")
+    if not v1 and not v2:
+        raise ConfigError("config.json of model_type 'chatglm' has none of the keys that tell ChatGLM-6B "
+                          f"({', '.join(_GLM_V1_KEYS)}) from ChatGLM2/3 ({', '.join(_CHATGLM2_KEYS)}); add "
+                          "inner_hidden_size (ChatGLM-6B) or ffn_hidden_size (ChatGLM2/3)")
+    return "glm" if v1 else "chatglm"
+
+
+def _glm(d):  # ChatGLM-6B (GLM v1, THUDM's remote code); GLM-130B in the same keys
+    _refuse(d, quantization_bit=(bool, "quantized checkpoints are not read; use the float16 weights"),
+            pre_seq_len=(lambda v: True, "P-tuning v2 prefix encoders are not implemented"),
+            attention_scale=(lambda v: not v, "llmpre always scales attention scores by 1/sqrt(head_dim)"),
+            activation=(lambda v: v not in ("gelu", "geglu"),
+                        "GLM's MLPs are gelu (ChatGLM-6B, tanh form) and geglu (GLM-130B)"))
+    geglu = d.get("activation", "gelu") == "geglu"
+    sop = d["bos_token_id"]
+    # The first chatglm-6b config.json has no mask ids (its code fixes [MASK], [gMASK] at 150000, 150001):
+    # icetk's special tokens sit at <sop> - 4 and <sop> - 3 in every GLM vocabulary.
+    glm = GLMConfig(mask_token_id=d.get("mask_token_id", sop - 4), gmask_token_id=d.get("gmask_token_id", sop - 3),
+                    position_2d=bool(d.get("position_encoding_2d", True)),
+                    deepnorm_init=bool(d.get("deepnorm_init", False)))
+    return dict(vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+                intermediate_size=d.get("inner_hidden_size") or 4 * d["hidden_size"],
+                num_hidden_layers=d.get("num_layers", d.get("num_hidden_layers")),
+                num_attention_heads=d["num_attention_heads"],
+                max_position_embeddings=d.get("max_sequence_length", 2048),
+                rms_norm_eps=float(d.get("layernorm_epsilon", 1e-5)), norm_type="layernorm",
+                mlp_type="gated" if geglu else "plain", hidden_act="gelu" if geglu else "gelu_tanh",
+                attention_bias=True, attention_out_bias=True, mlp_bias=True,
+                tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
+                initializer_range=float(d.get("initializer_range", 0.02)), bos_token_id=sop,
+                eos_token_id=_eos(d, None), glm=glm)
+
+
 def _yuan(d):
     max_pos = d.get("max_position_embeddings", d.get("model_max_length", 8192))
     return _common(d, max_position_embeddings=max_pos, localized_filtering=True,
@@ -255,16 +301,18 @@ READERS: Dict[str, Callable[[Mapping[str, Any]], dict]] = {
     "llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "gemma": _gemma, "qwen": _qwen,
     "baichuan": _baichuan, "chatglm": _chatglm, "yuan": _yuan, "mixtral": _mixtral, "qwen2_moe": _qwen2_moe,
     "deepseek_v2": lambda d: _deepseek(d, False), "deepseek_v3": lambda d: _deepseek(d, True),
-    "gpt2": _gpt2, "opt": _opt, "bloom": _bloom,
+    "gpt2": _gpt2, "opt": _opt, "bloom": _bloom, "glm": _glm,
 }
 
 
 def from_hf_dict(d: Mapping[str, Any]) -> ModelConfig:
     model_type = d.get("model_type")
-    if model_type not in READERS:
+    if model_type not in READERS or model_type == "glm":     # "glm" is llmpre's name; HF says "chatglm"
         archs = ", ".join(d.get("architectures") or []) or "none given"
         raise ConfigError(f"model_type {model_type!r} (architectures: {archs}) is not supported; llmpre loads "
-                          f"{', '.join(MODEL_TYPES)}")
+                          f"{', '.join(t for t in MODEL_TYPES if t != 'glm')}")
+    if model_type == "chatglm":
+        model_type = _chatglm_kind(d)
     allowed = {ARCHITECTURES[model_type]} | _ALSO.get(model_type, set())
     for arch in d.get("architectures") or []:
         if arch not in allowed:
@@ -374,6 +422,16 @@ def to_hf_dict(c: ModelConfig, style: str = "v4") -> dict:
                  layernorm_epsilon=c.rms_norm_eps, rmsnorm=True, add_qkv_bias=c.attention_bias,
                  add_bias_linear=c.mlp_bias, rope_ratio=c.rope_theta / 10000.0, post_layer_norm=True,
                  apply_residual_connection_post_layernorm=False, original_rope=True)
+    elif t == "glm":
+        g = c.glm
+        d.update(model_type="chatglm", num_layers=c.num_hidden_layers, hidden_size=c.hidden_size,
+                 num_attention_heads=c.num_attention_heads, inner_hidden_size=c.intermediate_size,
+                 max_sequence_length=c.max_position_embeddings, layernorm_epsilon=c.rms_norm_eps,
+                 position_encoding_2d=g.position_2d, mask_token_id=g.mask_token_id, gmask_token_id=g.gmask_token_id)
+        if c.mlp_type == "gated":
+            d["activation"] = "geglu"          # GLM-130B (PaddleNLP's ChatGLMConfig names the choice so)
+        if g.deepnorm_init:
+            d["deepnorm_init"] = True          # llmpre's key: how a fresh GLM-130B is initialised
     elif t == "gpt2":
         d.update(n_embd=c.hidden_size, n_inner=c.intermediate_size, n_layer=c.num_hidden_layers,
                  n_head=c.num_attention_heads, n_positions=c.max_position_embeddings,

@@ -11,7 +11,7 @@ kind           HF tensor(s) from llmpre parameter(s)
 ``rows``       fused Linear: transposes stacked on axis 0 (``W_pack``, ``c_attn``,
                ``query_key_value`` of ChatGLM, ``dense_h_to_4h``); biases concatenated
 ``cols``       fused GPT-2 ``Conv1D``: ``[in, out]`` blocks concatenated on axis 1
-``heads3``     Bloom's fused q/k/v: rows ordered ``[head, (q|k|v), head_dim]``
+``heads3``     Bloom's and GLM's fused q/k/v: rows ordered ``[head, (q|k|v), head_dim]``
 ``yuan_qk``    Yuan2 ``q_proj``/``k_proj``: concatenated, their rows ``[head, (q|k), head_dim]``
                are llmpre's true query/key heads
 =============  ==========================================================================
@@ -128,6 +128,22 @@ def _chatglm_layer(c: ModelConfig, i: int) -> List[Rule]:
     return rules + _linear(P + "mlp.dense_4h_to_h", L + "mlp.down_proj", c.mlp_bias)
 
 
+def _glm_layer(c: ModelConfig, i: int) -> List[Rule]:
+    """THUDM's GLM names (ChatGLM-6B; GLM-130B's SAT checkpoints use the same): q/k/v fused per head;
+    GLM-130B's ``dense_h_to_4h`` is ``[x1 | x2]`` with ``x1 * gelu(x2)``: x1 the up, x2 the gate projection."""
+    P, L = f"transformer.layers.{i}.", f"layers.{i}."
+    rules = _norm(P + "input_layernorm", L + "input_layernorm", c)
+    rules += _norm(P + "post_attention_layernorm", L + "post_attention_layernorm", c)
+    rules += _fused(P + "attention.query_key_value",
+                    [L + "self_attn.q_proj", L + "self_attn.k_proj", L + "self_attn.v_proj"], True, "heads3")
+    rules += _linear(P + "attention.dense", L + "self_attn.o_proj", True)
+    if c.mlp_type == "gated":
+        rules += _fused(P + "mlp.dense_h_to_4h", [L + "mlp.up_proj", L + "mlp.gate_proj"], True)
+    else:
+        rules += _linear(P + "mlp.dense_h_to_4h", L + "mlp.up_proj", True)
+    return rules + _linear(P + "mlp.dense_4h_to_h", L + "mlp.down_proj", True)
+
+
 def _gpt2_layer(c: ModelConfig, i: int) -> List[Rule]:
     P, L = f"transformer.h.{i}.", f"layers.{i}."
     rules = _norm(P + "ln_1", L + "input_layernorm", c) + _norm(P + "ln_2", L + "post_attention_layernorm", c)
@@ -173,6 +189,10 @@ def checkpoint_rules(c: ModelConfig) -> List[Rule]:
                _r("transformer.encoder.final_layernorm.weight", "norm.weight")]
         lm_head = [_r("transformer.output_layer.weight", "lm_head.weight", "linear")]
         layer = _chatglm_layer
+    elif t == "glm":
+        top = [_r("transformer.word_embeddings.weight", "embed_tokens.weight")]
+        top += _norm("transformer.final_layernorm", "norm", c)
+        layer = _glm_layer
     elif t == "gpt2":
         top = [_r("transformer.wte.weight", "embed_tokens.weight"),
                _r("transformer.wpe.weight", "embed_positions.weight")]

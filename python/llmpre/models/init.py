@@ -166,6 +166,10 @@ def rules(model, config) -> dict:
         if name.endswith(RESIDUAL_OUTPUTS) and out.get(name, ("",))[0] == "normal":
             out[name] = ("normal", out[name][1] * scale)
         out.setdefault(name, ("own", 0.0))
+    # a family with a published scheme of its own (GLM-130B's DeepNorm) names its exceptions
+    overrides = getattr(model, "init_overrides", None)
+    if overrides is not None:
+        out.update(overrides())
     return out
 
 

@@ -78,9 +78,10 @@ class RotaryEmbedding(nn.Layer):
     sequence arrives (or, for dynamic NTK, when the length changes which base applies).
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, dim: Optional[int] = None):
+        """``dim``: the rotary dimension when not ``config.rotary_dim`` (GLM's 2-D halves)."""
         super().__init__()
-        self.dim, self.theta, self.scaling = config.rotary_dim, config.rope_theta, config.rope_scaling
+        self.dim, self.theta, self.scaling = dim or config.rotary_dim, config.rope_theta, config.rope_scaling
         self.original_length = config.max_position_embeddings
         if self.scaling is not None and self.scaling.original_max_position_embeddings:
             self.original_length = self.scaling.original_max_position_embeddings

@@ -18,6 +18,8 @@ mixtral         mixtral              ``mixtral.`` none
 chatglm         chatglm_v2           ``chatglm_v2.``  ``query_key_value``: ``[q | k | v]``;
                                                   ``dense_h_to_4h``: ``[gate | up]``
 bloom           bloom                ``bloom.``   ``query_key_value``: per head ``[q | k | v]``
+glm             chatglm (v1)         ``chatglm.``  ``transformer.layers.{i}.attention.query_key_value``:
+                                                  per head ``[q | k | v]``; the head is the embedding
 opt             opt                  ``opt.``     ``qkv_proj`` as gpt; ``lm_head.decoder_weight``
                                                   is its own ``[vocab, hidden]`` matrix
 ==============  ===================  ===========  =================================================
@@ -51,6 +53,7 @@ FAMILIES = {
     "chatglm": ("chatglm_v2", "ChatGLMv2ForCausalLM", "chatglm_v2."),
     "bloom": ("bloom", "BloomForCausalLM", "bloom."),
     "opt": ("opt", "OPTForCausalLM", "opt."),
+    "glm": ("chatglm", "ChatGLMForCausalLM", "chatglm."),
 }
 PADDLENLP_TYPES = sorted({f[0] for f in FAMILIES.values()})
 # Keys only PaddleNLP's configs carry (it always writes paddlenlp_version).
@@ -73,6 +76,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "bloom": dict(layer_norm_epsilon=1e-5, bos_token_id=1, eos_token_id=2),
     "opt": dict(hidden_act="relu", max_position_embeddings=2048, normalize_before=True, word_embed_proj_dim=2048,
                 enable_bias=True, initializer_range=0.02, bos_token_id=2, eos_token_id=2),
+    "chatglm": dict(vocab_size=130528, layernorm_epsilon=1e-5, bos_token_id=130004, eos_token_id=130005,
+                    mask_token_id=130000, gmask_token_id=130001, max_sequence_length=2048, inner_hidden_size=16384,
+                    position_encoding_2d=True, activation="gelu", attention_scale=True, quantization_bit=0),
 }
 
 
@@ -80,7 +86,8 @@ def is_paddlenlp_config(d: Mapping[str, Any]) -> bool:
     """Whether a config.json dict was written by PaddleNLP (its model types, class names or keys)."""
     archs = set(d.get("architectures") or [])
     return (d.get("model_type") in ("gpt", "chatglm_v2") or bool(archs & {"GPTForCausalLM", "QWenForCausalLM",
-                                                                           "ChatGLMv2ForCausalLM"})
+                                                                           "ChatGLMv2ForCausalLM",
+                                                                           "ChatGLMForCausalLM"})
             or any(k in d for k in _MARKERS))
 
 
@@ -157,6 +164,24 @@ def _chatglm_v2(d) -> dict:
                 bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
 
 
+def _chatglm(d) -> dict:
+    # ChatGLM-6B (GLM v1). PaddleNLP's "geglu" activation does not run in 2.8.1 (a misspelt method) and its
+    # 1-D positions are derived wrongly (position_ids[context:] indexes samples): both refused.
+    _refuse(d, "activation", lambda v: v != "gelu", "PaddleNLP 2.8.1's ChatGLM runs only gelu")
+    _refuse(d, "position_encoding_2d", lambda v: not v, "PaddleNLP 2.8.1 derives 1-D GLM positions wrongly; "
+            "llmpre reads its ChatGLM with 2-D positions only")
+    _refuse(d, "pre_seq_len", lambda v: True, "P-tuning v2 prefix encoders are not implemented")
+    _refuse(d, "quantization_bit", bool, "quantized checkpoints are not read")
+    _refuse(d, "attention_scale", lambda v: not v, "llmpre always scales attention scores by 1/sqrt(head_dim)")
+    return dict(model_type="chatglm", vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+                num_layers=_pick(d, "num_hidden_layers", "num_layers"), num_attention_heads=d["num_attention_heads"],
+                inner_hidden_size=d["inner_hidden_size"], max_sequence_length=d["max_sequence_length"],
+                layernorm_epsilon=d["layernorm_epsilon"], position_encoding_2d=True,
+                mask_token_id=d["mask_token_id"], gmask_token_id=d["gmask_token_id"],
+                bos_token_id=d["bos_token_id"], eos_token_id=d.get("eos_token_id"),
+                tie_word_embeddings=True)           # PaddleNLP's head is the word embedding
+
+
 def _bloom(d) -> dict:
     return {**d, "model_type": "bloom"}
 
@@ -174,7 +199,7 @@ def _opt(d) -> dict:
 
 
 _READERS = {"llama": _llama, "qwen": _qwen, "gpt": _gpt, "mixtral": _mixtral, "chatglm_v2": _chatglm_v2,
-            "bloom": _bloom, "opt": _opt}
+            "bloom": _bloom, "opt": _opt, "chatglm": _chatglm}
 
 
 def config_from_paddlenlp(d: Mapping[str, Any]) -> ModelConfig:
@@ -242,6 +267,15 @@ def config_to_paddlenlp(c: ModelConfig, dtype: str = "float32") -> dict:
                  multi_query_group_num=c.num_key_value_heads, max_sequence_length=c.max_position_embeddings,
                  layernorm_epsilon=c.rms_norm_eps, rmsnorm=True, add_qkv_bias=c.attention_bias,
                  add_bias_linear=c.mlp_bias, post_layer_norm=True, apply_residual_connection_post_layernorm=False)
+        d.pop("tie_word_embeddings")
+    elif t == "chatglm":
+        g = c.glm
+        if c.mlp_type != "plain" or not g.position_2d or not c.tie_word_embeddings:
+            raise ConfigError("model_type='glm': PaddleNLP 2.8.1's ChatGLM is ChatGLM-6B only (2-D positions, a "
+                              "gelu MLP, the head tied to the embedding); GLM-130B has no PaddleNLP form")
+        d.update(inner_hidden_size=c.intermediate_size, max_sequence_length=c.max_position_embeddings,
+                 layernorm_epsilon=c.rms_norm_eps, position_encoding_2d=True, activation="gelu",
+                 attention_scale=True, mask_token_id=g.mask_token_id, gmask_token_id=g.gmask_token_id)
         d.pop("tie_word_embeddings")
     elif t == "bloom":
         d.update(n_layer=d.pop("num_hidden_layers"), n_head=d.pop("num_attention_heads"),
@@ -343,6 +377,13 @@ def rules(c: ModelConfig, fused_qkv: bool = False, fused_ffn: bool = False, writ
                               "query_key_value", "cols")
             out += _fused(P + "mlp.dense_h_to_4h", [L + "mlp.gate_proj", L + "mlp.up_proj"], c.mlp_bias, "cols")
             out += _lin(P + "mlp.dense_4h_to_h", L + "mlp.down_proj", c.mlp_bias)
+        elif t == "glm":
+            P = f"{p}transformer.layers.{i}."
+            out += _norm(P + "input_layernorm", L + "input_layernorm", True)
+            out += _norm(P + "post_attention_layernorm", L + "post_attention_layernorm", True)
+            out += _attention(c, P + "attention", L + "self_attn", (None, None, None, "dense"), "query_key_value")
+            out += _lin(P + "mlp.dense_h_to_4h", L + "mlp.up_proj", True)
+            out += _lin(P + "mlp.dense_4h_to_h", L + "mlp.down_proj", True)
         elif t == "bloom":
             P = f"{p}h.{i}."
             out += _norm(P + "input_layernorm", L + "input_layernorm", True)
@@ -366,6 +407,9 @@ def rules(c: ModelConfig, fused_qkv: bool = False, fused_ffn: bool = False, writ
         top = [_r(p + "embedding.word_embeddings.weight", "embed_tokens.weight"),
                _r(p + "encoder.final_layernorm.weight", "norm.weight")]
         lm_head = [_r(p + "output_layer.weight", "lm_head.weight")]
+    elif t == "glm":
+        top = [_r(p + "transformer.word_embeddings.weight", "embed_tokens.weight")]
+        top += _norm(p + "transformer.final_layernorm", "norm", True)
     elif t == "bloom":
         top = [_r(p + "word_embeddings.weight", "embed_tokens.weight")]
         top += _norm(p + "word_embeddings_layernorm", "embed_norm", True) + _norm(p + "ln_f", "norm", True)

@@ -12,7 +12,7 @@ import difflib
 from collections import OrderedDict
 
 from llmpre.errors import ConfigError
-from llmpre.models.config import MLAConfig, ModelConfig, MoEConfig, RopeScaling
+from llmpre.models.config import GLMConfig, MLAConfig, ModelConfig, MoEConfig, RopeScaling
 
 # Shared numerics of each family.
 _LLAMA1 = dict(model_type="llama", rms_norm_eps=1e-6, rope_theta=10000.0, bos_token_id=1, eos_token_id=2)
@@ -36,6 +36,14 @@ _GPT = dict(model_type="gpt2", norm_type="layernorm", position="learned", mlp_ty
             rms_norm_eps=1e-5, bos_token_id=None, eos_token_id=50256)
 _OPT = dict(_GPT, model_type="opt", hidden_act="relu", position_offset=2, bos_token_id=2, eos_token_id=2)
 _BLOOM = dict(_GPT, model_type="bloom", position="alibi", embedding_norm=True, bos_token_id=1, eos_token_id=2)
+# GLM: LayerNorm, biases everywhere, tied head; <sop> is bos, [MASK]/[gMASK] sit 4 and 3 below it (icetk).
+# chatglm-6b is the first release (150528 tokens, 20000 of them image tokens), v1.1 dropped the image tokens.
+_GLM = dict(model_type="glm", norm_type="layernorm", mlp_type="plain", hidden_act="gelu_tanh", attention_bias=True,
+            attention_out_bias=True, mlp_bias=True, tie_word_embeddings=True, rms_norm_eps=1e-5)
+_GLM_6B = dict(_GLM, bos_token_id=150004, eos_token_id=150005, glm=GLMConfig(150000, 150001))
+_GLM_6B_V11 = dict(_GLM, bos_token_id=130004, eos_token_id=130005, glm=GLMConfig(130000, 130001))
+_GLM_130B = dict(_GLM, mlp_type="gated", hidden_act="gelu", bos_token_id=150004, eos_token_id=150005,
+                 glm=GLMConfig(150000, 150001, position_2d=False, deepnorm_init=True))
 
 
 def _llama3_rope(factor: float) -> RopeScaling:
@@ -156,6 +164,11 @@ _TABLE = [
     # ChatGLM2/3: multi-query groups, rotary on half of each head
     ("chatglm2-6b",          4096, 13696,   28,   32,   2,   65024,   32768, _CHATGLM),
     ("chatglm3-6b",          4096, 13696,   28,   32,   2,   65024,    8192, _CHATGLM),
+    # ChatGLM-6B (GLM v1): 2-D positions, prefix attention, post-LN with sqrt(2 layers)-scaled residuals, GELU
+    ("chatglm-6b",           4096, 16384,   28,   32,  32,  150528,    2048, _GLM_6B),
+    ("chatglm-6b-v1.1",      4096, 16384,   28,   32,  32,  130528,    2048, _GLM_6B_V11),
+    # GLM-130B (THUDM/GLM-130B configs/model_glm_130b.sh): DeepNorm, GeGLU (exact GELU), 1-D RoPE
+    ("glm-130b",            12288, 32768,   70,   96,  96,  150528,    2048, _GLM_130B),
     # Gemma
     ("gemma-2b",             2048, 16384,   18,    8,   1,  256000,    8192, _GEMMA),
     ("gemma-7b",             3072, 24576,   28,   16,  16,  256000,    8192, _GEMMA),
@@ -263,6 +276,8 @@ ALIASES = {
     **_variants("baichuan2-13b", "baichuan-inc/Baichuan2-13B-Base", "baichuan-inc/Baichuan2-13B-Chat"),
     **_variants("chatglm2-6b", "THUDM/chatglm2-6b"),
     **_variants("chatglm3-6b", "THUDM/chatglm3-6b"),
+    **_variants("chatglm-6b", "THUDM/chatglm-6b"),
+    **_variants("chatglm-6b-v1.1", "THUDM/chatglm-6b-v1.1"),
     **{f"google/gemma-{s}{c}": f"gemma-{s}" for s in ("2b", "7b") for c in ("", "-it")},
     **{f"IEITYuan/Yuan2-{s}{h}": f"yuan2-{s.lower()}" for s in ("2B", "51B", "102B") for h in ("", "-hf")},
     **_variants("deepseek-v2", "deepseek-ai/DeepSeek-V2", "deepseek-ai/DeepSeek-V2-Chat",
@@ -278,15 +293,12 @@ ALIASES = {
     **_variants("bloom-7b1", "bigscience/bloomz-7b1-mt", "bigscience/bloomz-7b1-p3", "bellegroup/belle-7b-2m"),
     **{f"gpt3-{s}-en": f"gpt3-{s.lower()}-en" for s in ("1.3B", "13B", "89B", "175B")},
 }
-# PaddleNLP's weight table also lists THUDM/chatglm-6b and chatglm-6b-v1.1: GLM v1 (2-D positions,
-# post-LN with alpha-scaled residuals), an architecture llmpre does not implement; get_preset names it.
-UNSUPPORTED = {"thudm/chatglm-6b": "GLM v1", "thudm/chatglm-6b-v1.1": "GLM v1"}
 _BY_LOWER = {**{k.lower(): v for k, v in ALIASES.items()}, **{k.lower(): k for k in PRESETS}}
 
 
 def is_known_name(name: str) -> bool:
-    """Whether ``name`` is a preset, a hub alias or a known-unsupported hub name (any case)."""
-    return str(name).lower() in _BY_LOWER or str(name).lower() in UNSUPPORTED
+    """Whether ``name`` is a preset or a hub alias (any case)."""
+    return str(name).lower() in _BY_LOWER
 
 
 def close_names(name: str, n: int = 5) -> list[str]:
@@ -300,10 +312,6 @@ def get_preset(name: str) -> ModelConfig:
     key = _BY_LOWER.get(str(name).lower())
     if key is not None:
         return PRESETS[key]
-    if str(name).lower() in UNSUPPORTED:
-        raise ConfigError(f"{name} is a {UNSUPPORTED[str(name).lower()]} model (2-D positions, post-LayerNorm "
-                          "with scaled residuals), an architecture llmpre does not implement; use THUDM/chatglm2-6b "
-                          "or THUDM/chatglm3-6b")
     close = close_names(name)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise ConfigError(f"unknown model preset {name!r}: {hint}known presets: {', '.join(PRESETS)} "
