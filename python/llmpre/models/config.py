@@ -155,6 +155,7 @@ class MoEConfig:
     first_k_dense_replace: int = 0
     sparse_step: int = 1
     dense_layers: Tuple[int, ...] = ()
+    moe_capacity_factor: float = 0.0      # 0: dropless; c > 0: <= ceil(c tokens k / E) per expert (llmpre)
 
     def __post_init__(self):
         for name in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "n_group", "topk_group",
@@ -177,6 +178,10 @@ class MoEConfig:
             raise ConfigError(f"MoEConfig.aux_loss_type={self.aux_loss_type!r}: use 'switch' or 'seq'")
         if self.router_aux_loss_coef < 0 or self.shared_expert_intermediate_size < 0:
             raise ConfigError("MoEConfig: router_aux_loss_coef and shared_expert_intermediate_size must be >= 0")
+        if not isinstance(self.moe_capacity_factor, (int, float)) or isinstance(self.moe_capacity_factor, bool) \
+                or not self.moe_capacity_factor >= 0:
+            raise ConfigError(f"MoEConfig.moe_capacity_factor={self.moe_capacity_factor!r} must be a number >= 0 "
+                              "(0 = dropless)")
 
     def is_sparse(self, layer: int) -> bool:
         return (layer >= self.first_k_dense_replace and (layer + 1) % self.sparse_step == 0

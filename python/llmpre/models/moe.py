@@ -10,15 +10,27 @@ For tokens ``x_t`` (flattened over batch and sequence) and experts ``E_e``
 
 Router math runs in fp32.  The block also returns the statistics the model turns
 into the auxiliary loss (see :func:`switch_aux_loss`, :func:`seq_aux_loss`).
+
+Expert compute is grouped, with no host synchronisation: the ``n k`` (token, slot)
+pairs are sorted by expert once per layer (a stable sort, so each expert's rows stay
+in token order), the rows are gathered into that order, per-expert row offsets are
+found on the device (``searchsorted``), all experts run as one ``ops.grouped_mlp``
+call, and each pair's output, times its routing weight, is gathered back and summed
+over the ``k`` slots.  Dropless by default; with ``moe_capacity_factor`` ``c > 0``
+each expert keeps at most ``ceil(c n k / E)`` pairs, the earliest tokens first, and
+the later pairs contribute nothing (their rows sort past every expert).
 """
 
 from __future__ import annotations
+
+import math
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant
 
+from llmpre.errors import ConfigError
 from llmpre.models.config import ModelConfig
 from llmpre.models.layers import MLP
 from llmpre.ops.select import Ops
@@ -69,6 +81,11 @@ class MoE(nn.Layer):
     def __init__(self, config: ModelConfig, ops: Ops):
         super().__init__()
         self.cfg = config.moe
+        if config.mlp_type != "gated" or config.hidden_act != "silu" or config.mlp_bias:
+            raise ConfigError(f"MoE experts are SwiGLU MLPs without bias; this config has mlp_type="
+                              f"{config.mlp_type!r}, hidden_act={config.hidden_act!r}, mlp_bias="
+                              f"{config.mlp_bias!r}: set hidden_act to silu and mlp_bias to false")
+        self.ops = ops
         self.gate = Router(config)
         self.experts = nn.LayerList([MLP(config, ops, width=self.cfg.moe_intermediate_size)
                                      for _ in range(self.cfg.num_experts)])
@@ -83,21 +100,38 @@ class MoE(nn.Layer):
         b, s, h = x.shape
         flat = x.reshape([-1, h])                                                        # [n, h]
         weights, experts, scores = self.gate(flat)                                       # [n, k], [n, k], [n, E]
-        out = paddle.zeros_like(flat)
-        for e, expert in enumerate(self.experts):
-            chosen = experts == e                                                        # [n, k]
-            rows = paddle.nonzero(chosen.any(-1)).reshape([-1])                          # tokens routed to e
-            if rows.shape[0] == 0:
-                continue
-            w = (weights * chosen.astype(weights.dtype)).sum(-1)                         # [n]
-            y = expert(paddle.gather(flat, rows)) * paddle.gather(w, rows).unsqueeze(-1).astype(flat.dtype)
-            out = paddle.index_add(out, rows, 0, y)                                      # [n, h]
+        out = self.routed(flat, weights, experts)                                        # [n, h]
         if self.shared_expert is not None:
             shared = self.shared_expert(flat)
             if self.shared_expert_gate is not None:
                 shared = F.sigmoid(self.shared_expert_gate(flat)) * shared
             out = out + shared
         return out.reshape([b, s, h]), (experts, scores)
+
+    def stacked(self, proj: str):
+        """Every expert's ``proj`` weight as one ``[E, in, out]`` tensor (gradients flow back
+        to the per-expert parameters, which keep their HF/PaddleNLP names)."""
+        return paddle.stack([getattr(expert, proj).weight for expert in self.experts])
+
+    def routed(self, flat, weights, experts):
+        """flat ``[n, h]``, weights ``[n, k]`` fp32, experts ``[n, k]`` -> ``sum_k w E(x)`` ``[n, h]``."""
+        n, k = experts.shape
+        num = self.cfg.num_experts
+        key = experts.reshape([-1])                                                      # [n k] (token, slot)
+        if self.cfg.moe_capacity_factor > 0:
+            capacity = math.ceil(self.cfg.moe_capacity_factor * n * k / num)
+            hot = F.one_hot(key, num)                                                    # [n k, E]
+            rank = (hot.cumsum(0) * hot).sum(-1) - 1                                     # earlier pairs of its expert
+            key = paddle.where(rank < capacity, key, paddle.full_like(key, num))        # num: dropped
+        order = paddle.argsort(key, stable=True)                                         # [n k] grouped by expert
+        offsets = paddle.searchsorted(paddle.gather(key, order),
+                                      paddle.arange(num + 1, dtype=key.dtype))           # [E + 1]
+        rows = paddle.gather(flat, order // k)                                           # [n k, h]
+        y = self.ops.grouped_mlp(rows, offsets, self.stacked("gate_proj"), self.stacked("up_proj"),
+                                 self.stacked("down_proj"))                              # [n k, h]
+        y = y * paddle.gather(weights.reshape([-1]), order).unsqueeze(-1).astype(y.dtype)  # [n k, h]
+        back = paddle.gather(y, paddle.argsort(order))                                  # [n k, h] (token, slot)
+        return back.reshape([n, k, -1]).sum(1)                                           # [n, h]
 
 
 def switch_aux_loss(stats, num_experts: int) -> paddle.Tensor:

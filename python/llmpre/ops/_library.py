@@ -34,6 +34,7 @@ SIGNATURES = {
     "llmpre_cross_entropy": (["Logits", "Labels"], ["ignore_index"], ["Loss", "Stats"]),
     "llmpre_flash_attention": (["q", "k", "v", "alibi_slopes@OPTIONAL"], ["causal", "window", "scale", "kernel"],
                                ["out", "lse"]),
+    "llmpre_grouped_mlp": (["X", "Offsets", "WGate", "WUp", "WDown"], [], ["Out", "Gate", "Up"]),
 }
 
 REBUILD = ("reinstall llmpre with paddlepaddle importable by the build "

@@ -31,7 +31,7 @@ from llmpre.errors import LlmpreError
 from llmpre.ops import _library
 
 __all__ = ["FusedOpUnavailable", "rms_norm", "rotary", "flash_attention", "swiglu", "cross_entropy",
-           "available", "TABLE", "FusedOp", "FLASH_ATTENTION_KERNELS"]
+           "grouped_mlp", "available", "TABLE", "FusedOp", "FLASH_ATTENTION_KERNELS"]
 
 _run_custom_op = paddle._C_ops._run_custom_op
 _SOURCE_SUFFIX = re.compile(r"\s*\[[^\[\]]*:\d+\]\s*$")  # Paddle's "  [file.cc:12]"
@@ -194,3 +194,23 @@ def cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, ignore_index: in
 
 
 _declare(cross_entropy, "cross_entropy", "use_fused_cross_entropy", gpu=GPU)
+
+
+def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate: paddle.Tensor, w_up: paddle.Tensor,
+                w_down: paddle.Tensor) -> paddle.Tensor:
+    """All experts' SwiGLU MLPs in one call over rows grouped by expert: rows
+    ``offsets[e]:offsets[e+1]`` of x get ``down(silu(x W_gate[e]) * x W_up[e])``,
+    rows from ``offsets[E]`` on (dropped by a capacity limit) get 0.
+
+    x: ``[m, hidden]`` float32; offsets: ``[E + 1]`` int64 (read inside the kernel:
+    no host synchronisation); w_gate, w_up: ``[E, hidden, inter]``; w_down:
+    ``[E, inter, hidden]``, x's dtype. Returns ``[m, hidden]``; gradients flow to x
+    and the three weight stacks (each expert's weight gradient is summed over its
+    rows in row order: bitwise reproducible for any thread count). Reference:
+    :func:`llmpre.ops.reference.grouped_mlp`.
+    """
+    return _run("llmpre_grouped_mlp", x, offsets, w_gate, w_up, w_down)[0]
+
+
+# fp32 only for now: other dtypes take the reference (Paddle's matmuls in that dtype, where it has them)
+_declare(grouped_mlp, "grouped_mlp", "use_fused_grouped_mlp", cpu=("float32",))

@@ -170,3 +170,47 @@ def cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, ignore_index: in
     per_token = F.cross_entropy(flat_logits, flat_labels, ignore_index=ignore_index, reduction="none")  # [n]
     keep = (flat_labels != ignore_index).astype("float32")       # [n]
     return (per_token.reshape([-1]) * keep).sum() / keep.sum().clip(min=1.0)
+
+
+def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate: paddle.Tensor, w_up: paddle.Tensor,
+                w_down: paddle.Tensor) -> paddle.Tensor:
+    """SwiGLU expert MLPs over rows grouped by expert: rows ``offsets[e]:offsets[e+1]``
+    of x go through expert ``e``, ``down(silu(x W_gate[e]) * x W_up[e])``.
+
+    x: ``[m, hidden]`` rows sorted by expert; offsets: ``[E + 1]`` int64, non-decreasing,
+    ``offsets[0] = 0``; rows ``offsets[E]:`` (tokens dropped by a capacity limit) get 0.
+    w_gate, w_up: ``[E, hidden, inter]``; w_down: ``[E, inter, hidden]`` (Paddle's
+    ``[in, out]`` Linear layout per expert). Returns ``[m, hidden]`` in x's dtype.
+
+    This reference reads the E + 1 offsets to the host once per call (a Python loop
+    over experts with static slices); :func:`llmpre.ops.fused.grouped_mlp` reads
+    them inside its kernel and never synchronises.
+    """
+    bounds = [int(v) for v in offsets.tolist()]
+    parts = []
+    for e in range(len(bounds) - 1):
+        if bounds[e + 1] > bounds[e]:
+            rows = x[bounds[e]:bounds[e + 1]]                                     # [n_e, h]
+            act = swiglu(paddle.matmul(rows, w_gate[e]), paddle.matmul(rows, w_up[e]))  # [n_e, I]
+            parts.append(paddle.matmul(act, w_down[e]))                          # [n_e, h]
+    if bounds[-1] < x.shape[0]:
+        parts.append(paddle.zeros([x.shape[0] - bounds[-1], x.shape[1]], dtype=x.dtype))
+    return paddle.concat(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+def moe_expert_loop(x: paddle.Tensor, weights: paddle.Tensor, experts: paddle.Tensor, expert_fns) -> paddle.Tensor:
+    """The per-expert MoE combine llmpre used before the grouped path (kept as a
+    reference for tests and benchmarks): for each expert ``e``, find its tokens
+    with ``nonzero`` (a host synchronisation per expert), run ``expert_fns[e]`` on
+    them and add ``weight * output`` back. x ``[n, h]``, weights ``[n, k]`` fp32,
+    experts ``[n, k]`` int64 -> ``[n, h]``."""
+    out = paddle.zeros_like(x)
+    for e, expert in enumerate(expert_fns):
+        chosen = experts == e                                                    # [n, k]
+        rows = paddle.nonzero(chosen.any(-1)).reshape([-1])                      # tokens routed to e
+        if rows.shape[0] == 0:
+            continue
+        w = (weights * chosen.astype(weights.dtype)).sum(-1)                     # [n]
+        y = expert(paddle.gather(x, rows)) * paddle.gather(w, rows).unsqueeze(-1).astype(x.dtype)
+        out = paddle.index_add(out, rows, 0, y)                                  # [n, h]
+    return out

@@ -13,6 +13,8 @@ use_fused_rms_norm         ``rms_norm``       :func:`llmpre.ops.fused.rms_norm`
 use_fused_rope             ``rotary``         :func:`llmpre.ops.fused.rotary`
 use_fused_swiglu           ``swiglu``         :func:`llmpre.ops.fused.swiglu` (llmpre's flag)
 use_fused_cross_entropy    ``cross_entropy``  :func:`llmpre.ops.fused.cross_entropy` (llmpre's flag)
+use_fused_grouped_mlp      ``grouped_mlp``    :func:`llmpre.ops.fused.grouped_mlp` (llmpre's flag;
+                                              the MoE experts, one call per layer)
 =========================  =================  ================================================
 
 The rows come from the op table, :data:`llmpre.ops.fused.TABLE`, declared beside
@@ -54,13 +56,14 @@ logger = logging.getLogger("llmpre")
 
 @dataclass(frozen=True)
 class Ops:
-    """The five functions a decoder needs; see :mod:`llmpre.ops.reference` for contracts."""
+    """The functions a decoder needs; see :mod:`llmpre.ops.reference` for contracts."""
 
     rms_norm: Callable
     rotary: Callable
     attention: Callable
     swiglu: Callable
     cross_entropy: Callable
+    grouped_mlp: Callable
     names: tuple = ()  # (op, implementation) pairs, for logs
 
 
@@ -70,8 +73,9 @@ REFERENCE = Ops(
     attention=reference.attention,
     swiglu=reference.swiglu,
     cross_entropy=reference.cross_entropy,
+    grouped_mlp=reference.grouped_mlp,
     names=(("rms_norm", "reference"), ("rotary", "reference"), ("attention", "reference"),
-           ("swiglu", "reference"), ("cross_entropy", "reference")),
+           ("swiglu", "reference"), ("cross_entropy", "reference"), ("grouped_mlp", "reference")),
 )
 
 # flag -> (Ops field, custom op name, fused function), from the op table
@@ -179,7 +183,7 @@ def _select(flags: tuple, allow_reference_fallback: bool, device: str, kernel: s
 
 def select_ops(use_flash_attention: Optional[bool] = None, use_fused_rms_norm: Optional[bool] = None,
                use_fused_rope: Optional[bool] = None, use_fused_swiglu: Optional[bool] = None,
-               use_fused_cross_entropy: Optional[bool] = None,
+               use_fused_cross_entropy: Optional[bool] = None, use_fused_grouped_mlp: Optional[bool] = None,
                allow_reference_fallback: bool = False, flash_attention_kernel: Optional[str] = None) -> Ops:
     """Return the :class:`Ops` namespace for these switches (module docstring:
     None = fused where available, True = fused required, False = reference) and
@@ -187,7 +191,7 @@ def select_ops(use_flash_attention: Optional[bool] = None, use_fused_rms_norm: O
     (``paddle.get_device()``)."""
     flags = (("use_flash_attention", use_flash_attention), ("use_fused_rms_norm", use_fused_rms_norm),
              ("use_fused_rope", use_fused_rope), ("use_fused_swiglu", use_fused_swiglu),
-             ("use_fused_cross_entropy", use_fused_cross_entropy))
+             ("use_fused_cross_entropy", use_fused_cross_entropy), ("use_fused_grouped_mlp", use_fused_grouped_mlp))
     for flag, value in flags:
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"select_ops: `{flag}` must be True, False or None, got {value!r}")

@@ -160,6 +160,9 @@ class TrainingArguments:
                                                  "built).")
     use_fused_cross_entropy: typing.Optional[bool] = _f(None, "Fused softmax cross-entropy loss kernel "
                                                         "(llmpre; unset: fused where built).")
+    use_fused_grouped_mlp: typing.Optional[bool] = _f(None, "Fused grouped expert MLP kernel for MoE layers "
+                                                      "(llmpre; unset: fused where built; false: the "
+                                                      "pure-Paddle reference, one host read per layer).")
     allow_reference_fallback: bool = _f(False, "If a fused op set to true is unavailable, warn and use "
                                         "the reference op instead of stopping.")
     flash_attention_kernel: str = _f("auto", "CUDA flash-attention kernels on a GPU: auto (Hopper on "

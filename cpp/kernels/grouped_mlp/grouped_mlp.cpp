@@ -1,0 +1,261 @@
+// Grouped SwiGLU expert MLPs (grouped_mlp.h). Every product is one call of a
+// fp32 GEMM with a portable version and an AVX2+FMA one (chosen at run time,
+// common/isa.h); the AVX2 GEMM is a register-blocked 6 x 16 micro-kernel over
+// k-blocks of kKc so that a 16-column panel of B stays in L1. Experts are
+// handed to threads one at a time (an atomic counter); an expert's work is
+// done by one thread, so results are the same for any thread count.
+#include "grouped_mlp/grouped_mlp.h"
+
+#include <algorithm>
+#include <atomic>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/isa.h"
+#include "common/parallel.h"
+#include "common/vmath.h"
+
+#if LLMPRE_HAVE_AVX2_PATH
+#include <immintrin.h>
+#endif
+
+namespace llmpre::kernels {
+namespace grouped_mlp_impl {
+namespace {
+
+// C[m x n] = (accumulate ? C : 0) + A[m x k] B[k x n]; A(r, c) = a[r * rsa + c * csa]
+// (so A may be a transposed view), B row c at b + c * ldb, C row r at c + r * ldc.
+using GemmFn = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
+                        const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
+
+constexpr int64_t kKc = 256;  // k-block: a 16-column B panel of kKc rows is 16 KiB
+
+// ---- portable ---------------------------------------------------------------------
+
+void gemm_cols_baseline(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t rsa,
+                        int64_t csa, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* __restrict crow = c + i * ldc;
+    if (!accumulate) std::fill(crow + j0, crow + j1, 0.f);
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const float av = a[i * rsa + kk * csa];
+      const float* __restrict brow = b + kk * ldb;
+      for (int64_t j = j0; j < j1; ++j) crow[j] += av * brow[j];
+    }
+  }
+}
+
+void gemm_baseline(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
+                   int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  gemm_cols_baseline(m, 0, n, k, a, rsa, csa, b, ldb, c, ldc, accumulate);
+}
+
+#if LLMPRE_HAVE_AVX2_PATH
+// ---- AVX2 + FMA -----------------------------------------------------------------
+
+#define LLMPRE_AVX2 __attribute__((target("avx2,fma")))
+
+// One 6 x 16 block of C over k: twelve named accumulators (GCC keeps them in
+// registers; an array of them is spilled), two B vectors per k, A broadcast.
+// Rows mr..5 repeat row 0 and are not stored.
+LLMPRE_AVX2 inline void micro_avx2(int64_t k, int mr, const float* a, int64_t rsa, int64_t csa,
+                                   const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  const int64_t o0 = 0, o1 = mr > 1 ? rsa : 0, o2 = mr > 2 ? 2 * rsa : 0;
+  const int64_t o3 = mr > 3 ? 3 * rsa : 0, o4 = mr > 4 ? 4 * rsa : 0, o5 = mr > 5 ? 5 * rsa : 0;
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  if (accumulate) {
+#define LLMPRE_LOAD_ROW(r)                      \
+  if (mr > r) {                                 \
+    c##r##0 = _mm256_loadu_ps(c + r * ldc);     \
+    c##r##1 = _mm256_loadu_ps(c + r * ldc + 8); \
+  }
+    LLMPRE_LOAD_ROW(0) LLMPRE_LOAD_ROW(1) LLMPRE_LOAD_ROW(2)
+    LLMPRE_LOAD_ROW(3) LLMPRE_LOAD_ROW(4) LLMPRE_LOAD_ROW(5)
+#undef LLMPRE_LOAD_ROW
+  }
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const __m256 b0 = _mm256_loadu_ps(b);
+    const __m256 b1 = _mm256_loadu_ps(b + 8);
+    b += ldb;
+    __m256 av;
+#define LLMPRE_FMA_ROW(r)                      \
+  av = _mm256_broadcast_ss(a + o##r);         \
+  c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0); \
+  c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1);
+    LLMPRE_FMA_ROW(0) LLMPRE_FMA_ROW(1) LLMPRE_FMA_ROW(2)
+    LLMPRE_FMA_ROW(3) LLMPRE_FMA_ROW(4) LLMPRE_FMA_ROW(5)
+#undef LLMPRE_FMA_ROW
+    a += csa;
+  }
+#define LLMPRE_STORE_ROW(r)                     \
+  if (mr > r) {                                 \
+    _mm256_storeu_ps(c + r * ldc, c##r##0);     \
+    _mm256_storeu_ps(c + r * ldc + 8, c##r##1); \
+  }
+  LLMPRE_STORE_ROW(0) LLMPRE_STORE_ROW(1) LLMPRE_STORE_ROW(2)
+  LLMPRE_STORE_ROW(3) LLMPRE_STORE_ROW(4) LLMPRE_STORE_ROW(5)
+#undef LLMPRE_STORE_ROW
+}
+
+LLMPRE_AVX2 void gemm_avx2(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
+                           const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  const int64_t n16 = n / 16 * 16;
+  for (int64_t k0 = 0; k0 < k; k0 += kKc) {
+    const int64_t kc = std::min(kKc, k - k0);
+    const bool acc = accumulate || k0 > 0;
+    const float* ak = a + k0 * csa;
+    const float* bk = b + k0 * ldb;
+    for (int64_t j = 0; j < n16; j += 16)
+      for (int64_t i = 0; i < m; i += 6)
+        micro_avx2(kc, static_cast<int>(std::min<int64_t>(6, m - i)), ak + i * rsa, rsa, csa, bk + j, ldb,
+                   c + i * ldc + j, ldc, acc);
+    if (n16 < n) gemm_cols_baseline(m, n16, n, kc, ak, rsa, csa, bk, ldb, c, ldc, acc);
+  }
+  if (k == 0 && !accumulate)
+    for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
+}
+
+#undef LLMPRE_AVX2
+#endif  // LLMPRE_HAVE_AVX2_PATH
+
+GemmFn gemm_fn() {
+#if LLMPRE_HAVE_AVX2_PATH
+  if (use_avx2()) return gemm_avx2;
+#endif
+  return gemm_baseline;
+}
+
+// dst[c * rows + r] = src[r * cols + c]: a [rows, cols] matrix transposed.
+void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
+  constexpr int64_t kB = 32;
+  for (int64_t r0 = 0; r0 < rows; r0 += kB)
+    for (int64_t c0 = 0; c0 < cols; c0 += kB)
+      for (int64_t r = r0; r < std::min(rows, r0 + kB); ++r)
+        for (int64_t c = c0; c < std::min(cols, c0 + kB); ++c) dst[c * rows + r] = src[r * cols + c];
+}
+
+void check(const GroupedMlpParams& p, const int64_t* offsets, const char* fn,
+           std::initializer_list<const void*> buffers) {
+  const std::string f(fn);
+  if (p.dtype != DType::kFloat32)
+    throw std::invalid_argument(f + ": dtype must be float32 (bf16 grouped MLPs take the reference op), got " +
+                                dtype_name(p.dtype));
+  if (p.rows < 0 || p.hidden <= 0 || p.inter <= 0 || p.experts <= 0)
+    throw std::invalid_argument(f + ": need rows >= 0 and hidden, inter, experts > 0, got rows " +
+                                std::to_string(p.rows) + ", hidden " + std::to_string(p.hidden) + ", inter " +
+                                std::to_string(p.inter) + ", experts " + std::to_string(p.experts));
+  if (offsets == nullptr) throw std::invalid_argument(f + ": offsets is null");
+  for (const void* b : buffers)
+    if (b == nullptr && p.rows > 0) throw std::invalid_argument(f + ": a buffer pointer is null");
+  if (offsets[0] != 0)
+    throw std::invalid_argument(f + ": offsets[0] must be 0, got " + std::to_string(offsets[0]));
+  for (int64_t e = 0; e < p.experts; ++e)
+    if (offsets[e + 1] < offsets[e])
+      throw std::invalid_argument(f + ": offsets must be non-decreasing, got offsets[" + std::to_string(e) +
+                                  "] = " + std::to_string(offsets[e]) + " > offsets[" + std::to_string(e + 1) +
+                                  "] = " + std::to_string(offsets[e + 1]));
+  if (offsets[p.experts] > p.rows)
+    throw std::invalid_argument(f + ": offsets[experts] = " + std::to_string(offsets[p.experts]) +
+                                " exceeds the " + std::to_string(p.rows) + " rows");
+}
+
+// Calls f(expert, worker) for every expert on up to max_threads() threads (one
+// thread when the whole call is small: waking a second costs more on a busy box).
+template <class F>
+void for_each_expert(const GroupedMlpParams& p, const F& f) {
+  const int64_t work = p.rows * p.hidden * p.inter;
+  const int workers = static_cast<int>(std::min<int64_t>(
+      {int64_t(max_threads()), p.experts, std::max<int64_t>(1, work / (kMinElementsPerThread * 64))}));
+  if (workers <= 1) {
+    for (int64_t e = 0; e < p.experts; ++e) f(e, 0);
+    return;
+  }
+#ifdef _OPENMP
+  std::atomic<int64_t> next{0};  // not `omp for schedule(dynamic)`: Paddle's libiomp5 lacks GOMP_loop_nonmonotonic_*
+#pragma omp parallel num_threads(workers)
+  {
+    const int w = omp_get_thread_num();
+    for (int64_t e = next++; e < p.experts; e = next++) f(e, w);
+  }
+#else
+  for (int64_t e = 0; e < p.experts; ++e) f(e, 0);
+#endif
+}
+
+}  // namespace
+}  // namespace grouped_mlp_impl
+
+void grouped_mlp_forward(const GroupedMlpParams& p, const void* x_, const int64_t* offsets, const void* wg_,
+                         const void* wu_, const void* wd_, void* out_, void* gate_, void* up_) {
+  using namespace grouped_mlp_impl;
+  check(p, offsets, "grouped_mlp_forward", {x_, wg_, wu_, wd_, out_, gate_, up_});
+  const int64_t h = p.hidden, n_i = p.inter;
+  const float *x = static_cast<const float*>(x_), *wg = static_cast<const float*>(wg_);
+  const float *wu = static_cast<const float*>(wu_), *wd = static_cast<const float*>(wd_);
+  float *out = static_cast<float*>(out_), *gate = static_cast<float*>(gate_), *up = static_cast<float*>(up_);
+  const GemmFn gemm = gemm_fn();
+  const int64_t kept = offsets[p.experts];
+  std::fill(out + kept * h, out + p.rows * h, 0.f);
+  std::fill(gate + kept * n_i, gate + p.rows * n_i, 0.f);
+  std::fill(up + kept * n_i, up + p.rows * n_i, 0.f);
+  for_each_expert(p, [&](int64_t e, int) {
+    const int64_t r0 = offsets[e], ne = offsets[e + 1] - r0;
+    if (ne == 0) return;
+    const float* xe = x + r0 * h;
+    float *ge = gate + r0 * n_i, *ue = up + r0 * n_i;
+    gemm(ne, n_i, h, xe, h, 1, wg + e * h * n_i, n_i, ge, n_i, false);   // [ne, I]
+    gemm(ne, n_i, h, xe, h, 1, wu + e * h * n_i, n_i, ue, n_i, false);   // [ne, I]
+    std::vector<float> act(size_t(ne * n_i));
+    for (int64_t i = 0; i < ne * n_i; ++i) act[i] = ge[i] * sigmoid_f(ge[i]) * ue[i];
+    gemm(ne, h, n_i, act.data(), n_i, 1, wd + e * n_i * h, h, out + r0 * h, h, false);  // [ne, h]
+  });
+}
+
+void grouped_mlp_backward(const GroupedMlpParams& p, const void* x_, const int64_t* offsets, const void* wg_,
+                          const void* wu_, const void* wd_, const void* gate_, const void* up_,
+                          const void* dout_, void* dx_, void* dwg_, void* dwu_, void* dwd_) {
+  using namespace grouped_mlp_impl;
+  check(p, offsets, "grouped_mlp_backward", {x_, wg_, wu_, wd_, gate_, up_, dout_, dx_, dwg_, dwu_, dwd_});
+  const int64_t h = p.hidden, n_i = p.inter;
+  const float *x = static_cast<const float*>(x_), *wg = static_cast<const float*>(wg_);
+  const float *wu = static_cast<const float*>(wu_), *wd = static_cast<const float*>(wd_);
+  const float *gate = static_cast<const float*>(gate_), *up = static_cast<const float*>(up_);
+  const float* dout = static_cast<const float*>(dout_);
+  float *dx = static_cast<float*>(dx_), *dwg = static_cast<float*>(dwg_);
+  float *dwu = static_cast<float*>(dwu_), *dwd = static_cast<float*>(dwd_);
+  const GemmFn gemm = gemm_fn();
+  const int64_t kept = offsets[p.experts];
+  std::fill(dx + kept * h, dx + p.rows * h, 0.f);
+  for_each_expert(p, [&](int64_t e, int) {
+    const int64_t r0 = offsets[e], ne = offsets[e + 1] - r0;
+    float *dwg_e = dwg + e * h * n_i, *dwu_e = dwu + e * h * n_i, *dwd_e = dwd + e * n_i * h;
+    if (ne == 0) {
+      std::fill(dwg_e, dwg_e + h * n_i, 0.f);
+      std::fill(dwu_e, dwu_e + h * n_i, 0.f);
+      std::fill(dwd_e, dwd_e + n_i * h, 0.f);
+      return;
+    }
+    const float *xe = x + r0 * h, *ge = gate + r0 * n_i, *ue = up + r0 * n_i, *dye = dout + r0 * h;
+    std::vector<float> act(size_t(ne * n_i)), dg(size_t(ne * n_i)), du(size_t(ne * n_i));
+    std::vector<float> wt(size_t(h * n_i));
+    for (int64_t i = 0; i < ne * n_i; ++i) act[i] = ge[i] * sigmoid_f(ge[i]) * ue[i];
+    gemm(n_i, h, ne, act.data(), 1, n_i, dye, h, dwd_e, h, false);            // dWd = act^T dY  [I, h]
+    transpose(wd + e * n_i * h, n_i, h, wt.data());                            // Wd^T [h, I]
+    gemm(ne, n_i, h, dye, h, 1, wt.data(), n_i, dg.data(), n_i, false);        // d act = dY Wd^T [ne, I]
+    for (int64_t i = 0; i < ne * n_i; ++i) {
+      const float g = ge[i], s = sigmoid_f(g), silu = g * s, da = dg[i];
+      dg[i] = da * ue[i] * (s + silu * (1.0f - s));
+      du[i] = da * silu;
+    }
+    gemm(h, n_i, ne, xe, 1, h, dg.data(), n_i, dwg_e, n_i, false);            // dWg = X^T dG [h, I]
+    gemm(h, n_i, ne, xe, 1, h, du.data(), n_i, dwu_e, n_i, false);            // dWu = X^T dU [h, I]
+    transpose(wg + e * h * n_i, h, n_i, wt.data());                            // Wg^T [I, h]
+    gemm(ne, h, n_i, dg.data(), n_i, 1, wt.data(), h, dx + r0 * h, h, false);  // dX = dG Wg^T
+    transpose(wu + e * h * n_i, h, n_i, wt.data());                            // Wu^T [I, h]
+    gemm(ne, h, n_i, du.data(), n_i, 1, wt.data(), h, dx + r0 * h, h, true);   //    + dU Wu^T
+  });
+}
+
+}  // namespace llmpre::kernels
