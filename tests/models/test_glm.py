@@ -90,6 +90,41 @@ def test_logits_match_the_numpy_reference(saved):
     assert rel_err(got, want) < REL
 
 
+def ref_loss(tensors, hf, ids):
+    """Causal-LM loss of the numpy reference: logits[:, :-1] against ids[:, 1:]."""
+    z = glm_ref.logits(tensors, hf, ids)[:, :-1]
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(-np.take_along_axis(logp, ids[:, 1:, None], -1).mean())
+
+
+def test_every_gradient_matches_finite_differences_of_the_reference(saved):
+    """Two entries of every tensor (HF layout): the model's gradient against a central difference
+    (h = 1e-4, float64: accurate to ~1e-8) of the numpy loss; atol 1e-5 / rtol 1e-3 as for the
+    other families (tests/models/test_numpy_parity.py)."""
+    from llmpre.models import causal_lm_loss
+
+    from .parity import hf_grads
+
+    hf, path = saved
+    model = from_pretrained(path)
+    ids = batch()
+    ids_t = paddle.to_tensor(ids)
+    causal_lm_loss(model(ids_t)[:, :-1], ids_t[:, 1:]).backward()
+    grads = hf_grads(model)
+    tensors = {k: v.astype(np.float64) for k, v in load_file(str(path / "model.safetensors")).items()}
+    assert set(grads) == set(tensors)
+    rng, h = np.random.default_rng(11), 1e-4
+    for name in sorted(tensors):
+        for _ in range(2):
+            idx = tuple(int(rng.integers(0, n)) for n in tensors[name].shape)
+            plus, minus = tensors[name].copy(), tensors[name].copy()
+            plus[idx] += h
+            minus[idx] -= h
+            fd = (ref_loss({**tensors, name: plus}, hf, ids) - ref_loss({**tensors, name: minus}, hf, ids)) / (2 * h)
+            np.testing.assert_allclose(grads[name][idx], fd, atol=1e-5, rtol=1e-3, err_msg=f"{name}{idx}")
+
+
 def test_positions_come_from_the_tokens_as_the_original_derives_them(saved):
     hf, path = saved
     config = from_hf_dict(hf)
@@ -273,3 +308,40 @@ def test_the_planner_covers_glm_130b():
                      flash_attention=True)            # 70 layers: 10 per stage
     plan = plan_memory(s)
     assert len(plan.stages) == 7 and max(st.params for st in plan.stages) < big.num_parameters() / 50
+
+
+def test_the_trainer_pretrains_glm_with_and_without_recompute(tmp_path):
+    """``llmpre train`` on a GLM model: plain-text pretraining samples, recompute gives the
+    same losses, output_dir holds THUDM's config.json form."""
+    from llmpre.train.args import parse_arguments
+    from llmpre.train.monitor import read_metrics
+    from llmpre.train.trainer import run
+
+    model_dir = tmp_path / "glm"
+    model_dir.mkdir()
+    config = get_preset("chatglm-6b-v1.1").replace(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                   num_attention_heads=4, vocab_size=8192, max_position_embeddings=64)
+    (model_dir / "config.json").write_text(json.dumps(to_hf_dict(config)))
+    losses = []
+    for recompute in ("false", "true"):
+        out = tmp_path / f"run-{recompute}"
+        run(parse_arguments(None, {"model_name_or_path": str(model_dir), "max_seq_length": "32", "max_steps": "3",
+                                   "per_device_train_batch_size": "2", "logging_steps": "1", "save_steps": "100",
+                                   "eval_steps": "100", "disable_tqdm": "true", "num_threads": "1", "seed": "3",
+                                   "recompute": recompute, "output_dir": str(out)}))
+        losses.append([e["loss"] for e in read_metrics(str(out))["train"]])
+        saved = json.loads((out / "config.json").read_text())
+        assert saved["model_type"] == "chatglm" and saved["position_encoding_2d"] is True
+    assert len(losses[0]) == 3 and np.all(np.isfinite(losses[0])) and losses[0] == losses[1]
+
+
+def test_llmpre_models_lists_the_glm_presets():
+    from click.testing import CliRunner
+
+    from llmpre.cli import main
+
+    out = CliRunner().invoke(main, ["models", "--family", "glm", "--aliases"], catch_exceptions=False).output
+    rows = {line.split()[0]: line for line in out.splitlines()[1:] if not line.startswith(" ")}
+    assert set(rows) == {"chatglm-6b", "chatglm-6b-v1.1", "glm-130b"}
+    assert "GLM 2-D positions" in rows["chatglm-6b"] and "GeGLU, DeepNorm" in rows["glm-130b"]
+    assert "THUDM/chatglm-6b-v1.1" in out

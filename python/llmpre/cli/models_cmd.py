@@ -15,6 +15,8 @@ def _features(cfg) -> str:
                      + (" +shared" if m.shared_expert_intermediate_size else ""))
     if cfg.mla is not None:
         parts.append("MLA")
+    if cfg.glm is not None:
+        parts.append("GLM 2-D positions" if cfg.glm.position_2d else "GLM, GeGLU, DeepNorm")
     if cfg.position != "rope":
         parts.append({"alibi": "ALiBi", "learned": "learned pos"}[cfg.position])
     if cfg.sliding_window:
