@@ -345,3 +345,34 @@ def test_llmpre_models_lists_the_glm_presets():
     assert set(rows) == {"chatglm-6b", "chatglm-6b-v1.1", "glm-130b"}
     assert "GLM 2-D positions" in rows["chatglm-6b"] and "GeGLU, DeepNorm" in rows["glm-130b"]
     assert "THUDM/chatglm-6b-v1.1" in out
+
+
+def test_shard_local_loading_reads_the_slices_of_thudms_layout(saved):
+    """A tensor-parallel rank reads its slices straight from the fused THUDM tensors
+    (llmpre.models.hf_load): random regions of every parameter equal that slice of the whole
+    parameter, and each tp2 rank (built in this process) holds what loading everything and
+    then splitting holds."""
+    from llmpre.models import hf_load
+    from llmpre.parallel.dims import ParallelDims
+    from llmpre.parallel.env import detached_env
+    from llmpre.parallel.parallelize import parallelize
+
+    hf, path = saved
+    whole = {n: p.numpy() for n, p in from_pretrained(path).named_parameters()}
+    rng = np.random.default_rng(0)
+    model, reader = hf_load.open_pretrained(path)
+    with reader:
+        for n, p in model.named_parameters():
+            for _ in range(3):
+                region = [tuple(sorted(int(v) for v in rng.integers(0, s + 1, 2))) for s in p.shape]
+                want = whole[n][tuple(slice(a, b) for a, b in region)]
+                assert np.array_equal(init.value(p, region).numpy(), want), (n, region)
+    dims = ParallelDims(tp=2)
+    for rank in range(2):
+        env = detached_env(dims, rank)
+        want = dict(parallelize(from_pretrained(path), env).model.named_parameters())
+        model, reader = hf_load.open_pretrained(path)
+        with reader:
+            got = dict(parallelize(model, env).model.named_parameters())
+        assert got.keys() == want.keys()
+        assert all(np.array_equal(got[n].numpy(), want[n].numpy()) for n in want), rank

@@ -13,6 +13,9 @@ and RoPE in rotate-half pairs with base 10000:
   half with the frequencies of a ``head_dim / 2`` rotary.
 * GLM-130B: one position id rotates the whole head.
 
+Frequencies are computed in float32, as PaddleNLP does; THUDM's own code rounds them to
+float16 first (``inv_freq.half()``), so its logits differ slightly from these at long positions.
+
 The attention mask is GLM's prefix mask: every query sees the keys of the context (the
 tokens before the first ``<sop>``, i.e. ``bos_token_id``) and, causally, those after.
 The original's query-key layer scaling (scores of layer ``l`` computed from
@@ -24,7 +27,8 @@ Inputs without ``position_ids`` get them from their tokens, per sample, as THUDM
 and PaddleNLP's tokenizer derive them (:func:`glm_inputs`): context = tokens before the
 first ``<sop>``; the mask token is ``[gMASK]`` if the sample has one, else ``[MASK]``.
 2-D: positions ``0..s-1`` except that from the ``<sop>`` on they all equal the mask
-token's position; block positions are 0 in the context and ``1, 2, ...`` from the
+token's position (THUDM's later code and PaddleNLP; the first chatglm-6b code kept counting
+after a ``[gMASK]``); block positions are 0 in the context and ``1, 2, ...`` from the
 ``<sop>`` on.  1-D (GLM-130B): positions ``0..s-1``, from the ``<sop>`` on the mask
 position when the mask token is ``[MASK]`` (``[gMASK]`` keeps counting).  A sample with
 no ``<sop>`` is plain causal text: positions ``0..s-1``, block positions 0, causal mask.
