@@ -80,14 +80,23 @@ def saved(request, tmp_path_factory):
     return hf, path
 
 
-def test_logits_match_the_numpy_reference(saved):
+@pytest.mark.parametrize("kernels", ["reference", "fused"])
+def test_logits_match_the_numpy_reference(saved, kernels):
+    """Reference ops, and the fused rotary (on each half of a head) and flash attention
+    (plain-text samples) where this build has them."""
+    from llmpre.ops import REFERENCE, available, select_ops
+
+    if kernels == "fused" and not (available("llmpre_rotary") and available("llmpre_flash_attention")):
+        pytest.skip("this build has no fused rotary / flash attention op")
+    ops = REFERENCE if kernels == "reference" else select_ops(use_flash_attention=True, use_fused_rope=True)
     hf, path = saved
-    model = from_pretrained(path)
-    ids = batch()
-    want = glm_ref.logits(load_file(str(path / "model.safetensors")), hf, ids)
-    with paddle.no_grad():
-        got = model(paddle.to_tensor(ids)).numpy()
-    assert rel_err(got, want) < REL
+    model = from_pretrained(path, ops=ops)
+    tensors = load_file(str(path / "model.safetensors"))
+    for ids in (batch(), batch()[4:]):          # with prefixes (written-out attention); plain text only
+        want = glm_ref.logits(tensors, hf, ids)
+        with paddle.no_grad():
+            got = model(paddle.to_tensor(ids)).numpy()
+        assert rel_err(got, want) < REL
 
 
 def ref_loss(tensors, hf, ids):
