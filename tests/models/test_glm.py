@@ -245,6 +245,8 @@ def test_config_json_forms():
             from_hf_dict({**CHATGLM, key: value})
     with pytest.raises(ConfigError, match="'glm'"):
         from_hf_dict({**CHATGLM, "model_type": "glm"})
+    with pytest.raises(ConfigError, match="model_type 'chatglm' is missing num_layers"):
+        from_hf_dict({k: v for k, v in CHATGLM.items() if k != "num_layers"})
 
 
 def test_paddlenlp_form_is_chatglm_6b_only():

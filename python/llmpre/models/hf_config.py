@@ -186,7 +186,7 @@ def _glm(d):  # ChatGLM-6B (GLM v1, THUDM's remote code); GLM-130B in the same k
                     deepnorm_init=bool(d.get("deepnorm_init", False)))
     return dict(vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
                 intermediate_size=d.get("inner_hidden_size") or 4 * d["hidden_size"],
-                num_hidden_layers=d.get("num_layers", d.get("num_hidden_layers")),
+                num_hidden_layers=d["num_hidden_layers"] if "num_hidden_layers" in d else d["num_layers"],
                 num_attention_heads=d["num_attention_heads"],
                 max_position_embeddings=d.get("max_sequence_length", 2048),
                 rms_norm_eps=float(d.get("layernorm_epsilon", 1e-5)), norm_type="layernorm",
@@ -321,7 +321,7 @@ def from_hf_dict(d: Mapping[str, Any]) -> ModelConfig:
     try:
         kw = READERS[model_type](d)
     except KeyError as e:
-        raise ConfigError(f"HF config of model_type {model_type!r} is missing {e.args[0]}") from None
+        raise ConfigError(f"HF config of model_type {d.get('model_type')!r} is missing {e.args[0]}") from None
     return ModelConfig(**{**FAMILY.get(model_type, {}), **kw, "model_type": model_type})
 
 
