@@ -23,6 +23,13 @@ def _cfg(**changes):
     return get_config("llama-tiny").replace(**{**base, **changes})
 
 
+def _family(preset: str, **changes):
+    """A tiny model of ``preset``'s family (GPT family, ChatGLM2): 4 layers, hidden 64, 4 heads."""
+    base = dict(num_hidden_layers=4, vocab_size=512, hidden_size=64, intermediate_size=128,
+                num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=64)
+    return get_config(preset).replace(**{**base, **changes})
+
+
 def _count_generated(monkeypatch, which=lambda p: True) -> list:
     """Element counts of every region computed from a seed (not a deferred slice reading its
     parent's region, which would count twice) for parameters ``which`` accepts."""
@@ -47,6 +54,13 @@ LAYOUTS = {
     "tp4, 2 kv heads (replicated k/v)": (ParallelDims(tp=4), _cfg(num_key_value_heads=2)),
     "tied embedding, tp2 x pp2": (ParallelDims(tp=2, pp=2), _cfg(tie_word_embeddings=True)),
     "sharding2 stage1 x tp2": (ParallelDims(tp=2, sharding=2, sharding_stage=1), _cfg()),
+    "OPT projected embeddings, tp2 x pp2": (ParallelDims(tp=2, pp=2), _family("opt-350m", word_embed_proj_dim=32)),
+    "OPT projected embeddings, tp2 sp": (ParallelDims(tp=2, sequence_parallel=True),
+                                         _family("opt-350m", word_embed_proj_dim=32)),
+    "Bloom tp2 x pp2": (ParallelDims(tp=2, pp=2), _family("bloom-560m")),
+    "GPT-2 tp2 sp x pp2": (ParallelDims(tp=2, pp=2, sequence_parallel=True), _family("gpt2-en")),
+    "ChatGLM2 tp2, one KV head (replicated k/v)": (ParallelDims(tp=2), _family("chatglm2-6b", num_key_value_heads=1)),
+    "ChatGLM2 tp4, two KV heads (replicated k/v)": (ParallelDims(tp=4), _family("chatglm2-6b", num_key_value_heads=2)),
 }
 
 

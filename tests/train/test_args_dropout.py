@@ -10,6 +10,7 @@ import pytest
 
 from llmpre.models import build_model, get_config
 from llmpre.models import dropout as drop
+from llmpre.models.stage import micro_batch_context
 
 
 def tiny_gpt(p_hidden=0.1, p_attn=0.1, seed=3):
@@ -82,7 +83,7 @@ def test_recompute_repeats_the_masks():
         model.train()
         drop.set_dropout_step(model, 3)
         x = ids()
-        ctx = model.context(2, 16)
+        ctx = micro_batch_context(model, x)
         h = model.embed(x, ctx)
         for layer in model.layers:
             h = (recompute(layer.forward, h, ctx["alibi"], ctx["dropout"]) if use_recompute
@@ -92,11 +93,31 @@ def test_recompute_repeats_the_masks():
     assert np.allclose(grads[0], grads[1], atol=1e-5)
 
 
-def test_pipeline_is_refused_with_dropout():
+def test_a_sequence_chunk_draws_the_masks_of_its_positions():
+    """Sequence parallelism: a rank holding positions 4..7 of [b, s, h] (offset 4 * h) draws
+    those positions' masks."""
+    keys = drop.sample_keys(ids(2, 16), drop.step_key(1, 2))
+    x = paddle.to_tensor(np.random.RandomState(1).randn(2, 16, 8).astype("float32"))
+    full = drop.dropout(x, 0.3, keys, site=5).numpy()
+    part = drop.dropout(x[:, 4:8], 0.3, keys, site=5, offset=4 * 8).numpy()
+    assert np.array_equal(full[:, 4:8], part)
+
+
+def test_a_later_pipeline_stage_gets_the_samples_keys():
+    """A stage that starts at layer 1 never runs embed; its own micro-batch context carries
+    the dropout keys, so the split forward is the whole forward."""
     model = tiny_gpt()
-    support = model.parallel_support()
-    assert not support.pipeline and "set hidden_dropout_prob" in support.why_not["pipeline"]
-    assert tiny_gpt(0.0, 0.0).parallel_support().pipeline
+    model.train()
+    drop.set_dropout_step(model, 6)
+    x = ids()
+    whole = model(x).numpy()
+    first = micro_batch_context(model, x)
+    h = model.run_layer(model.layers[0], model.embed(x, first), first)
+    later = micro_batch_context(model, x)                 # built by the next stage from the ids alone
+    assert np.array_equal(later["dropout"].numpy(), first["dropout"].numpy())
+    split = model.head(model.run_layer(model.layers[1], h, later)).numpy()
+    assert np.array_equal(split, whole)
+    assert model.parallel_support().pipeline
 
 
 def test_only_gpt_configs_take_dropout():

@@ -16,7 +16,9 @@ sites and rates as of PaddleNLP 2.8):
 
 ``drop_h`` at ``hidden_dropout_prob``, ``drop_a`` at ``attention_probs_dropout_prob``
 (PaddleNLP 2.8 applies that rate after the attention output too); masks come from
-:mod:`llmpre.models.dropout`, a pure function of seed, step, sample and site.  Parameter names follow
+:mod:`llmpre.models.dropout`, a pure function of seed, step, sample, site and the
+element's place in the whole sample (a sequence-parallel chunk of the hidden states
+offsets its elements by the chunks before it).  Parameter names follow
 :mod:`llmpre.models.llama` (``embed_tokens``, ``layers.{i}.self_attn.q_proj``,
 ``mlp.up_proj``/``mlp.down_proj``, ``norm``) plus ``embed_positions``,
 ``embed_norm`` and OPT-350m's ``project_in``/``project_out``.
@@ -33,7 +35,7 @@ from llmpre.errors import ConfigError
 from llmpre.models import dropout as drop
 from llmpre.models.config import ModelConfig
 from llmpre.models.layers import MLP, Attention, LMHead, alibi_slopes, init_weights, make_norm
-from llmpre.models.stage import ParallelSupport
+from llmpre.models.stage import ParallelSupport, micro_batch_context
 from llmpre.ops.select import Ops, select_ops
 
 
@@ -47,16 +49,17 @@ class Block(nn.Layer):
         self.mlp = MLP(config, ops)
         self.pre_norm = config.pre_norm
 
-    def forward(self, x, alibi, keys=None):
-        """``keys``: the batch's dropout keys (training with dropout), else None."""
+    def forward(self, x, alibi, keys=None, offset=0):
+        """``keys``: the batch's dropout keys (training with dropout), else None; ``offset``:
+        the index of ``x``'s first element in its sample's whole ``[seq, hidden]``."""
         site = 3 * self.index + 1      # + 0 attention probabilities, + 1 attention out, + 2 MLP out
 
         def attn(y):
             return drop.dropout(self.self_attn(y, None, None, None, alibi, keys, site), self.p_attn, keys,
-                                site + 1)
+                                site + 1, offset)
 
         def mlp(y):
-            return drop.dropout(self.mlp(y), self.p_hidden, keys, site + 2)
+            return drop.dropout(self.mlp(y), self.p_hidden, keys, site + 2, offset)
 
         if self.pre_norm:
             h = x + attn(self.input_layernorm(x))
@@ -102,25 +105,18 @@ class GPTForCausalLM(nn.Layer):
     @property
     def has_dropout(self) -> bool:
         return self.dropout_seed is not None
+
     def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         """input_ids ``[batch, seq]`` int -> logits ``[batch, seq, vocab]`` in the model dtype."""
-        ctx = self.context(input_ids.shape[0], input_ids.shape[1], position_ids)
+        ctx = micro_batch_context(self, input_ids, position_ids)
         x = self.embed(input_ids, ctx)                                     # [b, s, hidden]
         for layer in self.layers:
             x = self.run_layer(layer, x, ctx)                              # [b, s, hidden]
         return self.head(x)                                                # [b, s, vocab]
 
     def parallel_support(self) -> ParallelSupport:
-        why = {"sequence_parallel": "GPT-family models add learned positions to the whole sequence"}
-        if self.has_dropout:
-            why["pipeline"] = ("dropout masks are keyed by each sample's token ids, which later pipeline "
-                               "stages do not see; set hidden_dropout_prob and "
-                               "attention_probs_dropout_prob to 0 for a pipeline run")
-        if self.config.word_embed_proj_dim:
-            why["tensor_parallel"] = "OPT's projected embeddings (project_in/project_out) are not split"
-            return ParallelSupport(tensor_parallel=(), sequence_parallel=False,
-                                   pipeline=not self.has_dropout, why_not=why)
-        return ParallelSupport(sequence_parallel=False, pipeline=not self.has_dropout, why_not=why)
+        # positions, the embedding norm and project_in see the whole sequence; the split comes after them
+        return ParallelSupport(whole_sequence=("embed_tokens", "project_in", "embed_positions", "embed_norm"))
 
     # The pieces of forward, used on their own by pipeline stages (models.stage).
     def context(self, batch: int, seq: int, position_ids: Optional[paddle.Tensor] = None) -> dict:
@@ -134,6 +130,11 @@ class GPTForCausalLM(nn.Layer):
                                   "at most that length (from scratch, the trainer raises it to max_seq_length)")
         return {"position_ids": position_ids, "alibi": self.alibi, "router_stats": []}
 
+    def sample_context(self, ctx: dict, input_ids: paddle.Tensor) -> None:
+        """Training with dropout: the ``[b]`` dropout keys of the samples (models.dropout)."""
+        if self.training and self.has_dropout and self.dropout_key is not None:
+            ctx["dropout"] = drop.sample_keys(input_ids, self.dropout_key)       # [b]
+
     def embed(self, input_ids: paddle.Tensor, ctx: dict) -> paddle.Tensor:
         x = self.embed_tokens(input_ids)                                   # [b, s, e]
         if self.project_in is not None:
@@ -142,13 +143,11 @@ class GPTForCausalLM(nn.Layer):
             x = x + self.embed_positions(ctx["position_ids"] + self.config.position_offset)  # [b, s, hidden]
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        if self.training and self.has_dropout and self.dropout_key is not None:
-            ctx["dropout"] = drop.sample_keys(input_ids, self.dropout_key)       # [b]
-            x = drop.dropout(x, self.p_hidden, ctx["dropout"], site=0)
-        return x
+        return drop.dropout(x, self.p_hidden, ctx.get("dropout"), site=0)
 
     def run_layer(self, layer, x: paddle.Tensor, ctx: dict) -> paddle.Tensor:
-        return layer(x, ctx["alibi"], ctx.get("dropout"))
+        part, _ = ctx.get("sequence_chunk", (0, 1))             # x: part `part` of the sequence
+        return layer(x, ctx["alibi"], ctx.get("dropout"), part * x.shape[1] * x.shape[2])
 
     def head(self, x: paddle.Tensor) -> paddle.Tensor:
         if self.norm is not None:

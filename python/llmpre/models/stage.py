@@ -14,6 +14,13 @@ so any layer's ``forward`` can be wrapped (recompute, stage-3 gathering)
 without knowing the family. Side results a layer produces (MoE router
 statistics) are left on the layer and collected by ``run_layer``.
 
+What depends on each sample's token ids besides the embedding (GPT's dropout
+keys) is put into ``ctx`` by ``model.sample_context(ctx, input_ids)`` when the
+model has one, so later pipeline stages, which never run ``embed``, get it too
+(:func:`micro_batch_context`). Under sequence parallelism ``llmpre.parallel``
+adds ``ctx["sequence_chunk"] = (i, n)``: the hidden states between layers hold
+part ``i`` of ``n`` equal parts of the sequence (absent: the whole sequence).
+
 Each family declares what may be done to it, next to its model, as
 ``model.parallel_support()`` -> :class:`ParallelSupport`; ``llmpre.parallel``
 reads that declaration and never looks at class names or argument lists.
@@ -40,10 +47,16 @@ class ParallelSupport:
 
     ``tensor_parallel`` is the per-layer plan (empty: no tensor parallelism);
     the embedding and LM head are always split over the vocabulary with it.
+    ``whole_sequence`` names the modules ``embed`` runs that need the whole
+    sequence (learned positions, an embedding norm, a projection): under
+    sequence parallelism the sequence is then split after ``embed`` instead
+    of by the token embedding's reduce-scatter, and their parameters, which
+    see the same activations on every rank, keep per-rank gradients.
     Each ``*_why_not`` says, for the error message, why a feature is absent.
     """
     tensor_parallel: tuple = ATTENTION_MLP_PLAN
     sequence_parallel: bool = True
+    whole_sequence: tuple = ()
     pipeline: bool = True
     recompute: bool = True
     why_not: dict = field(default_factory=dict)   # feature -> reason it is unsupported
@@ -51,3 +64,13 @@ class ParallelSupport:
     def refuse(self, feature: str, model_type: str) -> str:
         reason = self.why_not.get(feature, "not supported by this model family")
         return f"{model_type}: {feature.replace('_', ' ')} is not available: {reason}"
+
+
+def micro_batch_context(model, input_ids, position_ids=None) -> dict:
+    """``model.context`` for a batch of ``input_ids`` ``[b, s]``, with what the
+    model derives from the ids themselves (``model.sample_context``, if any)."""
+    ctx = model.context(input_ids.shape[0], input_ids.shape[1], position_ids)
+    per_sample = getattr(model, "sample_context", None)
+    if per_sample is not None:
+        per_sample(ctx, input_ids)
+    return ctx

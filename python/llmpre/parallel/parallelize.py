@@ -24,6 +24,7 @@ import paddle.nn as nn
 
 from llmpre.errors import ConfigError
 from llmpre.models import init
+from llmpre.parallel import comm
 from llmpre.parallel import tensor_parallel as tpl
 from llmpre.parallel.recompute import recompute
 
@@ -47,8 +48,9 @@ class Plan:
     tied_embedding: bool
 
 
-def _check_supported(model, dims) -> tuple:
-    """The tensor-parallel plan to apply; an error naming what the model cannot do."""
+def _check_supported(model, dims):
+    """The model's declaration (models.stage.ParallelSupport); an error naming what the
+    model cannot do of what ``dims`` asks."""
     support = model.parallel_support()
     wanted = {"tensor_parallel": dims.tp > 1, "sequence_parallel": dims.sequence_parallel,
               "pipeline": dims.pp > 1, "recompute": dims.recompute}
@@ -57,7 +59,7 @@ def _check_supported(model, dims) -> tuple:
     for feature, asked in wanted.items():
         if asked and not offered[feature]:
             raise ConfigError(support.refuse(feature, model.config.model_type))
-    return support.tensor_parallel
+    return support
 
 
 def _sub(layer, path: str):
@@ -74,10 +76,12 @@ def _put(layer, path: str, value) -> None:
     setattr(_sub(layer, owner) if owner else layer, name, value)
 
 
-def _tensor_parallel(model, env, plan):
+def _tensor_parallel(model, env, support):
     """Apply the family's per-layer plan (see models.stage.ATTENTION_MLP_PLAN), then
-    split the embedding and the LM head over the vocabulary."""
+    split the embedding and the LM head over the vocabulary; with sequence
+    parallelism, split the sequence where the family says (:func:`_split_sequence`)."""
     dims, group, sp = env.dims, env.tp, env.dims.sequence_parallel
+    plan = support.tensor_parallel
     tp, r = dims.tp, env.tp.index
     c = model.config
     for layer in model.layers:
@@ -114,17 +118,41 @@ def _tensor_parallel(model, env, plan):
         heads = c.num_attention_heads
         model.alibi = model.alibi[r * heads // tp:(r + 1) * heads // tp]
     tied = bool(c.tie_word_embeddings)
+    split_in_embedding = sp and not support.whole_sequence
     if isinstance(model.embed_tokens, nn.Embedding):        # kept on this stage
-        model.embed_tokens = tpl.VocabParallelEmbedding(model.embed_tokens, group, sp)
+        model.embed_tokens = tpl.VocabParallelEmbedding(model.embed_tokens, group, split_in_embedding)
     if tied and isinstance(model.lm_head, nn.Layer) and hasattr(model.lm_head, "tied"):
         model.lm_head = tpl.ParallelLMHead(group, sp, tied_to=model.embed_tokens)
     elif hasattr(model.lm_head, "weight"):
         model.lm_head = tpl.ParallelLMHead(group, sp, linear=model.lm_head,
                                            normalize=model.lm_head.normalize)
-    if sp:  # replicated parameters that now see different sequence chunks on each rank
-        for name, p in model.named_parameters():
-            if not hasattr(p, tpl.TP_SPLIT) and ("norm" in name or name.endswith(".bias")):
-                setattr(p, tpl.TP_GRAD_SUM, True)
+    if sp:
+        _split_sequence(model, group, support.whole_sequence)
+
+
+def _split_sequence(model, group, whole_sequence: tuple) -> None:
+    """Sequence parallelism: the hidden states between layers are split along the sequence.
+    The token embedding's reduce-scatter splits it, or, when the family names modules that
+    need the whole sequence (``whole_sequence``: learned positions, an embedding norm, a
+    projection), the output of ``model.embed`` is split (its gradient all-gathered). Every
+    other replicated parameter now sees a different chunk on each rank: its gradients are
+    summed over the group. Layers learn which chunk they hold from ``ctx["sequence_chunk"]``."""
+    whole = {id(p) for name in whole_sequence if isinstance(getattr(model, name, None), nn.Layer)
+             for p in getattr(model, name).parameters()}
+    for p in model.parameters():
+        if not hasattr(p, tpl.TP_SPLIT) and id(p) not in whole:
+            setattr(p, tpl.TP_GRAD_SUM, True)
+    if whole_sequence:
+        embed = model.embed
+
+        def embed_then_split(input_ids, ctx):
+            return comm.scatter_seq(embed(input_ids, ctx), group)            # [b, s / tp, hidden]
+        model.embed = embed_then_split
+    context = model.context
+
+    def context_with_chunk(*args, **kwargs):
+        return {**context(*args, **kwargs), "sequence_chunk": (group.index, group.size)}
+    model.context = context_with_chunk
 
 
 def _recompute_layers(model, dims):
@@ -200,10 +228,10 @@ def parallelize(model, env, materialize=True) -> Plan:
     parameter name allocates only those it accepts (stage 3: the decoder layers' parameters
     stay deferred, the sharded optimizer computes only its own elements of them)."""
     dims = env.dims
-    tp_plan = _check_supported(model, dims)
+    support = _check_supported(model, dims)
     chunks, tied = _pipeline(model, env)
     if dims.tp > 1:
-        _tensor_parallel(model, env, tp_plan)
+        _tensor_parallel(model, env, support)
     if tied:
         _mark_second_embedding(model, chunks)
     init.materialize(model, None if materialize is True else materialize)   # whatever is left

@@ -4,13 +4,16 @@
 chunks round by round, exchanging activations and their gradients with the
 neighbouring stages (point-to-point on the pipeline group), and returns the
 mean loss of the micro-batches on every pipeline rank. Activations travel in
-the parameters' dtype (autocast may compute in another).
+the parameters' dtype (autocast may compute in another). Every rank reads each
+micro-batch's token ids, so every stage builds that micro-batch's context
+(:func:`llmpre.models.stage.micro_batch_context`: e.g. GPT's dropout keys).
 """
 
 from __future__ import annotations
 
 import paddle
 
+from llmpre.models.stage import micro_batch_context
 from llmpre.parallel.parallelize import chunk_forward
 from llmpre.parallel.schedule import timeline, transfers
 
@@ -36,7 +39,7 @@ class PipelineRunner:
         bsz, seq = split_batches[0][0].shape
         act_shape = [bsz, seq // dims.tp if dims.sequence_parallel else seq, self.model.config.hidden_size]
         dtype = next(p for _, p in self.model.named_parameters()).dtype
-        ctx = self.model.context(bsz, seq)
+        contexts: dict = {}          # micro-batch -> its context (built at its first forward here)
         inputs, saved, grads_in, to_send, losses = {}, {}, {}, {}, []
         for rnd in self._timelines[key]:
             for rank, (op, mb, c) in rnd:
@@ -48,8 +51,10 @@ class PipelineRunner:
                     x = split_batches[mb][0] if chunk.first else inputs.pop((mb, g))
                     if not chunk.first and train:
                         x.stop_gradient = False
+                    if mb not in contexts:
+                        contexts[mb] = micro_batch_context(self.model, split_batches[mb][0])
                     with self.autocast():
-                        y = chunk_forward(self.model, chunk, x, ctx)
+                        y = chunk_forward(self.model, chunk, x, contexts[mb])
                         if chunk.last:
                             y = self.loss_fn(y, split_batches[mb][1])
                     if chunk.last:
