@@ -131,16 +131,21 @@ class BestCheckpoint:
         return max(limit, newer_or_same)
 
 
-GPT_NAMES = {"gpt": "gpt2", "gpt2": "gpt2", "gpt3": "gpt2", "gpt-3": "gpt2"}
+# PaddleNLP's model_type names -> the llmpre model_types they cover (a name not listed
+# covers itself). PaddleNLP calls ChatGLM-6B "chatglm" and ChatGLM2/3 "chatglm_v2"; HF's
+# config.json says "chatglm" for both, which llmpre builds as "glm" and "chatglm".
+FAMILY_NAMES = {"gpt": {"gpt2"}, "gpt2": {"gpt2"}, "gpt3": {"gpt2"}, "gpt-3": {"gpt2"},
+                "llama": {"llama", "mistral", "baichuan"}, "chatglm": {"glm", "chatglm"},
+                "chatglm_v2": {"chatglm"}}
 
 
 def check_model_type(model_type: str | None, config) -> None:
     """``model_type`` (PaddleNLP's run_pretrain flag) must name the model's family."""
     if not model_type:
         return
-    want = GPT_NAMES.get(model_type.lower(), model_type.lower().replace("-", "_"))
-    have = str(config.model_type).lower()
-    if want != have and not (want == "llama" and have in ("llama", "mistral", "baichuan")):
+    name = model_type.lower().replace("-", "_")
+    covered = FAMILY_NAMES.get(model_type.lower(), FAMILY_NAMES.get(name, {name}))
+    if str(config.model_type).lower() not in covered:
         raise ConfigError(f"model_type {model_type!r} does not match the model, whose config says "
                           f"model_type {config.model_type!r}; remove model_type or fix "
                           "model_name_or_path")
