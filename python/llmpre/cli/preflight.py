@@ -42,7 +42,11 @@ def check_layout(args, world: int):
 
     config = _model_config(args)
     dims = dims_from_args(args, world)
-    dims.validate(world, config, args.gradient_accumulation_steps)
+    dims.validate(world, config, args.gradient_accumulation_steps, args.max_seq_length)
+    if dims.seq_parallel_size > 1:
+        from llmpre.parallel.context import check_supported
+
+        check_supported(config, dims)
     return dims, config
 
 

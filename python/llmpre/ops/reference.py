@@ -84,11 +84,12 @@ def repeat_kv(x: paddle.Tensor, groups: int) -> paddle.Tensor:
 
 
 def attention_bias(sq: int, sk: int, causal: bool, window: int | None,
-                   alibi_slopes: paddle.Tensor | None) -> paddle.Tensor | None:
+                   alibi_slopes: paddle.Tensor | None, offset: int | None = None) -> paddle.Tensor | None:
     """Additive fp32 bias ``[heads or 1, sq, sk]`` for masks and ALiBi, or None.
 
-    Query ``i`` sits at key position ``i + sk - sq`` (queries are the last ``sq``
-    positions). Causal hides keys after it; ``window`` keeps only the ``window``
+    Query ``i`` sits at key position ``i + offset``; the default offset ``sk - sq``
+    makes the queries the last ``sq`` positions (a block of ring attention passes
+    the distance between its query and key chunks). Causal hides keys after it; ``window`` keeps only the ``window``
     most recent keys (``pos - window < j <= pos``, Mistral's sliding window);
     ALiBi adds ``slope_h * (j - pos)`` (PaddleNLP/Baichuan/Bloom add
     ``slope_h * j``, which gives the same softmax since it differs per row by a
@@ -96,7 +97,7 @@ def attention_bias(sq: int, sk: int, causal: bool, window: int | None,
     """
     if not causal and window is None and alibi_slopes is None:
         return None
-    pos = paddle.arange(sq, dtype="int64").unsqueeze(1) + (sk - sq)         # [sq, 1]
+    pos = paddle.arange(sq, dtype="int64").unsqueeze(1) + (sk - sq if offset is None else offset)  # [sq, 1]
     j = paddle.arange(sk, dtype="int64").unsqueeze(0)                       # [1, sk]
     visible = paddle.ones([sq, sk], dtype="bool")
     if causal:
@@ -143,6 +144,74 @@ def attention_sdpa(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, causal:
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, training=False)
 
 
+def _block_scores(q, k, offset, causal, window, alibi_slopes, scale):
+    """fp32 ``[b, h, sq, sk]`` masked scores of a block and the fp32 ``[b, h, sk, d]`` keys."""
+    groups = q.shape[2] // k.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    qt = q.astype("float32").transpose([0, 2, 1, 3])                        # [b, h, sq, d]
+    kt = repeat_kv(k.astype("float32"), groups).transpose([0, 2, 1, 3])     # [b, h, sk, d]
+    scores = paddle.matmul(qt, kt, transpose_y=True) * scale               # [b, h, sq, sk]
+    bias = attention_bias(q.shape[1], k.shape[1], causal, window, alibi_slopes, offset)
+    return (scores if bias is None else scores + bias), qt, kt, scale
+
+
+def _probabilities(scores, lse):
+    """``exp(scores - lse)``, 0 for rows whose lse is -inf (they see no key)."""
+    finite = paddle.isfinite(lse).unsqueeze(-1)                            # [b, h, sq, 1]
+    safe = paddle.where(finite, lse.unsqueeze(-1), paddle.zeros_like(lse.unsqueeze(-1)))
+    return paddle.where(finite, paddle.exp(scores - safe), paddle.zeros_like(scores))
+
+
+def attention_block(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, offset: int, causal: bool = True,
+                    window: int | None = None, alibi_slopes: paddle.Tensor | None = None,
+                    scale: float | None = None):
+    """One block of ring attention: :func:`attention_math` with query ``i`` at key
+    position ``i + offset``, returning ``(out, lse)``: out ``[batch, seq_q, heads,
+    v_head_dim]`` fp32 and lse ``[batch, heads, seq_q]`` fp32 (natural-log sum of
+    exp of the masked scores; -inf, with out 0, for a query that sees no key of the
+    block). Blocks over disjoint keys merge exactly through their lse
+    (``llmpre.parallel.context``). No autograd: see :func:`attention_block_grad`."""
+    with paddle.no_grad():
+        scores, _, _, _ = _block_scores(q, k, offset, causal, window, alibi_slopes, scale)
+        # written out: paddle.logsumexp gives nan for a row with no visible key (-inf wanted)
+        m = scores.max(axis=-1, keepdim=True)                               # [b, h, sq, 1]
+        seen = paddle.isfinite(m)
+        m = paddle.where(seen, m, paddle.zeros_like(m))
+        lse = m + paddle.exp(scores - m).sum(axis=-1, keepdim=True).log()
+        lse = paddle.where(seen, lse, paddle.full_like(lse, float("-inf"))).squeeze(-1)  # [b, h, sq]
+        probs = _probabilities(scores, lse)                                 # [b, h, sq, sk]
+        vt = repeat_kv(v.astype("float32"), q.shape[2] // k.shape[2]).transpose([0, 2, 1, 3])
+        out = paddle.matmul(probs, vt).transpose([0, 2, 1, 3])              # [b, sq, h, dv]
+    return out, lse
+
+
+def attention_block_grad(q, k, v, out, lse, dout, offset: int, causal: bool = True, window=None,
+                         alibi_slopes=None, scale=None):
+    """Gradients ``(dq, dk, dv)`` (fp32, shapes of q, k, v) of one block, given the
+    *merged* ``out`` and ``lse`` of the whole row (all blocks) and its ``dout``:
+    ``P = exp(S - lse)``, ``dV = P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``,
+    ``dQ = scale dS K``, ``dK = scale dS^T Q``, summed over the query heads that
+    share a KV head. Summing the blocks' dq (and each key block's dk, dv over the
+    query blocks) gives the gradient of the whole attention."""
+    with paddle.no_grad():
+        groups = q.shape[2] // k.shape[2]
+        scores, qt, kt, scale = _block_scores(q, k, offset, causal, window, alibi_slopes, scale)
+        probs = _probabilities(scores, lse)                                 # [b, h, sq, sk]
+        vt = repeat_kv(v.astype("float32"), groups).transpose([0, 2, 1, 3])  # [b, h, sk, dv]
+        do = dout.astype("float32").transpose([0, 2, 1, 3])                 # [b, h, sq, dv]
+        o = out.astype("float32").transpose([0, 2, 1, 3])                   # [b, h, sq, dv]
+        dv = paddle.matmul(probs, do, transpose_x=True)                     # [b, h, sk, dv]
+        dp = paddle.matmul(do, vt, transpose_y=True)                        # [b, h, sq, sk]
+        ds = probs * (dp - (do * o).sum(axis=-1, keepdim=True))             # [b, h, sq, sk]
+        dq = paddle.matmul(ds, kt) * scale                                  # [b, h, sq, d]
+        dk = paddle.matmul(ds, qt, transpose_x=True) * scale                # [b, h, sk, d]
+
+        def per_kv(x):   # [b, h, sk, d] -> [b, sk, kv_heads, d], summed over each group
+            b, h, s, d = x.shape
+            return x.reshape([b, h // groups, groups, s, d]).sum(axis=2).transpose([0, 2, 1, 3])
+        return dq.transpose([0, 2, 1, 3]), per_kv(dk), per_kv(dv)
+
+
 # Which of the two is the default `attention`: measured on the 2-core CPU box
 # (Paddle 3.3.1, fp32, OMP_NUM_THREADS=1, the other core busy), llama-tiny training
 # shape q [8, 256, 4, 64], k/v [8, 256, 2, 64], forward + backward, 3 runs of 22 calls:
@@ -172,29 +241,33 @@ def cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, ignore_index: in
     return (per_token.reshape([-1]) * keep).sum() / keep.sum().clip(min=1.0)
 
 
-def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate: paddle.Tensor, w_up: paddle.Tensor,
-                w_down: paddle.Tensor) -> paddle.Tensor:
+def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate, w_up, w_down) -> paddle.Tensor:
     """SwiGLU expert MLPs over rows grouped by expert: rows ``offsets[e]:offsets[e+1]``
     of x go through expert ``e``, ``down(silu(x W_gate[e]) * x W_up[e])``.
 
     x: ``[m, hidden]`` rows sorted by expert; offsets: ``[E + 1]`` int64, non-decreasing,
     ``offsets[0] = 0``; rows ``offsets[E]:`` (tokens dropped by a capacity limit) get 0.
-    w_gate, w_up: ``[E, hidden, inter]``; w_down: ``[E, inter, hidden]`` (Paddle's
-    ``[in, out]`` Linear layout per expert). Returns ``[m, hidden]`` in x's dtype.
+    w_gate, w_up: E tensors ``[hidden, inter]`` each; w_down: E ``[inter, hidden]``
+    (Paddle's ``[in, out]`` Linear layout, one per expert). Returns ``[m, hidden]`` in
+    x's dtype.
 
     This reference reads the E + 1 offsets to the host once per call (a Python loop
     over experts with static slices); :func:`llmpre.ops.fused.grouped_mlp` reads
     them inside its kernel and never synchronises.
     """
     bounds = [int(v) for v in offsets.tolist()]
+    counts = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+    used = [e for e, c in enumerate(counts) if c > 0]
+    dropped = x.shape[0] - bounds[-1]
+    # split, not slicing: a slice's backward writes a zero tensor of the whole input
+    sections = [counts[e] for e in used] + ([dropped] if dropped else [])
+    pieces = paddle.split(x, sections, axis=0) if len(sections) > 1 else [x]
     parts = []
-    for e in range(len(bounds) - 1):
-        if bounds[e + 1] > bounds[e]:
-            rows = x[bounds[e]:bounds[e + 1]]                                     # [n_e, h]
-            act = swiglu(paddle.matmul(rows, w_gate[e]), paddle.matmul(rows, w_up[e]))  # [n_e, I]
-            parts.append(paddle.matmul(act, w_down[e]))                          # [n_e, h]
-    if bounds[-1] < x.shape[0]:
-        parts.append(paddle.zeros([x.shape[0] - bounds[-1], x.shape[1]], dtype=x.dtype))
+    for e, rows in zip(used, pieces):                                            # rows [n_e, h]
+        act = swiglu(paddle.matmul(rows, w_gate[e]), paddle.matmul(rows, w_up[e]))  # [n_e, I]
+        parts.append(paddle.matmul(act, w_down[e]))                             # [n_e, h]
+    if dropped:
+        parts.append(paddle.zeros([dropped, x.shape[1]], dtype=x.dtype))
     return paddle.concat(parts, axis=0) if len(parts) > 1 else parts[0]
 
 

@@ -58,8 +58,8 @@ def rank_files(env) -> dict:
     return {"model": f"model-tp{t}-pp{p}.safetensors",
             "optim": f"optim-tp{t}-pp{p}-sh{s}.safetensors",
             "rng": f"rng-rank{env.rank}.pkl",
-            "writes_model": c["dp"] == 0 and c["sharding"] == 0,
-            "writes_optim": c["dp"] == 0}
+            "writes_model": c["dp"] == 0 and c["sharding"] == 0 and not c.get("sep") and not c.get("cp"),
+            "writes_optim": c["dp"] == 0 and not c.get("sep") and not c.get("cp")}   # sep/cp: copies
 
 
 class GlobalTensors:

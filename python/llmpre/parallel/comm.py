@@ -14,6 +14,14 @@ Autograd pairs (forward | backward), Megatron's mappings:
     gather_seq(x)         all-gather      | keep own slice  (leave sequence parallel)
     all_gather_seq(x)     all-gather      | reduce-scatter  (input of column-parallel, SP)
     reduce_scatter_seq(x) reduce-scatter  | all-gather      (output of row-parallel, SP)
+    seq_to_heads(x)       all-to-all      | all-to-all back (enter sep attention)
+    heads_to_seq(x)       all-to-all      | all-to-all back (leave sep attention)
+
+Point-to-point: ``ring_shift`` (ring attention) is built from all-gather: on gloo
+Paddle 3.3.1's send/recv between members of a ``new_group`` timed out (measured, 3
+ranks, even ranks sending first), and ``all_to_all`` likewise, since gloo has no
+all-to-all. Both move N times the data a native exchange would (open: NCCL's
+send/recv and all-to-all).
 """
 
 from __future__ import annotations
@@ -76,6 +84,24 @@ class Group:
         total = x.clone()
         dist.all_reduce(total, group=self.handle)
         return paddle.split(total, self.size, axis=axis)[self.index]
+
+    def ring_shift(self, x: paddle.Tensor) -> paddle.Tensor:
+        """The ``x`` of the previous member of the ring (index - 1, wrapping)."""
+        if self.size == 1:
+            return x
+        parts: list = []
+        dist.all_gather(parts, x.contiguous() if hasattr(x, "contiguous") else x, group=self.handle)
+        return parts[(self.index - 1) % self.size]
+
+    def all_to_all(self, x: paddle.Tensor, split_axis: int, concat_axis: int) -> paddle.Tensor:
+        """Split ``x`` in ``size`` equal parts along ``split_axis``, send part j to
+        member j, and concatenate what arrives along ``concat_axis`` in member order."""
+        if self.size == 1:
+            return x
+        parts: list = []
+        dist.all_gather(parts, x.contiguous() if hasattr(x, "contiguous") else x, group=self.handle)
+        mine = [paddle.split(p, self.size, axis=split_axis)[self.index] for p in parts]
+        return paddle.concat(mine, axis=concat_axis)
 
     def broadcast(self, x: paddle.Tensor, src_index: int = 0) -> paddle.Tensor:
         if self.size > 1:
@@ -151,6 +177,29 @@ class _ReduceScatterSeq(PyLayer):
     @staticmethod
     def backward(ctx, g):
         return ctx.group.all_gather(g, ctx.axis)
+
+
+class _AllToAll(PyLayer):
+    @staticmethod
+    def forward(ctx, x, group, split_axis, concat_axis):
+        ctx.group, ctx.axes = group, (split_axis, concat_axis)
+        return group.all_to_all(x, split_axis, concat_axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        split_axis, concat_axis = ctx.axes
+        return ctx.group.all_to_all(g, concat_axis, split_axis)
+
+
+def seq_to_heads(x, group: Group):
+    """``[b, s/N, heads, d]`` (this member's sequence part) -> ``[b, s, heads/N, d]``
+    (this member's heads of the whole sequence)."""
+    return x if group.size == 1 else _AllToAll.apply(x, group, 2, 1)
+
+
+def heads_to_seq(x, group: Group):
+    """The inverse of :func:`seq_to_heads`."""
+    return x if group.size == 1 else _AllToAll.apply(x, group, 1, 2)
 
 
 def copy_to(x, group: Group):

@@ -3,11 +3,19 @@
 Ranks are laid out as PaddleNLP's hybrid topology orders them, tensor
 parallel innermost (so a TP group sits on neighbouring ranks, i.e. one node):
 
-    rank = ((dp_i * pp + pp_i) * sharding + sharding_i) * tp + tp_i
+    rank = ((((dp_i * pp + pp_i) * sharding + sharding_i) * sep + sep_i) * cp + cp_i) * tp + tp_i
 
 ``dp`` and ``sharding`` are both data parallel (each reads its own slice of
 the batch); sharding additionally splits the optimizer state (stage 1), the
 gradients (stage 2) and the parameters (stage 3) across its group.
+
+``sep`` and ``cp`` split every sequence (llmpre.parallel.context): the ranks of
+one "seq" group read the same samples and each keeps its part of every
+sequence; their gradients are summed. ``sep`` (PaddleNLP's sep_parallel_degree,
+Ulysses) trades the sequence split for a head split around attention by
+all-to-all; ``cp`` (context_parallel_degree) keeps load-balanced causal chunks
+and runs ring attention. PaddleNLP 2.8.1's order is dp, pp, sharding, sep, mp;
+cp takes sep's place (one of the two at a time).
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ class ParallelDims:
     sharding_stage: int = 1
     tp: int = 1
     pp: int = 1
+    sep: int = 1                  # sequence split, heads exchanged by all-to-all around attention
+    cp: int = 1                   # sequence split into 2*cp causal chunks, ring attention
     vpp: int = 1                  # virtual pipeline stages per rank (interleaved schedule)
     sequence_parallel: bool = False
     recompute: bool = False
@@ -35,7 +45,12 @@ class ParallelDims:
 
     @property
     def world_size(self) -> int:
-        return self.dp * self.sharding * self.tp * self.pp
+        return self.dp * self.sharding * self.tp * self.pp * self.sep * self.cp
+
+    @property
+    def seq_parallel_size(self) -> int:
+        """Ranks that share each sequence (sep x cp; at most one of them > 1)."""
+        return self.sep * self.cp
 
     @property
     def data_parallel_size(self) -> int:
@@ -43,24 +58,32 @@ class ParallelDims:
         return self.dp * self.sharding
 
     def coords(self, rank: int) -> dict:
-        """``{"dp": i, "pp": j, "sharding": k, "tp": l}`` of a global rank."""
+        """``{"dp": i, "pp": j, "sharding": k, "sep": m, "cp": n, "tp": l}`` of a global rank."""
         tp_i = rank % self.tp
         rest = rank // self.tp
+        cp_i = rest % self.cp
+        rest //= self.cp
+        sep_i = rest % self.sep
+        rest //= self.sep
         sh_i = rest % self.sharding
         rest //= self.sharding
         pp_i = rest % self.pp
         dp_i = rest // self.pp
-        return {"dp": dp_i, "pp": pp_i, "sharding": sh_i, "tp": tp_i}
+        return {"dp": dp_i, "pp": pp_i, "sharding": sh_i, "sep": sep_i, "cp": cp_i, "tp": tp_i}
 
-    def rank_of(self, dp: int = 0, pp: int = 0, sharding: int = 0, tp: int = 0) -> int:
-        return ((dp * self.pp + pp) * self.sharding + sharding) * self.tp + tp
+    def rank_of(self, dp: int = 0, pp: int = 0, sharding: int = 0, tp: int = 0, sep: int = 0,
+                cp: int = 0) -> int:
+        return (((((dp * self.pp + pp) * self.sharding + sharding) * self.sep + sep) * self.cp + cp)
+                * self.tp + tp)
 
     def group_ranks(self, axis: str) -> list[list[int]]:
         """Every group of ranks that differ only along ``axis`` (``dp``, ``sharding``,
-        ``tp``, ``pp``, or ``data`` = dp x sharding), in a fixed order."""
-        axes = {"dp": self.dp, "pp": self.pp, "sharding": self.sharding, "tp": self.tp}
-        moving = ["dp", "sharding"] if axis == "data" else [axis]
-        fixed = [a for a in ("dp", "pp", "sharding", "tp") if a not in moving]
+        ``tp``, ``pp``, ``sep``, ``cp``, ``data`` = dp x sharding, or ``seq`` = sep x cp),
+        in a fixed order."""
+        axes = {"dp": self.dp, "pp": self.pp, "sharding": self.sharding, "sep": self.sep,
+                "cp": self.cp, "tp": self.tp}
+        moving = {"data": ["dp", "sharding"], "seq": ["sep", "cp"]}.get(axis, [axis])
+        fixed = [a for a in ("dp", "pp", "sharding", "sep", "cp", "tp") if a not in moving]
         groups = []
 
         def walk(i, coords):
@@ -91,13 +114,19 @@ class ParallelDims:
         parts = [f"dp {self.dp}", f"sharding {self.sharding} (stage {self.sharding_stage})",
                  f"tp {self.tp}" + (" + sp" if self.sequence_parallel else ""),
                  f"pp {self.pp}" + (f" x vpp {self.vpp}" if self.vpp > 1 else "")]
+        if self.sep > 1:
+            parts.append(f"sep {self.sep}")
+        if self.cp > 1:
+            parts.append(f"cp {self.cp}")
         if self.recompute:
             parts.append(f"recompute {self.recompute_granularity}")
         return f"{self.world_size} ranks = " + " x ".join(parts)
 
-    def validate(self, world_size: int, config=None, num_microbatches: int | None = None) -> None:
-        """Check the layout against the world and the model; errors say what to change."""
-        for name in ("dp", "sharding", "tp", "pp", "vpp"):
+    def validate(self, world_size: int, config=None, num_microbatches: int | None = None,
+                 seq_length: int | None = None) -> None:
+        """Check the layout against the world, the model and the sequence length;
+        errors say what to change."""
+        for name in ("dp", "sharding", "tp", "pp", "sep", "cp", "vpp"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} degree must be >= 1, got {getattr(self, name)}")
         if self.sharding_stage not in STAGES:
@@ -107,8 +136,11 @@ class ParallelDims:
         if self.world_size != world_size:
             raise ConfigError(
                 f"the layout needs dp {self.dp} x sharding {self.sharding} x tp {self.tp} x "
-                f"pp {self.pp} = {self.world_size} ranks but {world_size} were started; change "
-                f"the degrees or start {self.world_size} processes (--nproc-per-node)")
+                f"pp {self.pp}" + (f" x sep {self.sep}" if self.sep > 1 else "")
+                + (f" x cp {self.cp}" if self.cp > 1 else "") + f" = {self.world_size} ranks but "
+                f"{world_size} were started; change the degrees or start {self.world_size} processes "
+                "(--nproc-per-node)")
+        self._validate_seq(config, seq_length)
         if self.sequence_parallel and self.tp == 1:
             raise ConfigError("sequence_parallel needs tensor_parallel_degree > 1")
         if self.pp > 1 and self.sharding > 1 and self.sharding_stage > 1:
@@ -143,16 +175,41 @@ class ParallelDims:
                 f"{layers} layers do not split evenly into pp {self.pp} x virtual pp {self.vpp} = "
                 f"{chunks} pipeline chunks; choose degrees whose product divides {layers}")
 
+    def _validate_seq(self, config, seq_length: int | None) -> None:
+        """sep / cp against each other, the sequence length and the heads."""
+        if self.sep > 1 and self.cp > 1:
+            raise ConfigError(f"sep_parallel_degree {self.sep} and context_parallel_degree {self.cp} "
+                              "are both > 1; use one of them (PaddleNLP gives both the same place)")
+        if self.cp > 1 and seq_length is not None and seq_length % (2 * self.cp):
+            raise ConfigError(
+                f"context_parallel_degree {self.cp} cuts every sequence into 2 x {self.cp} = "
+                f"{2 * self.cp} equal chunks, but max_seq_length {seq_length} is not a multiple of "
+                f"{2 * self.cp}; choose a length or a degree that fits")
+        if self.sep > 1 and seq_length is not None and seq_length % self.sep:
+            raise ConfigError(f"sep_parallel_degree {self.sep} splits every sequence into {self.sep} "
+                              f"equal parts, but max_seq_length {seq_length} is not a multiple of "
+                              f"{self.sep}; choose a length or a degree that fits")
+        if self.sep > 1 and config is not None:
+            heads, kv = config.num_attention_heads // self.tp, config.num_key_value_heads
+            kv = kv // self.tp if kv % self.tp == 0 else 1
+            if heads % self.sep or kv % self.sep:
+                raise ConfigError(
+                    f"sep_parallel_degree {self.sep} splits the attention heads of each rank "
+                    f"({heads} heads, {kv} KV heads after tp {self.tp}) over its ranks, and they do "
+                    f"not divide by {self.sep}; choose a sep degree that divides both")
+
 
 def split_world(world_size: int | None, tp: int, pp: int, sharding: int, sharded: bool,
-                dp: int | None = None) -> tuple[int, int]:
+                dp: int | None = None, seq: int = 1) -> tuple[int, int]:
     """``(dp, sharding)`` of a layout, PaddleNLP's rule, the one place it is computed.
 
     ``tp``, ``pp`` <= 0 mean 1. ``sharding`` > 0 is the sharding degree; <= 0 means
     all ranks left after tp x pp (x dp) when ``sharded`` (a sharding stage was
     given), else 1. ``dp``, when not given, is what remains of ``world_size``
-    after tp x pp x sharding (1 without a world size). Errors say what to change."""
-    tp, pp = max(1, tp), max(1, pp)
+    after tp x pp x sharding (1 without a world size). ``seq`` (sep x cp ranks sharing
+    each sequence) counts like tp. Errors say what to change."""
+    shown = f"tp {max(1, tp)}" + (f" x sep/cp {seq}" if seq > 1 else "")
+    tp, pp = max(1, tp) * max(1, seq), max(1, pp)
     if sharding <= 0:
         if not sharded:
             sharding = 1
@@ -162,7 +219,7 @@ def split_world(world_size: int | None, tp: int, pp: int, sharding: int, sharded
         else:
             rest = world_size // (tp * pp * (dp or 1))
             if rest * tp * pp * (dp or 1) != world_size or rest == 0:
-                raise ConfigError(f"{world_size} ranks are not a multiple of tp {tp} x pp {pp}"
+                raise ConfigError(f"{world_size} ranks are not a multiple of {shown} x pp {pp}"
                                   + (f" x dp {dp}" if dp else "") + "; change the degrees or the number "
                                   "of processes")
             sharding = rest
@@ -172,20 +229,28 @@ def split_world(world_size: int | None, tp: int, pp: int, sharding: int, sharded
         else:
             dp = world_size // (tp * pp * sharding)
             if dp == 0 or dp * tp * pp * sharding != world_size:
-                raise ConfigError(f"{world_size} ranks cannot be split into tp {tp} x pp {pp} x "
+                raise ConfigError(f"{world_size} ranks cannot be split into {shown} x pp {pp} x "
                                   f"sharding {sharding} x dp; change the degrees or the number of processes")
     elif world_size is not None and dp * sharding * tp * pp != world_size:
-        raise ConfigError(f"{world_size} ranks but dp*sharding*tp*pp = {dp}*{sharding}*{tp}*{pp} = "
-                          f"{dp * sharding * tp * pp}; change one of them")
+        raise ConfigError(f"{world_size} ranks but dp x sharding x {shown} x pp = {dp * sharding * tp * pp}"
+                          "; change one of them")
     return dp, sharding
 
 
 def processes_needed(args) -> int:
     """How many processes a run of training arguments ``args`` starts when the
     launcher is not told (tp x pp x the sharding degree, dp 1)."""
+    seq = seq_degrees(args)
     dp, sharding = split_world(None, args.tensor_parallel_degree, args.pipeline_parallel_degree,
-                               max(1, args.sharding_parallel_degree), sharded=True)
-    return dp * sharding * max(1, args.tensor_parallel_degree) * max(1, args.pipeline_parallel_degree)
+                               max(1, args.sharding_parallel_degree), sharded=True, seq=seq[0] * seq[1])
+    return (dp * sharding * max(1, args.tensor_parallel_degree) * max(1, args.pipeline_parallel_degree)
+            * seq[0] * seq[1])
+
+
+def seq_degrees(args) -> tuple[int, int]:
+    """``(sep, cp)`` of training arguments (<= 0 or absent: 1)."""
+    return (max(1, getattr(args, "sep_parallel_degree", 1) or 1),
+            max(1, getattr(args, "context_parallel_degree", 1) or 1))
 
 
 def dims_from_args(args, world_size: int) -> ParallelDims:
@@ -202,9 +267,11 @@ def dims_from_args(args, world_size: int) -> ParallelDims:
     if unknown or len(stages) > 1:
         raise ConfigError(f"sharding '{args.sharding}': write one of stage1, stage2, stage3")
     stage = stages[0] if stages else 1
-    dp, sharding = split_world(world_size, tp, pp, args.sharding_parallel_degree, sharded=bool(stages))
+    sep, cp = seq_degrees(args)
+    dp, sharding = split_world(world_size, tp, pp, args.sharding_parallel_degree, sharded=bool(stages),
+                               seq=sep * cp)
     no_recompute = tuple(int(i) for i in str(args.no_recompute_layers or "").split(",") if i.strip())
-    return ParallelDims(dp=dp, sharding=sharding, sharding_stage=stage, tp=tp, pp=pp,
+    return ParallelDims(dp=dp, sharding=sharding, sharding_stage=stage, tp=tp, pp=pp, sep=sep, cp=cp,
                         vpp=max(1, args.virtual_pp_degree), sequence_parallel=bool(args.sequence_parallel),
                         recompute=bool(args.recompute), recompute_granularity=args.recompute_granularity,
                         no_recompute_layers=no_recompute)

@@ -53,7 +53,7 @@ from llmpre.parallel.dims import ParallelDims
 
 logger = logging.getLogger("llmpre")
 
-AXES = ("tp", "pp", "sharding", "dp", "data")
+AXES = ("tp", "pp", "sharding", "dp", "data", "seq")   # seq: sep x cp (parallel.context)
 
 DEFAULT_TIMEOUT_S = 1800.0
 TIMEOUT_ENV = "LLMPRE_DIST_TIMEOUT"

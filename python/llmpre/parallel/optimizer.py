@@ -167,6 +167,9 @@ class ShardedAdamW:
                     tp.all_reduce(p.grad)
         part = self.sharding.reduce_scatter(self._flat_grad(b), axis=0)
         self.dp.all_reduce(part)
+        seq = self.env.groups.get("seq")
+        if seq is not None:     # sep / cp: each rank's loss is its share of the group's (a sum)
+            seq.all_reduce(part)
         for i in b.params:
             self.params[i][1].clear_gradient(set_to_zero=False)
         return part

@@ -178,6 +178,10 @@ class TrainingArguments:
                                                    "(a JSON list or 1,2,3).")
     tensor_parallel_degree: int = _f(-1, "Tensor parallel degree (--tp).")
     pipeline_parallel_degree: int = _f(-1, "Pipeline parallel degree (--pp).")
+    context_parallel_degree: int = _f(-1, "Context parallel degree (--cp): each sequence in 2N "
+                                      "load-balanced chunks over N ranks, ring attention.")
+    sep_parallel_degree: int = _f(-1, "Sequence (Ulysses) parallel degree (--sep): each sequence in N "
+                                  "parts, heads exchanged by all-to-all around attention.")
     virtual_pp_degree: int = _f(1, "Virtual pipeline stages per rank: the interleaved 1F1B "
                                 "schedule (--vpp).")
     sharding_parallel_degree: int = _f(-1, "Sharding group size (default: all ranks left after "
@@ -240,6 +244,8 @@ ALIASES: dict = {
     "threads": "num_threads",
     "tp": "tensor_parallel_degree",
     "pp": "pipeline_parallel_degree",
+    "cp": "context_parallel_degree",
+    "sep": "sep_parallel_degree",
     "vpp": "virtual_pp_degree",
     "sp": "sequence_parallel",
     "eval_strategy": "evaluation_strategy",   # the newer HF/PaddleNLP spelling

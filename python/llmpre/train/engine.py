@@ -34,6 +34,7 @@ import shutil
 import numpy as np
 
 from llmpre.parallel import ckpt as pckpt
+from llmpre.parallel import context
 from llmpre.parallel import stage3
 from llmpre.parallel.optimizer import ShardedAdamW
 from llmpre.parallel.parallelize import parallelize
@@ -70,7 +71,9 @@ class Engine:
         # optimizer computes its own shard of them and gathers a layer only while it runs
         self.plan = parallelize(model, env, materialize=stage3.outside_units if self.stage3 else True)
         self.model = self.plan.model
-        self.loss_fn = self.plan.loss_fn if env.dims.tp > 1 else loss_fn
+        context.apply(self.model, env)   # sep / cp: attention across the sequence split, positions
+        self.loss_fn = context.wrap_loss(self.plan.loss_fn if env.dims.tp > 1 else loss_fn,
+                                         context.seq_group(env))
         self.params = [(n, p) for n, p in self.model.named_parameters() if not p.stop_gradient]
         self.optimizer = ShardedAdamW(self.params, env, betas=(args.adam_beta1, args.adam_beta2),
                                       eps=args.adam_epsilon, weight_decay=args.weight_decay,
@@ -85,12 +88,15 @@ class Engine:
     # ---- computing -----------------------------------------------------------------
     def _split(self, tokens):
         t = self.paddle.to_tensor(tokens)
-        return t[:, :-1], t[:, 1:]
+        return context.keep_own_part(t[:, :-1], t[:, 1:], self.env)   # all of it without sep / cp
 
     def _data_mean(self, value: float) -> float:
-        if self.env.data.size == 1:
+        """The mean over the data ranks of a loss that sep / cp ranks hold in shares."""
+        seq = context.seq_group(self.env)
+        if self.env.data.size == 1 and seq.size == 1:
             return value
         t = self.paddle.to_tensor([value], dtype="float32")
+        seq.all_reduce(t)
         self.env.data.all_reduce(t)
         return float(t.item()) / self.env.data.size
 

@@ -45,10 +45,6 @@ NOOP: dict = {
 
 # key -> (accepted values, why others are refused and what to do)
 REFUSED: dict = {
-    "sep_parallel_degree": ((-1, 1), "sequence (Ulysses) parallelism over sep ranks is not implemented; "
-                            "remove it (sequence_parallel with tensor parallelism splits the sequence)"),
-    "context_parallel_degree": ((-1, 1), "context (ring attention) parallelism is not implemented; "
-                                "remove it"),
     "use_fp8": ((False,), "fp8 training is not implemented; remove it"),
     "autotuner_benchmark": ((False,), "PaddleNLP's autotuner mode (5 steps, no eval or save) is not "
                             "implemented; set max_steps instead"),

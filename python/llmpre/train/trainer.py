@@ -155,7 +155,7 @@ class Trainer:
 
         self.config = _model_config(args)
         cadence.check_model_type(args.model_type, self.config)
-        self.dims.validate(world, self.config, args.gradient_accumulation_steps)
+        self.dims.validate(world, self.config, args.gradient_accumulation_steps, args.max_seq_length)
         logger.info("Final pre-training config: %s", outputs.config_text(to_hf_dict(self.config)))
         from llmpre.models import build_model
         from llmpre.models.hf_load import open_pretrained
