@@ -180,6 +180,49 @@ def hf_arrays(config: ModelConfig, rules: List[Rule], shapes, tensor: Callable,
             del item
 
 
+def shard_files(groups: List[List[Entry]], config_dict: dict) -> Tuple[List[str], Dict[str, str], int]:
+    """The weights file names of ``groups`` (one ``model.safetensors``, else
+    ``model-0000i-of-0000n.safetensors``), the text files beside them (config.json, and the
+    index when sharded) and the total bytes."""
+    names = [WEIGHTS_NAME] if len(groups) == 1 else [
+        f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    files = {CONFIG_NAME: json.dumps(config_dict, indent=2, sort_keys=True) + "\n"}
+    total = sum(e[2] for group in groups for e in group)
+    if len(groups) > 1:
+        weight_map = {e[0]: name for name, group in zip(names, groups) for e in group}
+        files[INDEX_NAME] = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+    return names, files, total
+
+
+def publish(path: Path, names: List[str], groups: List[List[Entry]], files: Dict[str, str],
+            write_shard: Callable[[Path, List[Entry]], None]) -> None:
+    """Write a checkpoint directory without a reader ever seeing half of it: each weights
+    shard (``write_shard(tmp, group)``), then the text files, go to temporary names in
+    ``path``; then all are renamed into place, weights first and config last, and the shards
+    of a previous save with another sharding are removed. On an error the temporaries go."""
+    temps = []
+    try:
+        for name, group in zip(names, groups):
+            tmp = path / f".{name}.tmp{os.getpid()}"
+            temps.append((tmp, path / name))
+            write_shard(tmp, group)
+            fault_delay()
+        for name in sorted(files, key=lambda n: n == CONFIG_NAME):   # index before config
+            tmp = path / f".{name}.tmp{os.getpid()}"
+            temps.append((tmp, path / name))
+            tmp.write_text(files[name])
+        stale = [WEIGHTS_NAME, INDEX_NAME] + [p.name for p in path.glob("model-*-of-*.safetensors")]
+        for tmp, final in temps:
+            os.replace(tmp, final)
+        for old in stale:  # a previous save with another sharding
+            if (path / old).exists() and old not in names and old not in files:
+                (path / old).unlink()
+    finally:
+        for tmp, _ in temps:
+            if tmp.exists():
+                tmp.unlink()
+
+
 def save_streamed(config: ModelConfig, shapes: Dict[str, Sequence[int]], tensor: Callable, path: PathLike,
                   dtype: str = "float32", style: str = "v4", max_shard_bytes: Optional[int] = None,
                   metadata: Optional[Dict[str, str]] = None) -> int:
@@ -200,37 +243,12 @@ def save_streamed(config: ModelConfig, shapes: Dict[str, Sequence[int]], tensor:
     hf_config["dtype" if style == "v5" else "torch_dtype"] = dtype
     rules, entries = plan(config, shapes, dtype)
     groups = shards(entries, max_shard_bytes)
-    names = [WEIGHTS_NAME] if len(groups) == 1 else [
-        f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
-    files = {CONFIG_NAME: json.dumps(hf_config, indent=2, sort_keys=True) + "\n"}
-    total = sum(e[2] for e in entries)
-    if len(groups) > 1:
-        weight_map = {e[0]: name for name, group in zip(names, groups) for e in group}
-        files[INDEX_NAME] = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+    names, files, total = shard_files(groups, hf_config)
     path.mkdir(parents=True, exist_ok=True)
     meta = {**(metadata or {}), "format": "pt"}     # transformers needs format=pt
     arrays = hf_arrays(config, rules, shapes, tensor, dtype)
-    temps = []
     try:
-        for name, group in zip(names, groups):
-            tmp = path / f".{name}.tmp{os.getpid()}"
-            temps.append((tmp, path / name))
-            write_safetensors(tmp, group, dtype, arrays, meta)
-            fault_delay()
-        arrays.close()
-        for name in sorted(files, key=lambda n: n == CONFIG_NAME):   # index before config
-            tmp = path / f".{name}.tmp{os.getpid()}"
-            temps.append((tmp, path / name))
-            tmp.write_text(files[name])
-        stale = [WEIGHTS_NAME, INDEX_NAME] + [p.name for p in path.glob("model-*-of-*.safetensors")]
-        for tmp, final in temps:
-            os.replace(tmp, final)
-        for old in stale:  # a previous save with another sharding
-            if (path / old).exists() and old not in names and old not in files:
-                (path / old).unlink()
+        publish(path, names, groups, files, lambda tmp, group: write_safetensors(tmp, group, dtype, arrays, meta))
     finally:
         arrays.close()
-        for tmp, _ in temps:
-            if tmp.exists():
-                tmp.unlink()
     return total

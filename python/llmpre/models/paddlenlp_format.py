@@ -40,7 +40,7 @@ import numpy as np
 
 from llmpre.errors import ConfigError
 from llmpre.models.config import ModelConfig
-from llmpre.models.hf_stream import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, fault_delay, shards
+from llmpre.models.hf_stream import INDEX_NAME, WEIGHTS_NAME, publish, shard_files, shards
 from llmpre.models.paddlenlp_names import (FAMILIES, IGNORABLE, buffers, config_to_paddlenlp, fused_columns,
                                            layer_index, rules)
 
@@ -323,13 +323,7 @@ def save_paddlenlp(config: ModelConfig, shapes: Dict[str, Sequence[int]], tensor
     extra = buffers(config)
     entries += [(name, list(a.shape), a.size * size) for name, a in extra.items()]
     groups = shards(entries, max_shard_bytes)
-    names = [WEIGHTS_NAME] if len(groups) == 1 else [
-        f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
-    files = {CONFIG_NAME: json.dumps(pnlp_config, indent=2, sort_keys=True) + "\n"}
-    total = sum(e[2] for e in entries)
-    if len(groups) > 1:
-        weight_map = {e[0]: name for name, group in zip(names, groups) for e in group}
-        files[INDEX_NAME] = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+    names, files, total = shard_files(groups, pnlp_config)
     meta = {**(metadata or {}), "format": FORMAT}
 
     def arrays():
@@ -344,34 +338,19 @@ def save_paddlenlp(config: ModelConfig, shapes: Dict[str, Sequence[int]], tensor
             a = np.ascontiguousarray(_as_tensor(value, dtype, name, value.shape).numpy())
             yield name, (a.byteswap() if sys.byteorder == "big" else a)
 
+    def write_shard(tmp, group):
+        with open(tmp, "wb") as fh:
+            fh.write(_header(group, dtype, meta))
+            for want, shape, nbytes in group:
+                got, a = next(stream)
+                if got != want or list(a.shape) != shape or a.nbytes != nbytes:
+                    raise ValueError(f"{tmp}: expected {want} {shape}, got {got} {list(a.shape)}")
+                fh.write(a.reshape(-1).view(np.uint8))
+
     path.mkdir(parents=True, exist_ok=True)
     stream = arrays()
-    temps = []
     try:
-        for name, group in zip(names, groups):
-            tmp = path / f".{name}.tmp{os.getpid()}"
-            temps.append((tmp, path / name))
-            with open(tmp, "wb") as fh:
-                fh.write(_header(group, dtype, meta))
-                for want, shape, nbytes in group:
-                    got, a = next(stream)
-                    if got != want or list(a.shape) != shape or a.nbytes != nbytes:
-                        raise ValueError(f"{tmp}: expected {want} {shape}, got {got} {list(a.shape)}")
-                    fh.write(a.reshape(-1).view(np.uint8))
-            fault_delay()
-        for name in sorted(files, key=lambda n: n == CONFIG_NAME):   # index before config
-            tmp = path / f".{name}.tmp{os.getpid()}"
-            temps.append((tmp, path / name))
-            tmp.write_text(files[name])
-        stale = [WEIGHTS_NAME, INDEX_NAME] + [p.name for p in path.glob("model-*-of-*.safetensors")]
-        for tmp, final in temps:
-            os.replace(tmp, final)
-        for old in stale:                                   # a previous save with another sharding
-            if (path / old).exists() and old not in names and old not in files:
-                (path / old).unlink()
+        publish(path, names, groups, files, write_shard)
     finally:
         stream.close()
-        for tmp, _ in temps:
-            if tmp.exists():
-                tmp.unlink()
     return total
