@@ -1,8 +1,9 @@
 // llmpre_grouped_mlp: every expert's SwiGLU MLP over rows grouped by expert
 // (kernel: cpp/kernels/grouped_mlp). No host synchronisation: the offsets are
-// read by the kernel itself.
+// read by the kernel itself. The experts' weights come as lists of their own
+// parameters (no stacked copy); their gradients go to one tensor per expert.
 //   inputs  X [rows, hidden] fp32, Offsets [experts + 1] int64 (CPU),
-//           WGate, WUp [experts, hidden, inter], WDown [experts, inter, hidden] (X's dtype)
+//           WGate, WUp: experts x [hidden, inter]; WDown: experts x [inter, hidden] (X's dtype)
 //   outputs Out [rows, hidden]; Gate, Up [rows, inter] (pre-activations, kept for the backward)
 #include "grouped_mlp/grouped_mlp.h"
 #include "op_common.h"
@@ -11,103 +12,147 @@ namespace {
 using namespace llmpre::ops;
 constexpr const char* kOp = "llmpre_grouped_mlp";
 
-k::GroupedMlpParams params(const paddle::Tensor& x, const paddle::Tensor& offsets, const paddle::Tensor& wg,
-                           const paddle::Tensor& wu, const paddle::Tensor& wd) {
+void check_weights(const std::vector<paddle::Tensor>& ws, const char* name, const std::vector<int64_t>& shape,
+                   const paddle::Tensor& x) {
+  for (size_t e = 0; e < ws.size(); ++e) {
+    const std::string arg = std::string(name) + "[" + std::to_string(e) + "]";
+    PD_CHECK(ws[e].shape() == shape, kOp, ": `", arg, "` must be ", shape_str(shape), ", got ",
+             shape_str(ws[e].shape()));
+    check_same_dtype(x, "x", ws[e], arg.c_str(), kOp);
+    check_cpu(ws[e], kOp, arg.c_str());
+  }
+}
+
+k::GroupedMlpParams params(const paddle::Tensor& x, const paddle::Tensor& offsets,
+                           const std::vector<paddle::Tensor>& wg, const std::vector<paddle::Tensor>& wu,
+                           const std::vector<paddle::Tensor>& wd) {
   PD_CHECK(x.shape().size() == 2, kOp, ": `x` must be [rows, hidden], got ", shape_str(x.shape()));
-  PD_CHECK(wg.shape().size() == 3, kOp, ": `w_gate` must be [experts, hidden, inter], got ",
-           shape_str(wg.shape()));
+  PD_CHECK(!wg.empty() && wg[0].shape().size() == 2, kOp,
+           ": `w_gate` must be a non-empty list of [hidden, inter] expert weights");
   k::GroupedMlpParams p;
   p.rows = x.shape()[0];
   p.hidden = x.shape()[1];
-  p.experts = wg.shape()[0];
-  p.inter = wg.shape()[2];
-  PD_CHECK(wg.shape()[1] == p.hidden, kOp, ": `w_gate` must be [experts, hidden=", p.hidden, ", inter], got ",
-           shape_str(wg.shape()));
-  check_same_shape(wg, "w_gate", wu, "w_up", kOp);
-  const std::vector<int64_t> down = {p.experts, p.inter, p.hidden};
-  PD_CHECK(wd.shape() == down, kOp, ": `w_down` must be ", shape_str(down), ", got ", shape_str(wd.shape()));
+  p.experts = static_cast<int64_t>(wg.size());
+  p.inter = wg[0].shape()[1];
+  PD_CHECK(wu.size() == wg.size() && wd.size() == wg.size(), kOp, ": `w_gate`, `w_up` and `w_down` must list ",
+           "the same experts, got ", wg.size(), ", ", wu.size(), " and ", wd.size(), " weights");
+  check_weights(wg, "w_gate", {p.hidden, p.inter}, x);
+  check_weights(wu, "w_up", {p.hidden, p.inter}, x);
+  check_weights(wd, "w_down", {p.inter, p.hidden}, x);
   const std::vector<int64_t> offs = {p.experts + 1};
   PD_CHECK(offsets.shape() == offs, kOp, ": `offsets` must be ", shape_str(offs), " (experts + 1), got ",
            shape_str(offsets.shape()));
   PD_CHECK(offsets.dtype() == paddle::DataType::INT64, kOp, ": `offsets` must be int64, got ",
            dtype_str(offsets.dtype()));
-  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, kOp, ": `x` must be float32 (bf16 grouped MLPs take "
-           "the reference op), got ", dtype_str(x.dtype()));
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, kOp, ": `x` must be float32 (other dtypes take the "
+           "reference op), got ", dtype_str(x.dtype()));
   p.dtype = llmpre::DType::kFloat32;
-  check_same_dtype(x, "x", wg, "w_gate", kOp);
-  check_same_dtype(x, "x", wu, "w_up", kOp);
-  check_same_dtype(x, "x", wd, "w_down", kOp);
   check_cpu(x, kOp, "x");
   check_cpu(offsets, kOp, "offsets");
-  check_cpu(wg, kOp, "w_gate");
-  check_cpu(wu, kOp, "w_up");
-  check_cpu(wd, kOp, "w_down");
   return p;
+}
+
+std::vector<paddle::Tensor> contiguous_all(const std::vector<paddle::Tensor>& ts) {
+  std::vector<paddle::Tensor> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(contiguous(t));
+  return out;
+}
+
+std::vector<const void*> pointers(const std::vector<paddle::Tensor>& ts) {
+  std::vector<const void*> out;
+  for (const auto& t : ts) out.push_back(t.data());
+  return out;
+}
+
+std::vector<void*> mutable_pointers(std::vector<paddle::Tensor>& ts) {
+  std::vector<void*> out;
+  for (auto& t : ts) out.push_back(t.data());
+  return out;
+}
+
+std::vector<paddle::Tensor> new_like(const std::vector<paddle::Tensor>& ts) {
+  std::vector<paddle::Tensor> out;
+  for (const auto& t : ts) out.push_back(new_output(t.shape(), t.dtype(), t.place()));
+  return out;
 }
 }  // namespace
 
 std::vector<paddle::Tensor> GroupedMlpForward(const paddle::Tensor& x_in, const paddle::Tensor& offsets_in,
-                                              const paddle::Tensor& wg_in, const paddle::Tensor& wu_in,
-                                              const paddle::Tensor& wd_in) {
+                                              const std::vector<paddle::Tensor>& wg_in,
+                                              const std::vector<paddle::Tensor>& wu_in,
+                                              const std::vector<paddle::Tensor>& wd_in) {
   const k::GroupedMlpParams p = params(x_in, offsets_in, wg_in, wu_in, wd_in);
   paddle::Tensor x = contiguous(x_in), offsets = contiguous(offsets_in);
-  paddle::Tensor wg = contiguous(wg_in), wu = contiguous(wu_in), wd = contiguous(wd_in);
+  const auto wg = contiguous_all(wg_in), wu = contiguous_all(wu_in), wd = contiguous_all(wd_in);
   paddle::Tensor out = new_output({p.rows, p.hidden}, x.dtype(), x.place());
   paddle::Tensor gate = new_output({p.rows, p.inter}, x.dtype(), x.place());
   paddle::Tensor up = new_output({p.rows, p.inter}, x.dtype(), x.place());
+  const auto pg = pointers(wg), pu = pointers(wu), pd = pointers(wd);
   run_kernel(kOp, [&] {
-    k::grouped_mlp_forward(p, x.data(), offsets.data<int64_t>(), wg.data(), wu.data(), wd.data(), out.data(),
+    k::grouped_mlp_forward(p, x.data(), offsets.data<int64_t>(), pg.data(), pu.data(), pd.data(), out.data(),
                            gate.data(), up.data());
   });
   return {out, gate, up};
 }
 
 std::vector<paddle::Tensor> GroupedMlpBackward(const paddle::Tensor& x_in, const paddle::Tensor& offsets_in,
-                                               const paddle::Tensor& wg_in, const paddle::Tensor& wu_in,
-                                               const paddle::Tensor& wd_in, const paddle::Tensor& gate_in,
-                                               const paddle::Tensor& up_in, const paddle::Tensor& dout_in) {
+                                               const std::vector<paddle::Tensor>& wg_in,
+                                               const std::vector<paddle::Tensor>& wu_in,
+                                               const std::vector<paddle::Tensor>& wd_in,
+                                               const paddle::Tensor& gate_in, const paddle::Tensor& up_in,
+                                               const paddle::Tensor& dout_in) {
   const k::GroupedMlpParams p = params(x_in, offsets_in, wg_in, wu_in, wd_in);
   paddle::Tensor x = contiguous(x_in), offsets = contiguous(offsets_in);
-  paddle::Tensor wg = contiguous(wg_in), wu = contiguous(wu_in), wd = contiguous(wd_in);
-  if (!has_grad(dout_in))
-    return {paddle::zeros(x.shape(), x.dtype(), x.place()), paddle::zeros(wg.shape(), wg.dtype(), wg.place()),
-            paddle::zeros(wu.shape(), wu.dtype(), wu.place()), paddle::zeros(wd.shape(), wd.dtype(), wd.place())};
+  const auto wg = contiguous_all(wg_in), wu = contiguous_all(wu_in), wd = contiguous_all(wd_in);
+  std::vector<paddle::Tensor> grads;   // dx, then dwg..., dwu..., dwd... (one per expert each)
+  if (!has_grad(dout_in)) {
+    grads.push_back(paddle::zeros(x.shape(), x.dtype(), x.place()));
+    for (const auto* ws : {&wg, &wu, &wd})
+      for (const auto& w : *ws) grads.push_back(paddle::zeros(w.shape(), w.dtype(), w.place()));
+    return grads;
+  }
   check_same_shape(x, "x", dout_in, "grad of out", kOp);
   check_same_dtype(x, "x", dout_in, "grad of out", kOp);
   paddle::Tensor gate = contiguous(gate_in), up = contiguous(up_in), dout = contiguous(dout_in);
   paddle::Tensor dx = new_output(x.shape(), x.dtype(), x.place());
-  paddle::Tensor dwg = new_output(wg.shape(), wg.dtype(), wg.place());
-  paddle::Tensor dwu = new_output(wu.shape(), wu.dtype(), wu.place());
-  paddle::Tensor dwd = new_output(wd.shape(), wd.dtype(), wd.place());
+  auto dwg = new_like(wg), dwu = new_like(wu), dwd = new_like(wd);
+  const auto pg = pointers(wg), pu = pointers(wu), pd = pointers(wd);
+  const auto qg = mutable_pointers(dwg), qu = mutable_pointers(dwu), qd = mutable_pointers(dwd);
   run_kernel(kOp, [&] {
-    k::grouped_mlp_backward(p, x.data(), offsets.data<int64_t>(), wg.data(), wu.data(), wd.data(), gate.data(),
-                            up.data(), dout.data(), dx.data(), dwg.data(), dwu.data(), dwd.data());
+    k::grouped_mlp_backward(p, x.data(), offsets.data<int64_t>(), pg.data(), pu.data(), pd.data(), gate.data(),
+                            up.data(), dout.data(), dx.data(), qg.data(), qu.data(), qd.data());
   });
-  return {dx, dwg, dwu, dwd};
+  grads.push_back(dx);
+  for (auto* gs : {&dwg, &dwu, &dwd}) grads.insert(grads.end(), gs->begin(), gs->end());
+  return grads;
 }
 
 std::vector<std::vector<int64_t>> GroupedMlpInferShape(const std::vector<int64_t>& x,
                                                        const std::vector<int64_t>& offsets,
-                                                       const std::vector<int64_t>& wg,
-                                                       const std::vector<int64_t>& wu,
-                                                       const std::vector<int64_t>& wd) {
-  return {x, {x[0], wg[2]}, {x[0], wg[2]}};
+                                                       const std::vector<std::vector<int64_t>>& wg,
+                                                       const std::vector<std::vector<int64_t>>& wu,
+                                                       const std::vector<std::vector<int64_t>>& wd) {
+  return {x, {x[0], wg[0][1]}, {x[0], wg[0][1]}};
 }
 
 std::vector<paddle::DataType> GroupedMlpInferDtype(const paddle::DataType& x, const paddle::DataType& offsets,
-                                                   const paddle::DataType& wg, const paddle::DataType& wu,
-                                                   const paddle::DataType& wd) {
+                                                   const std::vector<paddle::DataType>& wg,
+                                                   const std::vector<paddle::DataType>& wu,
+                                                   const std::vector<paddle::DataType>& wd) {
   return {x, x, x};
 }
 
 PD_BUILD_OP(llmpre_grouped_mlp)
-    .Inputs({"X", "Offsets", "WGate", "WUp", "WDown"})
+    .Inputs({"X", "Offsets", paddle::Vec("WGate"), paddle::Vec("WUp"), paddle::Vec("WDown")})
     .Outputs({"Out", "Gate", "Up"})
     .SetKernelFn(PD_KERNEL(GroupedMlpForward))
     .SetInferShapeFn(PD_INFER_SHAPE(GroupedMlpInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(GroupedMlpInferDtype));
 
 PD_BUILD_GRAD_OP(llmpre_grouped_mlp)
-    .Inputs({"X", "Offsets", "WGate", "WUp", "WDown", "Gate", "Up", paddle::Grad("Out")})
-    .Outputs({paddle::Grad("X"), paddle::Grad("WGate"), paddle::Grad("WUp"), paddle::Grad("WDown")})
+    .Inputs({"X", "Offsets", paddle::Vec("WGate"), paddle::Vec("WUp"), paddle::Vec("WDown"), "Gate", "Up",
+             paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X"), paddle::Grad(paddle::Vec("WGate")), paddle::Grad(paddle::Vec("WUp")),
+              paddle::Grad(paddle::Vec("WDown"))})
     .SetKernelFn(PD_KERNEL(GroupedMlpBackward));

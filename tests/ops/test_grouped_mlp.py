@@ -36,11 +36,16 @@ def _case(counts, rows, hidden, inter, seed=0):
 
 
 def _run(fn, offsets, arrays, dy, dtype):
-    ins = [paddle.to_tensor(a.astype(dtype)) for a in arrays]
+    x = paddle.to_tensor(arrays[0].astype(dtype))
+    weights = [[paddle.to_tensor(w.astype(dtype)) for w in stack] for stack in arrays[1:]]   # per expert
+    ins = [x] + [w for ws in weights for w in ws]
     for t in ins:
         t.stop_gradient = False
-    y = fn(ins[0], paddle.to_tensor(offsets), *ins[1:])
-    grads = paddle.grad([y], ins, [paddle.to_tensor(dy.astype(dtype))])
+    y = fn(x, paddle.to_tensor(offsets), *weights)
+    grads = paddle.grad([y], ins, [paddle.to_tensor(dy.astype(dtype))], allow_unused=True)
+    grads = [paddle.zeros_like(t) if g is None else g for g, t in zip(grads, ins)]   # reference: unused experts
+    e = len(weights[0])
+    grads = [grads[0]] + [paddle.stack(grads[1 + i * e:1 + (i + 1) * e]) for i in range(3)]
     return [y.numpy()] + [g.numpy() for g in grads]
 
 
@@ -75,14 +80,16 @@ def test_reproducible_bitwise():
     (lambda o, a: (np.array([1, 5, 7, 9], np.int64), a), r"offsets\[0\] must be 0"),
     (lambda o, a: (np.array([0, 5, 7, 99], np.int64), a), "exceeds"),
     (lambda o, a: (o[:-1], a), "experts \\+ 1"),
-    (lambda o, a: (o, a[:3] + [a[3][:, :-1]]), "w_down"),
+    (lambda o, a: (o, a[:3] + [a[3][:, :-1]]), r"w_down\[0\]"),
+    (lambda o, a: (o, a[:3] + [a[3][:-1]]), "same experts"),
 ])
 def test_bad_input_is_one_clear_error(change, message):
     offsets, arrays, _ = _case([5, 2, 2], 10, 16, 8)
     offsets, arrays = change(offsets, arrays)
-    ins = [paddle.to_tensor(a) for a in arrays]
+    x = paddle.to_tensor(arrays[0])
+    weights = [[paddle.to_tensor(w) for w in stack] for stack in arrays[1:]]
     with pytest.raises(ValueError, match=message):
-        F.grouped_mlp(ins[0], paddle.to_tensor(offsets), *ins[1:])
+        F.grouped_mlp(x, paddle.to_tensor(offsets), *weights)
 
 
 def test_select_ops_sends_dtypes_without_a_kernel_to_the_reference():
@@ -110,11 +117,14 @@ def test_baseline_isa_path_matches_the_reference():
         def t(shape):
             x = paddle.to_tensor((rng.normal(size=shape) / 4).astype("float32")); x.stop_gradient = False
             return x
-        x, wg, wu, wd = t((40, 24)), t((3, 24, 20)), t((3, 24, 20)), t((3, 20, 24))
+        x = t((40, 24))
+        wg, wu, wd = [t((24, 20)) for _ in range(3)], [t((24, 20)) for _ in range(3)], [t((20, 24)) for _ in range(3)]
         offsets = paddle.to_tensor(np.array([0, 12, 12, 33], np.int64))
-        ins = [x, wg, wu, wd]
+        ins = [x] + wg + wu + wd
         a, b = F.grouped_mlp(x, offsets, wg, wu, wd), R.grouped_mlp(x, offsets, wg, wu, wd)
-        ga, gb = paddle.grad([a], ins, [paddle.ones_like(a)]), paddle.grad([b], ins, [paddle.ones_like(b)])
+        ga = paddle.grad([a], ins, [paddle.ones_like(a)])
+        gb = paddle.grad([b], ins, [paddle.ones_like(b)], allow_unused=True)   # expert 1 has no rows
+        gb = [paddle.zeros_like(t) if g is None else g for g, t in zip(gb, ins)]
         for u, v in zip([a] + ga, [b] + gb):
             err = float((u - v).abs().max()) / max(1.0, float(v.abs().max()))
             assert err < 1e-5, err

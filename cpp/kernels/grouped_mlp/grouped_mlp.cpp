@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -22,6 +23,15 @@
 
 namespace llmpre::kernels {
 namespace grouped_mlp_impl {
+namespace baseline {
+#include "grouped_mlp/grouped_mlp_body.inc"
+}  // namespace baseline
+LLMPRE_BEGIN_AVX2
+namespace avx2 {
+#include "grouped_mlp/grouped_mlp_body.inc"
+}  // namespace avx2
+LLMPRE_END_AVX2
+
 namespace {
 
 // C[m x n] = (accumulate ? C : 0) + A[m x k] B[k x n]; A(r, c) = a[r * rsa + c * csa]
@@ -127,6 +137,23 @@ GemmFn gemm_fn() {
   return gemm_baseline;
 }
 
+void swiglu(const float* g, const float* u, float* act, int64_t n) {
+  if (use_avx2())
+    avx2::swiglu_range(g, u, act, n);
+  else
+    baseline::swiglu_range(g, u, act, n);
+}
+
+void swiglu_grad(const float* g, const float* u, float* da, float* du, int64_t n) {
+  if (use_avx2())
+    avx2::swiglu_grad_range(g, u, da, du, n);
+  else
+    baseline::swiglu_grad_range(g, u, da, du, n);
+}
+
+// Scratch that is written before it is read (no zero fill).
+std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[size_t(n)]); }
+
 // dst[c * rows + r] = src[r * cols + c]: a [rows, cols] matrix transposed.
 void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
   constexpr int64_t kB = 32;
@@ -161,6 +188,14 @@ void check(const GroupedMlpParams& p, const int64_t* offsets, const char* fn,
                                 " exceeds the " + std::to_string(p.rows) + " rows");
 }
 
+// Every expert's weight (or gradient) buffer pointer is set.
+void check_experts(const GroupedMlpParams& p, const char* fn, std::initializer_list<const void* const*> arrays) {
+  for (const void* const* array : arrays)
+    for (int64_t e = 0; e < p.experts; ++e)
+      if (array[e] == nullptr)
+        throw std::invalid_argument(std::string(fn) + ": the buffer of expert " + std::to_string(e) + " is null");
+}
+
 // Calls f(expert, worker) for every expert on up to max_threads() threads (one
 // thread when the whole call is small: waking a second costs more on a busy box).
 template <class F>
@@ -187,13 +222,15 @@ void for_each_expert(const GroupedMlpParams& p, const F& f) {
 }  // namespace
 }  // namespace grouped_mlp_impl
 
-void grouped_mlp_forward(const GroupedMlpParams& p, const void* x_, const int64_t* offsets, const void* wg_,
-                         const void* wu_, const void* wd_, void* out_, void* gate_, void* up_) {
+void grouped_mlp_forward(const GroupedMlpParams& p, const void* x_, const int64_t* offsets,
+                         const void* const* wg_, const void* const* wu_, const void* const* wd_, void* out_,
+                         void* gate_, void* up_) {
   using namespace grouped_mlp_impl;
   check(p, offsets, "grouped_mlp_forward", {x_, wg_, wu_, wd_, out_, gate_, up_});
+  check_experts(p, "grouped_mlp_forward", {wg_, wu_, wd_});
   const int64_t h = p.hidden, n_i = p.inter;
-  const float *x = static_cast<const float*>(x_), *wg = static_cast<const float*>(wg_);
-  const float *wu = static_cast<const float*>(wu_), *wd = static_cast<const float*>(wd_);
+  const float* x = static_cast<const float*>(x_);
+  auto weight = [](const void* const* w, int64_t e) { return static_cast<const float*>(w[e]); };
   float *out = static_cast<float*>(out_), *gate = static_cast<float*>(gate_), *up = static_cast<float*>(up_);
   const GemmFn gemm = gemm_fn();
   const int64_t kept = offsets[p.experts];
@@ -205,32 +242,34 @@ void grouped_mlp_forward(const GroupedMlpParams& p, const void* x_, const int64_
     if (ne == 0) return;
     const float* xe = x + r0 * h;
     float *ge = gate + r0 * n_i, *ue = up + r0 * n_i;
-    gemm(ne, n_i, h, xe, h, 1, wg + e * h * n_i, n_i, ge, n_i, false);   // [ne, I]
-    gemm(ne, n_i, h, xe, h, 1, wu + e * h * n_i, n_i, ue, n_i, false);   // [ne, I]
-    std::vector<float> act(size_t(ne * n_i));
-    for (int64_t i = 0; i < ne * n_i; ++i) act[i] = ge[i] * sigmoid_f(ge[i]) * ue[i];
-    gemm(ne, h, n_i, act.data(), n_i, 1, wd + e * n_i * h, h, out + r0 * h, h, false);  // [ne, h]
+    gemm(ne, n_i, h, xe, h, 1, weight(wg_, e), n_i, ge, n_i, false);   // [ne, I]
+    gemm(ne, n_i, h, xe, h, 1, weight(wu_, e), n_i, ue, n_i, false);   // [ne, I]
+    auto act = scratch(ne * n_i);
+    swiglu(ge, ue, act.get(), ne * n_i);
+    gemm(ne, h, n_i, act.get(), n_i, 1, weight(wd_, e), h, out + r0 * h, h, false);  // [ne, h]
   });
 }
 
-void grouped_mlp_backward(const GroupedMlpParams& p, const void* x_, const int64_t* offsets, const void* wg_,
-                          const void* wu_, const void* wd_, const void* gate_, const void* up_,
-                          const void* dout_, void* dx_, void* dwg_, void* dwu_, void* dwd_) {
+void grouped_mlp_backward(const GroupedMlpParams& p, const void* x_, const int64_t* offsets,
+                          const void* const* wg_, const void* const* wu_, const void* const* wd_, const void* gate_,
+                          const void* up_, const void* dout_, void* dx_, void* const* dwg_, void* const* dwu_,
+                          void* const* dwd_) {
   using namespace grouped_mlp_impl;
   check(p, offsets, "grouped_mlp_backward", {x_, wg_, wu_, wd_, gate_, up_, dout_, dx_, dwg_, dwu_, dwd_});
+  check_experts(p, "grouped_mlp_backward", {wg_, wu_, wd_, dwg_, dwu_, dwd_});
   const int64_t h = p.hidden, n_i = p.inter;
-  const float *x = static_cast<const float*>(x_), *wg = static_cast<const float*>(wg_);
-  const float *wu = static_cast<const float*>(wu_), *wd = static_cast<const float*>(wd_);
+  const float* x = static_cast<const float*>(x_);
   const float *gate = static_cast<const float*>(gate_), *up = static_cast<const float*>(up_);
   const float* dout = static_cast<const float*>(dout_);
-  float *dx = static_cast<float*>(dx_), *dwg = static_cast<float*>(dwg_);
-  float *dwu = static_cast<float*>(dwu_), *dwd = static_cast<float*>(dwd_);
+  float* dx = static_cast<float*>(dx_);
+  auto weight = [](const void* const* w, int64_t e) { return static_cast<const float*>(w[e]); };
+  auto grad = [](void* const* g, int64_t e) { return static_cast<float*>(g[e]); };
   const GemmFn gemm = gemm_fn();
   const int64_t kept = offsets[p.experts];
   std::fill(dx + kept * h, dx + p.rows * h, 0.f);
   for_each_expert(p, [&](int64_t e, int) {
     const int64_t r0 = offsets[e], ne = offsets[e + 1] - r0;
-    float *dwg_e = dwg + e * h * n_i, *dwu_e = dwu + e * h * n_i, *dwd_e = dwd + e * n_i * h;
+    float *dwg_e = grad(dwg_, e), *dwu_e = grad(dwu_, e), *dwd_e = grad(dwd_, e);
     if (ne == 0) {
       std::fill(dwg_e, dwg_e + h * n_i, 0.f);
       std::fill(dwu_e, dwu_e + h * n_i, 0.f);
@@ -238,23 +277,22 @@ void grouped_mlp_backward(const GroupedMlpParams& p, const void* x_, const int64
       return;
     }
     const float *xe = x + r0 * h, *ge = gate + r0 * n_i, *ue = up + r0 * n_i, *dye = dout + r0 * h;
-    std::vector<float> act(size_t(ne * n_i)), dg(size_t(ne * n_i)), du(size_t(ne * n_i));
-    std::vector<float> wt(size_t(h * n_i));
-    for (int64_t i = 0; i < ne * n_i; ++i) act[i] = ge[i] * sigmoid_f(ge[i]) * ue[i];
-    gemm(n_i, h, ne, act.data(), 1, n_i, dye, h, dwd_e, h, false);            // dWd = act^T dY  [I, h]
-    transpose(wd + e * n_i * h, n_i, h, wt.data());                            // Wd^T [h, I]
-    gemm(ne, n_i, h, dye, h, 1, wt.data(), n_i, dg.data(), n_i, false);        // d act = dY Wd^T [ne, I]
-    for (int64_t i = 0; i < ne * n_i; ++i) {
-      const float g = ge[i], s = sigmoid_f(g), silu = g * s, da = dg[i];
-      dg[i] = da * ue[i] * (s + silu * (1.0f - s));
-      du[i] = da * silu;
-    }
-    gemm(h, n_i, ne, xe, 1, h, dg.data(), n_i, dwg_e, n_i, false);            // dWg = X^T dG [h, I]
-    gemm(h, n_i, ne, xe, 1, h, du.data(), n_i, dwu_e, n_i, false);            // dWu = X^T dU [h, I]
-    transpose(wg + e * h * n_i, h, n_i, wt.data());                            // Wg^T [I, h]
-    gemm(ne, h, n_i, dg.data(), n_i, 1, wt.data(), h, dx + r0 * h, h, false);  // dX = dG Wg^T
-    transpose(wu + e * h * n_i, h, n_i, wt.data());                            // Wu^T [I, h]
-    gemm(ne, h, n_i, du.data(), n_i, 1, wt.data(), h, dx + r0 * h, h, true);   //    + dU Wu^T
+    // Transposed operands are packed (a strided A walks a new cache line per k step).
+    auto act = scratch(ne * n_i), dg = scratch(ne * n_i), du = scratch(ne * n_i);
+    auto wt = scratch(h * n_i), at = scratch(ne * std::max(h, n_i));
+    swiglu(ge, ue, act.get(), ne * n_i);
+    transpose(act.get(), ne, n_i, at.get());                                 // act^T [I, ne]
+    gemm(n_i, h, ne, at.get(), ne, 1, dye, h, dwd_e, h, false);              // dWd = act^T dY  [I, h]
+    transpose(weight(wd_, e), n_i, h, wt.get());                            // Wd^T [h, I]
+    gemm(ne, n_i, h, dye, h, 1, wt.get(), n_i, dg.get(), n_i, false);        // d act = dY Wd^T [ne, I]
+    swiglu_grad(ge, ue, dg.get(), du.get(), ne * n_i);
+    transpose(xe, ne, h, at.get());                                           // X^T [h, ne]
+    gemm(h, n_i, ne, at.get(), ne, 1, dg.get(), n_i, dwg_e, n_i, false);    // dWg = X^T dG [h, I]
+    gemm(h, n_i, ne, at.get(), ne, 1, du.get(), n_i, dwu_e, n_i, false);    // dWu = X^T dU [h, I]
+    transpose(weight(wg_, e), h, n_i, wt.get());                            // Wg^T [I, h]
+    gemm(ne, h, n_i, dg.get(), n_i, 1, wt.get(), h, dx + r0 * h, h, false);  // dX = dG Wg^T
+    transpose(weight(wu_, e), h, n_i, wt.get());                            // Wu^T [I, h]
+    gemm(ne, h, n_i, du.get(), n_i, 1, wt.get(), h, dx + r0 * h, h, true);   //    + dU Wu^T
   });
 }
 

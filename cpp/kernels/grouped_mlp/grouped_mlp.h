@@ -4,8 +4,8 @@
 // rows offsets[E]..rows (pairs dropped by a capacity limit) get 0.
 //
 //   x      [rows, hidden]        offsets [experts + 1] int64, offsets[0] = 0,
-//   wg, wu [experts, hidden, inter]      non-decreasing, offsets[experts] <= rows
-//   wd     [experts, inter, hidden]
+//   wg, wu experts pointers to [hidden, inter]  non-decreasing, offsets[experts] <= rows
+//   wd     experts pointers to [inter, hidden]  (each expert's own parameter buffers)
 //   out    [rows, hidden]; gate, up [rows, inter] (saved for the backward)
 //
 // float32 only; each expert's rows are one block of work, so results do not
@@ -26,13 +26,15 @@ struct GroupedMlpParams {
   DType dtype = DType::kFloat32;
 };
 
-void grouped_mlp_forward(const GroupedMlpParams& p, const void* x, const int64_t* offsets, const void* wg,
-                         const void* wu, const void* wd, void* out, void* gate, void* up);
+void grouped_mlp_forward(const GroupedMlpParams& p, const void* x, const int64_t* offsets,
+                         const void* const* wg, const void* const* wu, const void* const* wd, void* out, void* gate,
+                         void* up);
 
-// dx [rows, hidden], dwg/dwu [experts, hidden, inter], dwd [experts, inter, hidden]
+// dx [rows, hidden]; dwg, dwu, dwd: experts pointers to buffers shaped like wg, wu, wd
 // (experts without rows get zero weight gradients).
-void grouped_mlp_backward(const GroupedMlpParams& p, const void* x, const int64_t* offsets, const void* wg,
-                          const void* wu, const void* wd, const void* gate, const void* up, const void* dout,
-                          void* dx, void* dwg, void* dwu, void* dwd);
+void grouped_mlp_backward(const GroupedMlpParams& p, const void* x, const int64_t* offsets,
+                          const void* const* wg, const void* const* wu, const void* const* wd, const void* gate,
+                          const void* up, const void* dout, void* dx, void* const* dwg, void* const* dwu,
+                          void* const* dwd);
 
 }  // namespace llmpre::kernels

@@ -165,6 +165,28 @@ def flash_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, causal
 _declare(flash_attention, "attention", "use_flash_attention", gpu=("float16", "bfloat16"))
 
 
+def flash_attention_block(q, k, v, offset: int, causal: bool = True, window: int | None = None,
+                          alibi_slopes=None, scale: float | None = None):
+    """One block of ring attention on the CPU kernel: ``(out, lse)`` with query ``i``
+    at key position ``i + offset``; out in q's dtype, lse ``[batch, heads, seq_q]`` fp32
+    (-inf for a query that sees no key of the block). No autograd (the ring has its
+    own backward). Contract: :func:`llmpre.ops.reference.attention_block`."""
+    with paddle.no_grad():
+        return tuple(_run("llmpre_flash_attention_block", q, k, v, alibi_slopes, bool(causal),
+                          -1 if window is None else int(window), 0.0 if scale is None else float(scale),
+                          int(offset)))
+
+
+def flash_attention_block_grad(q, k, v, out, lse, dout, offset: int, causal: bool = True, window=None,
+                               alibi_slopes=None, scale=None):
+    """``(dq, dk, dv)`` of one block from the merged ``out`` and ``lse`` of the whole row.
+    Contract: :func:`llmpre.ops.reference.attention_block_grad`."""
+    with paddle.no_grad():
+        return tuple(_run("llmpre_flash_attention_block_bwd", q, k, v, alibi_slopes, out.astype(q.dtype),
+                          lse, dout.astype(q.dtype), bool(causal), -1 if window is None else int(window),
+                          0.0 if scale is None else float(scale), int(offset)))
+
+
 def swiglu(gate: paddle.Tensor, up: paddle.Tensor) -> paddle.Tensor:
     """SwiGLU gate ``silu(gate) * up``.
 
@@ -196,20 +218,20 @@ def cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, ignore_index: in
 _declare(cross_entropy, "cross_entropy", "use_fused_cross_entropy", gpu=GPU)
 
 
-def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate: paddle.Tensor, w_up: paddle.Tensor,
-                w_down: paddle.Tensor) -> paddle.Tensor:
+def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate, w_up, w_down) -> paddle.Tensor:
     """All experts' SwiGLU MLPs in one call over rows grouped by expert: rows
     ``offsets[e]:offsets[e+1]`` of x get ``down(silu(x W_gate[e]) * x W_up[e])``,
     rows from ``offsets[E]`` on (dropped by a capacity limit) get 0.
 
     x: ``[m, hidden]`` float32; offsets: ``[E + 1]`` int64 (read inside the kernel:
-    no host synchronisation); w_gate, w_up: ``[E, hidden, inter]``; w_down:
-    ``[E, inter, hidden]``, x's dtype. Returns ``[m, hidden]``; gradients flow to x
-    and the three weight stacks (each expert's weight gradient is summed over its
-    rows in row order: bitwise reproducible for any thread count). Reference:
+    no host synchronisation); w_gate, w_up: lists of E ``[hidden, inter]`` tensors;
+    w_down: E ``[inter, hidden]`` (the experts' own parameters, never copied into a
+    stack), x's dtype. Returns ``[m, hidden]``; gradients flow to x and every
+    expert's weights (an expert's weight gradient sums its rows in row order:
+    bitwise reproducible for any thread count). Reference:
     :func:`llmpre.ops.reference.grouped_mlp`.
     """
-    return _run("llmpre_grouped_mlp", x, offsets, w_gate, w_up, w_down)[0]
+    return _run("llmpre_grouped_mlp", x, offsets, list(w_gate), list(w_up), list(w_down))[0]
 
 
 # fp32 only for now: other dtypes take the reference (Paddle's matmuls in that dtype, where it has them)
