@@ -89,7 +89,6 @@ class MoE(nn.Layer):
         self.gate = Router(config)
         self.experts = nn.LayerList([MLP(config, ops, width=self.cfg.moe_intermediate_size)
                                      for _ in range(self.cfg.num_experts)])
-        self.expert_load = None   # training: (token, slot) pairs routed to each expert since the last step
         self.shared_expert = self.shared_expert_gate = None
         if self.cfg.shared_expert_intermediate_size:
             self.shared_expert = MLP(config, ops, width=self.cfg.shared_expert_intermediate_size)
@@ -101,9 +100,6 @@ class MoE(nn.Layer):
         b, s, h = x.shape
         flat = x.reshape([-1, h])                                                        # [n, h]
         weights, experts, scores = self.gate(flat)                                       # [n, k], [n, k], [n, E]
-        if self.training and paddle.is_grad_enabled():   # counted once: not in eval nor recompute's no-grad pass
-            load = paddle.bincount(experts.reshape([-1]), minlength=self.cfg.num_experts)  # [E]
-            self.expert_load = load if self.expert_load is None else self.expert_load + load
         out = self.routed(flat, weights, experts)                                        # [n, h]
         if self.shared_expert is not None:
             shared = self.shared_expert(flat)
@@ -116,13 +112,6 @@ class MoE(nn.Layer):
         """Every expert's ``proj`` weight ``[in, out]``: the experts keep their own parameters
         (and HF/PaddleNLP names); the grouped op reads them in place."""
         return [getattr(expert, proj).weight for expert in self.experts]
-
-    def run_experts(self, rows, offsets):
-        """rows ``[m, h]`` sorted by expert, offsets ``[E + 1]`` -> each row through its expert
-        (rows past ``offsets[E]``: 0). Expert parallelism replaces it on each rank
-        (:mod:`llmpre.parallel.expert`: the rows travel to the rank holding their expert)."""
-        return self.ops.grouped_mlp(rows, offsets, self.weights("gate_proj"), self.weights("up_proj"),
-                                    self.weights("down_proj"))
 
     def routed(self, flat, weights, experts):
         """flat ``[n, h]``, weights ``[n, k]`` fp32, experts ``[n, k]`` -> ``sum_k w E(x)`` ``[n, h]``."""
@@ -138,7 +127,8 @@ class MoE(nn.Layer):
         offsets = paddle.searchsorted(paddle.gather(key, order),
                                       paddle.arange(num + 1, dtype=key.dtype))           # [E + 1]
         rows = paddle.gather(flat, order // k)                                           # [n k, h]
-        y = self.run_experts(rows, offsets)                                             # [n k, h]
+        y = self.ops.grouped_mlp(rows, offsets, self.weights("gate_proj"), self.weights("up_proj"),
+                                 self.weights("down_proj"))                              # [n k, h]
         y = y * paddle.gather(weights.reshape([-1]), order).unsqueeze(-1).astype(y.dtype)  # [n k, h]
         back = paddle.gather(y, paddle.argsort(order))                                  # [n k, h] (token, slot)
         return back.reshape([n, k, -1]).sum(1)                                           # [n, h]
