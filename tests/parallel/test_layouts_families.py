@@ -1,7 +1,8 @@
 """Tensor, sequence and pipeline parallelism for every dense family: tp2, tp2+sp and pp2
 on tiny OPT (projected embeddings, post-norm), Bloom (ALiBi, embedding LayerNorm),
-ChatGLM2 (one KV head for two ranks: replicated) and GPT-2 (learned positions, with
-PaddleNLP's default dropout 0.1) give the single-process losses (relative 1e-5 over
+ChatGLM2 (one KV head for two ranks: replicated), GPT-2 (learned positions, with
+PaddleNLP's default dropout 0.1) and ChatGLM-6B (GLM v1: 2-D positions and prefix
+attention derived from the tokens) give the single-process losses (relative 1e-5 over
 five steps) and parameters (layout_runner.assert_same_weights) on gloo."""
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ FAMILIES = {
         "n_embd": 64, "n_head": 4, "n_layer": 4, "n_positions": 64, "vocab_size": VOCAB,
         "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "tie_word_embeddings": True,
         "bos_token_id": 1, "eos_token_id": 2},
+    # <sop>, [gMASK], [MASK] are frequent corpus tokens (in 59%, 49%, 38% of the windows), so samples
+    # take GLM's prefix attention and 2-D positions at varying places, on every pipeline stage
+    "chatglm-6b": {
+        "architectures": ["ChatGLMModel"], "model_type": "chatglm", "hidden_size": 64, "inner_hidden_size": 128,
+        "num_layers": 4, "num_attention_heads": 4, "vocab_size": VOCAB, "position_encoding_2d": True,
+        "bos_token_id": 267, "gmask_token_id": 199, "mask_token_id": 259, "eos_token_id": 2,
+        "max_sequence_length": 64, "layernorm_epsilon": 1e-5},
 }
 LAYOUTS = {"tp2": ["--tp", "2"], "tp2+sp": ["--tp", "2", "--sp", "true"], "pp2": ["--pp", "2"]}
 

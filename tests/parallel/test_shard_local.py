@@ -61,6 +61,7 @@ LAYOUTS = {
     "GPT-2 tp2 sp x pp2": (ParallelDims(tp=2, pp=2, sequence_parallel=True), _family("gpt2-en")),
     "ChatGLM2 tp2, one KV head (replicated k/v)": (ParallelDims(tp=2), _family("chatglm2-6b", num_key_value_heads=1)),
     "ChatGLM2 tp4, two KV heads (replicated k/v)": (ParallelDims(tp=4), _family("chatglm2-6b", num_key_value_heads=2)),
+    "ChatGLM-6B (GLM v1) tp2 sp x pp2": (ParallelDims(tp=2, pp=2, sequence_parallel=True), _family("chatglm-6b")),
 }
 
 

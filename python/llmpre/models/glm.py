@@ -172,17 +172,16 @@ class GLMForCausalLM(nn.Layer):
         context lengths (keys before it are seen by every query; None: causal).  Without
         ``position_ids`` both come from the tokens (see the module doc)."""
         ctx = self.context(input_ids.shape[0], input_ids.shape[1], position_ids, prefix)
+        self.sample_context(ctx, input_ids)
         x = self.embed(input_ids, ctx)                                             # [b, s, hidden]
         for layer in self.layers:
             x = self.run_layer(layer, x, ctx)
         return self.head(x)                                                        # [b, s, vocab]
 
     def parallel_support(self) -> ParallelSupport:
-        return ParallelSupport(sequence_parallel=False, pipeline=False, why_not={
-            "sequence_parallel": "not built for GLM (its prefix attention and 2-D positions cover the whole "
-                                 "sequence)",
-            "pipeline": "GLM takes its positions and prefix mask from each sample's [gMASK]/<sop> tokens, "
-                        "which later pipeline stages do not see"})
+        # positions and the prefix come from each micro-batch's ids on every pipeline stage
+        # (sample_context); attention sees the whole sequence under sequence parallelism
+        return ParallelSupport()
 
     def init_overrides(self) -> dict:
         """GLM-130B's DeepNorm initialisation (``glm.deepnorm_init``; GLM-130B paper, 2.1):
@@ -200,11 +199,12 @@ class GLMForCausalLM(nn.Layer):
                 out[name] = ("normal", gain * math.sqrt(2.0 / (fan_in + fan_out)))
         return out
 
-    # The pieces of forward, used on their own by recompute and stage-3 sharding (models.stage).
+    # The pieces of forward, used on their own by pipeline stages, recompute and stage-3 sharding
+    # (models.stage).
     def context(self, batch: int, seq: int, position_ids: Optional[paddle.Tensor] = None,
                 prefix: Optional[paddle.Tensor] = None) -> dict:
         """Positions, block positions, prefix lengths and RoPE tables; with no
-        ``position_ids`` they are filled in by :meth:`embed` from the tokens."""
+        ``position_ids`` they are filled in by :meth:`sample_context` from the tokens."""
         ctx = {"positions": None, "blocks": None, "prefix": prefix, "cos": None, "sin": None,
                "router_stats": []}
         if position_ids is None:
@@ -224,10 +224,14 @@ class GLMForCausalLM(nn.Layer):
         ctx["cos"], ctx["sin"] = self.rotary(seq, position_ids)
         return ctx
 
-    def embed(self, input_ids: paddle.Tensor, ctx: dict) -> paddle.Tensor:
+    def sample_context(self, ctx: dict, input_ids: paddle.Tensor) -> None:
+        """Positions, block positions and prefix from the tokens (:func:`glm_inputs`) when
+        none were given."""
         if ctx["positions"] is None:
             ctx["positions"], ctx["blocks"], ctx["prefix"] = glm_inputs(input_ids, self.config)
             ctx["cos"], ctx["sin"] = self.rotary(input_ids.shape[1] + 1)   # block positions reach seq
+
+    def embed(self, input_ids: paddle.Tensor, ctx: dict) -> paddle.Tensor:
         return self.embed_tokens(input_ids)                                        # [b, s, hidden]
 
     def run_layer(self, layer, x: paddle.Tensor, ctx: dict) -> paddle.Tensor:
