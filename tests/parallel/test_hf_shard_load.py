@@ -55,6 +55,11 @@ LAYOUTS = {
     "gpt2 c_attn (fused cols), tp2": (ParallelDims(tp=2), scaled_down(PRESETS["gpt2-en"]), {}, "float32", FP32),
     "bloom q/k/v per head, tp2": (ParallelDims(tp=2), scaled_down(PRESETS["bloom-560m"]), {}, "float32", FP32),
     "yuan q/k interleaved, tp2": (ParallelDims(tp=2), scaled_down(PRESETS["yuan2-2b"]), {}, "float32", FP32),
+    "opt projected embeddings, tp2 x pp2": (ParallelDims(tp=2, pp=2), scaled_down(PRESETS["opt-350m"]), {},
+                                            "float32", FP32),
+    "chatglm2 one kv head (replicated), tp2 sp": (ParallelDims(tp=2, sequence_parallel=True),
+                                                  scaled_down(PRESETS["chatglm2-6b"]).replace(num_key_value_heads=1),
+                                                  {}, "float32", FP32),
 }
 
 
