@@ -89,6 +89,7 @@ class MoE(nn.Layer):
         self.gate = Router(config)
         self.experts = nn.LayerList([MLP(config, ops, width=self.cfg.moe_intermediate_size)
                                      for _ in range(self.cfg.num_experts)])
+        self.expert_load = None   # training: (token, slot) pairs routed to each expert since the last step
         self.shared_expert = self.shared_expert_gate = None
         if self.cfg.shared_expert_intermediate_size:
             self.shared_expert = MLP(config, ops, width=self.cfg.shared_expert_intermediate_size)
@@ -100,6 +101,9 @@ class MoE(nn.Layer):
         b, s, h = x.shape
         flat = x.reshape([-1, h])                                                        # [n, h]
         weights, experts, scores = self.gate(flat)                                       # [n, k], [n, k], [n, E]
+        if self.training and paddle.is_grad_enabled():   # counted once: not in eval nor recompute's no-grad pass
+            load = paddle.bincount(experts.reshape([-1]), minlength=self.cfg.num_experts)  # [E]
+            self.expert_load = load if self.expert_load is None else self.expert_load + load
         out = self.routed(flat, weights, experts)                                        # [n, h]
         if self.shared_expert is not None:
             shared = self.shared_expert(flat)

@@ -58,6 +58,9 @@ class TrainingArguments:
                                     "(PaddleNLP's run_pretrain default 0.1; no effect on other families).")
     attention_probs_dropout_prob: float = _f(0.1, "GPT models: dropout on the attention probabilities "
                                              "and the attention output (PaddleNLP 2.8's use; default 0.1).")
+    moe_bias_update_rate: float = _f(0.001, "DeepSeek-V3 (topk_method noaux_tc): after each step every "
+                                     "sparse layer's e_score_correction_bias moves by this much against the "
+                                     "sign of each expert's load error (the paper's gamma; 0: frozen; llmpre).")
     # ---- data ----
     input_dir: typing.Optional[str] = _f(
         None, "Corpus prefix, a directory of corpora (several: equal weights), or "
@@ -431,6 +434,9 @@ def _validate(args: TrainingArguments, where: str, notices: list | None = None) 
                                             .split(",") if x.strip())
     if args.max_nonfinite_skips < 0:
         raise ConfigError(f"{where}: `max_nonfinite_skips` must be >= 0")
+    if not 0 <= args.moe_bias_update_rate < float("inf"):
+        raise ConfigError(f"{where}: `moe_bias_update_rate` = {args.moe_bias_update_rate} must be a number >= 0 "
+                          "(0 freezes e_score_correction_bias; DeepSeek-V3 used 0.001)")
     if args.scale_loss <= 0:
         raise ConfigError(f"{where}: `scale_loss` must be positive")
     if args.dataloader_num_workers < 0:

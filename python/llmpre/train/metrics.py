@@ -12,6 +12,9 @@ SPEED_KEYS = ("interval_runtime", "interval_samples_per_second", "interval_token
               "interval_hardware_tflops_per_device", "interval_steps_per_second")
 LOG_KEYS = ("loss", "learning_rate", "global_step", *DEVICE_KEYS, *SPEED_KEYS, *HOST_KEYS,
             "progress_or_epoch")
+# MoE models: the most and least loaded expert of any sparse layer, relative to the
+# layer's mean load (1.0 = balanced; llmpre.train.balance)
+MOE_LOG_KEYS = ("moe_load_max", "moe_load_min")
 
 
 def interval_speed(runtime: float, samples: int, steps: int, seq: int, world_size: int,
@@ -30,12 +33,14 @@ def interval_speed(runtime: float, samples: int, steps: int, seq: int, world_siz
 
 
 def train_log_values(loss: float, learning_rate: float, global_step: int, memory, speed: dict,
-                     progress: float, skipped: int = 0) -> dict:
+                     progress: float, skipped: int = 0, moe_load: dict | None = None) -> dict:
     """One logging interval as PaddleNLP's log line has it: loss (8 decimals),
     learning rate (3 significant digits), step, device memory (GPU), the speed
     figures, process memory (CPU), progress_or_epoch. ``memory`` is a memory
     source (llmpre.train.memory). ``skipped_steps`` (not PaddleNLP's) comes last
-    and only when steps of the interval were skipped."""
+    and only when steps of the interval were skipped, after it (MoE models, not
+    PaddleNLP's) ``moe_load_max`` / ``moe_load_min`` of ``moe_load``
+    (:func:`llmpre.train.balance.load_summary` of the interval's last step)."""
     values = {"loss": round(loss, 8), "learning_rate": float(f"{learning_rate:.3e}"),
               "global_step": global_step}
     values.update(device_fields(memory))
@@ -44,6 +49,9 @@ def train_log_values(loss: float, learning_rate: float, global_step: int, memory
     values["progress_or_epoch"] = progress
     if skipped:
         values["skipped_steps"] = skipped
+    for key in MOE_LOG_KEYS:
+        if moe_load and key in moe_load:
+            values[key] = moe_load[key]
     return values
 
 

@@ -228,6 +228,7 @@ class Trainer:
             self.config.hidden_size, self.config.intermediate_size,
             self.config.num_hidden_layers, self.config.vocab_size, args.max_seq_length)
         self.memory = memory_source(paddle)   # GPU allocator counters, else process memory
+        self.moe_load: dict = {}               # the last step's expert loads (llmpre.train.balance)
         self.monitor = Monitor(args.output_dir, enabled=False)  # opened by train()
 
     # ---- state -------------------------------------------------------------
@@ -360,6 +361,7 @@ class Trainer:
     def _train_step(self, batches):
         """One optimizer step. Returns (loss, gradient norm, status) with status
         "ok", "overflow" (fp16 scale lowered) or "skipped" (non-finite)."""
+        from llmpre.train import balance
         from llmpre.train.optim import clip_coefficient
 
         lr = self.lr_at(self.global_step + 1)    # update g uses the schedule at g, as PaddleNLP's
@@ -388,6 +390,8 @@ class Trainer:
                 f"step {self.global_step + 1}: the loss is {loss_value} and the gradient norm is "
                 f"{norm}; training stopped ({where}; max_nonfinite_skips allows skipping such steps)")
         self.scaler.update(found_inf=status == "overflow")
+        self.moe_load = balance.balance_step(self.engine.model, self.engine.env,
+                                             self.args.moe_bias_update_rate if status == "ok" else 0.0)
         self.engine.zero_grad()
         self.global_step += 1
         return loss_value, norm, status
@@ -594,12 +598,12 @@ class Trainer:
         samples = self.samples_per_step * steps * self.dims.data_parallel_size   # global
         speed = interval_speed(runtime, samples, steps, seq, self.dims.world_size, self.flops_per_token)
         values = train_log_values(loss, self.lr_at(self.global_step + 1), self.global_step,   # the next update's
-                                  self.memory, speed, self._progress(), skipped)
+                                  self.memory, speed, self._progress(), skipped, self.moe_load)
         logger.info(format_log(values))
         record = {**values, "loss": _json_number(values["loss"]), "grad_norm": _json_number(grad_norm),
                   "loss_scale": self.scaler.scale, "skipped_steps": self.skipped_steps,
                   "interval_skipped_steps": skipped, "consumed_tokens": self._consumed_samples() * seq,
-                  "time": time.time()}
+                  "time": time.time(), **self.moe_load}
         if record["loss"] is None:
             record["nonfinite_loss"] = str(loss)
         self.monitor.log("train", self.global_step, record)

@@ -1,0 +1,217 @@
+"""DeepSeek-V3's training recipe: auxiliary-loss-free balancing (the correction bias moves
+against each expert's load error after every step, counted once per trained token), the
+sequence-wise auxiliary loss against a numpy version of the paper's formula, and the
+expert-load figures of the log line and metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from llmpre.models.config import ModelConfig
+from llmpre.models.moe import seq_aux_loss
+from llmpre.parallel.recompute import recompute
+from llmpre.train import balance
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf", "deepseek_v3")
+
+
+def _tiny_v3(layers=2) -> ModelConfig:
+    return ModelConfig(model_type="deepseek_v3", hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                       num_attention_heads=2, num_key_value_heads=2, head_dim=16, vocab_size=64,
+                       max_position_embeddings=64, rope_interleaved=True,
+                       mla=dict(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
+                                q_lora_rank=16),
+                       moe=dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                shared_expert_intermediate_size=16, scoring_func="sigmoid", topk_method="noaux_tc",
+                                n_group=2, topk_group=1, routed_scaling_factor=2.5, router_aux_loss_coef=0.001,
+                                aux_loss_type="seq", first_k_dense_replace=1))
+
+
+class _Env:
+    """The single-process layout: every group of size one."""
+
+    class _One:
+        size = 1
+
+        def all_reduce(self, x, op=None):
+            return x
+
+    data = pp = _One()
+    groups: dict = {}
+    rank = 0
+
+
+def _model():
+    from llmpre.models import build_model
+
+    model = build_model(_tiny_v3(layers=3), seed=5)
+    model.train()
+    return model
+
+
+def _ids():
+    return paddle.to_tensor(np.random.RandomState(0).randint(0, 64, [2, 16]).astype("int64"))
+
+
+def test_loads_count_every_trained_pair_once():
+    model = _model()
+    ids = _ids()
+    model(ids)
+    model(ids)                                                  # two micro-batches
+    sparse = balance.sparse_layers(model)
+    assert [i for i, _ in sparse] == [1, 2]                     # first_k_dense_replace = 1
+    for (index, moe), layer in zip(sparse, [model.layers[1], model.layers[2]]):
+        experts = layer.router_stats[0].numpy()
+        want = 2 * np.bincount(experts.reshape(-1), minlength=4)
+        np.testing.assert_array_equal(moe.expert_load.numpy(), want)
+    loads = balance.take_loads(model, _Env())
+    assert sorted(loads) == [1, 2] and all(moe.expert_load is None for _, moe in sparse)
+    assert all(int(c.sum()) == 2 * 2 * 16 * 2 for c in loads.values())   # 2 passes x 32 tokens x k=2
+    with paddle.no_grad():                                      # evaluation does not count
+        model(ids)
+    model.eval()
+    model(ids)
+    assert all(moe.expert_load is None for _, moe in sparse)
+
+
+def test_recompute_counts_once():
+    model = _model()
+    layer = model.layers[1]
+    x = paddle.randn([2, 8, 32])
+    x.stop_gradient = False
+    ctx = model.context(2, 8)
+    out = recompute(lambda h: layer(h, ctx["cos"], ctx["sin"], None, None), x)
+    assert layer.mlp.expert_load is None                        # the no-grad pass does not count
+    out.sum().backward()                                        # the pass with gradients counts
+    assert int(layer.mlp.expert_load.sum()) == 2 * 8 * 2
+
+
+def test_bias_moves_against_the_load_error():
+    model = _model()
+    before = {i: moe.gate.e_score_correction_bias.numpy().copy() for i, moe in balance.sparse_layers(model)}
+    loads = {1: np.array([10, 4, 4, 5]), 2: np.array([6, 6, 6, 6])}
+    balance.update_bias(model, loads, 0.001)
+    after = {i: moe.gate.e_score_correction_bias.numpy() for i, moe in balance.sparse_layers(model)}
+    np.testing.assert_allclose(after[1] - before[1], [-0.001, 0.001, 0.001, 0.001], rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(after[2], before[2])          # balanced: sign 0
+    balance.update_bias(model, loads, 0.0)                      # rate 0: frozen
+    np.testing.assert_array_equal(model.layers[1].mlp.gate.e_score_correction_bias.numpy(), after[1])
+
+
+def test_bias_steers_routing_toward_balance():
+    """A bias that sends every token to one expert group (load 2x the mean on its
+    experts) is walked back until both groups get tokens (with k = 2 and one group of
+    two chosen per token, the loads are set by the group choice)."""
+    model = _model()
+    for _, moe in balance.sparse_layers(model):
+        moe.gate.e_score_correction_bias.set_value(paddle.to_tensor([0.5, 0.5, 0.0, 0.0]))
+    ids = _ids()
+    history = []
+    for _ in range(40):
+        model(ids)
+        loads = balance.take_loads(model, _Env())
+        history.append(balance.load_summary(loads)["moe_load_max"])
+        balance.update_bias(model, loads, 0.05)
+    # sign steps oscillate around the balance point (the tiny model's scores differ by ~1e-2)
+    assert history[:3] == [2.0] * 3 and np.mean(history[-10:]) < 1.75, history
+
+
+def test_load_summary_is_relative_to_the_mean():
+    s = balance.load_summary({1: np.array([8, 0, 4, 4]), 3: np.array([4, 4, 4, 4])})
+    assert s == {"moe_load_max": 2.0, "moe_load_min": 0.0, "moe_load_layers": [1, 3],
+                 "moe_load_max_per_layer": [2.0, 1.0], "moe_load_min_per_layer": [0.0, 1.0]}
+
+
+def _seq_aux_numpy(stats, num_experts, batch):
+    """DeepSeek-V3 paper, eqs. 17-20, per layer: f_i = E / (K T) * #{t: i in top-K(t)},
+    P_i = mean_t s_i,t / sum_j s_j,t, loss = sum_i f_i P_i; averaged over sequences."""
+    total = 0.0
+    for experts, scores in stats:
+        k = experts.shape[-1]
+        for b in range(batch):
+            e = experts.reshape(batch, -1, k)[b]                                  # [T, K]
+            s = scores.reshape(batch, -1, num_experts)[b].astype(np.float64)      # [T, E]
+            t = e.shape[0]
+            f = np.array([(e == i).any(-1).sum() for i in range(num_experts)]) * num_experts / (k * t)
+            p = (s / s.sum(-1, keepdims=True)).mean(0)
+            total += (f * p).sum() / batch
+    return total
+
+
+def test_sequence_wise_aux_loss_matches_the_paper():
+    rs = np.random.RandomState(2)
+    batch, seq, experts, k = 3, 5, 6, 2
+    stats = []
+    for _ in range(2):   # two sparse layers
+        scores = 1 / (1 + np.exp(-rs.randn(batch * seq, experts)))                # sigmoid scores
+        chosen = np.stack([rs.choice(experts, k, replace=False) for _ in range(batch * seq)])
+        stats.append((chosen, scores.astype(np.float32)))
+    got = seq_aux_loss([(paddle.to_tensor(e), paddle.to_tensor(s)) for e, s in stats], experts, batch)
+    np.testing.assert_allclose(float(got), _seq_aux_numpy(stats, experts, batch), rtol=1e-6)
+
+
+def test_deepseek_v3_config_wires_the_sequence_loss():
+    from llmpre.models import get_config
+
+    moe = get_config(FIXTURE).moe
+    assert moe.aux_loss_type == "seq" and moe.topk_method == "noaux_tc"
+
+
+def _train(tmp_path, name, steps, **kw):
+    from llmpre.data.default import default_tokenizer_path
+    from llmpre.train.args import parse_arguments
+    from llmpre.train.trainer import run
+
+    values = {"model": FIXTURE, "tokenizer_name_or_path": default_tokenizer_path(), "max_seq_length": "32",
+              "per_device_train_batch_size": "2", "max_steps": str(steps), "logging_steps": "1",
+              "save_steps": "2", "do_eval": "false", "disable_tqdm": "true", "num_threads": "1",
+              "report_to": "none", "learning_rate": "3e-3", "moe_bias_update_rate": "0.01",
+              "output_dir": str(tmp_path / name), **{k: str(v) for k, v in kw.items()}}
+    run(parse_arguments(None, values))
+    return str(tmp_path / name)
+
+
+def _entries(out):
+    with open(os.path.join(out, "metrics.jsonl")) as fh:
+        return [e for e in map(json.loads, fh) if e["type"] == "train"]
+
+
+def test_training_updates_and_resumes_the_bias_exactly(tmp_path):
+    from safetensors.numpy import load_file
+
+    full = _train(tmp_path, "full", 3)
+    entries = _entries(full)
+    assert all(e["moe_load_max"] >= 1.0 >= e["moe_load_min"] >= 0.0 for e in entries)
+    assert entries[0]["moe_load_layers"] == [1]
+    bias = load_file(os.path.join(full, "model.safetensors"))["model.layers.1.mlp.gate.e_score_correction_bias"]
+    steps = np.round(bias / 0.01)                              # 3 updates of +-0.01 (0 when balanced)
+    np.testing.assert_allclose(bias, steps * 0.01, atol=1e-6)
+    assert 1 <= np.abs(steps).max() <= 3                       # an odd number of +-1 steps is never 0
+
+    part = _train(tmp_path, "part", 2)
+    resumed = _train(tmp_path, "part", 3, resume_from_checkpoint=os.path.join(part, "checkpoint-2"))
+    got = load_file(os.path.join(resumed, "model.safetensors"))["model.layers.1.mlp.gate.e_score_correction_bias"]
+    np.testing.assert_array_equal(got, bias)
+    assert _entries(resumed)[-1]["loss"] == entries[-1]["loss"]
+
+
+def test_two_data_ranks_apply_the_same_update(tmp_path):
+    """dp2 sums both ranks' counts: the same bias and losses as one process."""
+    from llmpre.data.default import default_tokenizer_path
+    from tests import layout_runner as L
+
+    extra = ("--model", FIXTURE, "--num_hidden_layers", "2", "--tokenizer_name_or_path", default_tokenizer_path(),
+             "--moe_bias_update_rate", "0.01")
+    L.train(tmp_path / "one", 1, *extra, steps=3)
+    L.train(tmp_path / "dp2", 2, *extra, steps=3, data_ranks=2)
+    L.assert_same_losses(L.losses(tmp_path / "dp2"), L.losses(tmp_path / "one"))
+    name = "model.layers.1.mlp.gate.e_score_correction_bias"
+    one, two = L.weights(tmp_path / "one")[name], L.weights(tmp_path / "dp2")[name]
+    assert np.abs(one).max() > 0
+    np.testing.assert_array_equal(two, one)
+    assert L.last_train_entry(tmp_path / "dp2")["moe_load_max"] == L.last_train_entry(tmp_path / "one")["moe_load_max"]
