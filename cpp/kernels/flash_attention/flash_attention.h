@@ -3,7 +3,9 @@
 // Math (the contract of llmpre.ops.reference.attention_math):
 //   out[b, i, h, :] = sum_j softmax_j(s_ij) * v[b, j, g, :],   g = h / (heads / kv_heads)
 //   s_ij = scale * <q[b, i, h, :], k[b, j, g, :]> + slope_h * (j - pos_i) + mask_ij
-// Query i sits at key position pos_i = i + seq_k - seq_q. Key j is visible to
+// Query i sits at key position pos_i = i + q_offset (default seq_k - seq_q: the
+// queries are the last seq_q keys; ring attention passes the distance between a
+// block's query and key chunks). Key j is visible to
 // query i when (!causal || j <= pos_i) && (window <= 0 || j > pos_i - window);
 // mask_ij is 0 for visible keys and -inf otherwise. A query that sees no key
 // gets out = 0 and lse = -inf.
@@ -32,6 +34,8 @@
 
 namespace llmpre::kernels {
 
+inline constexpr int64_t kDefaultQOffset = INT64_MIN;
+
 // Forward. All tensors are dense, row-major (the last axis contiguous). bf16
 // tensors are raw uint16 bit patterns (the top half of an IEEE fp32).
 struct FlashAttentionFwdParams {
@@ -47,6 +51,7 @@ struct FlashAttentionFwdParams {
   bool causal = true;
   int64_t window = -1;  // > 0: sliding window of this many keys; <= 0: none
   float scale = 0.f;    // > 0; callers pass 1/sqrt(head_dim) for the default
+  int64_t q_offset = kDefaultQOffset;  // key position of query 0; the default means seq_k - seq_q
   DType dtype = DType::kFloat32;
 };
 
@@ -66,5 +71,10 @@ struct FlashAttentionBwdParams : FlashAttentionFwdParams {
 // The code path (AVX2+FMA or baseline) is common/isa.h's active_isa().
 void flash_attention_forward(const FlashAttentionFwdParams& p);
 void flash_attention_backward(const FlashAttentionBwdParams& p);
+
+// Key position of query 0 under p.
+inline int64_t query_offset(const FlashAttentionFwdParams& p) {
+  return p.q_offset == kDefaultQOffset ? p.seq_k - p.seq_q : p.q_offset;
+}
 
 }  // namespace llmpre::kernels

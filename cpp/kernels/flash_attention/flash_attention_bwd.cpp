@@ -32,7 +32,7 @@ constexpr int64_t kMaxChunks = 8;  // ... but never more (each chunk costs one f
 void flash_attention_backward(const FlashAttentionBwdParams& p) {
   check_params(p, true);
   const int64_t B = p.batch, H = p.heads, KV = p.kv_heads, groups = H / KV;
-  const int64_t sq = p.seq_q, sk = p.seq_k, off = sk - sq;
+  const int64_t sq = p.seq_q, sk = p.seq_k, off = query_offset(p);
   const int64_t d = p.head_dim, dv = p.v_head_dim;
   const int64_t d_pad = round_up(d, kNR), dv_pad = round_up(dv, kNR);
   const DType dt = p.dtype;

@@ -50,7 +50,7 @@ void flash_attention_forward(const FlashAttentionFwdParams& p) {
   const TileOps& ops = tile_ops();
   const int64_t H = p.heads, KV = p.kv_heads, groups = H / KV;
   const int64_t d = p.head_dim, dv = p.v_head_dim, dv_pad = round_up(dv, kNR);
-  const int64_t sq = p.seq_q, sk = p.seq_k, off = sk - sq;  // query i sits at key position i + off
+  const int64_t sq = p.seq_q, sk = p.seq_k, off = query_offset(p);  // query i sits at key position i + off
   const bool v_in_place = p.dtype == DType::kFloat32 && dv % kNR == 0;
 
   const int64_t n_qtiles = ceil_div(sq, kBlockQ);

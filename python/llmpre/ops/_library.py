@@ -34,6 +34,10 @@ SIGNATURES = {
     "llmpre_cross_entropy": (["Logits", "Labels"], ["ignore_index"], ["Loss", "Stats"]),
     "llmpre_flash_attention": (["q", "k", "v", "alibi_slopes@OPTIONAL"], ["causal", "window", "scale", "kernel"],
                                ["out", "lse"]),
+    "llmpre_flash_attention_block": (["q", "k", "v", "alibi_slopes@OPTIONAL"],
+                                     ["causal", "window", "scale", "q_offset"], ["out", "lse"]),
+    "llmpre_flash_attention_block_bwd": (["q", "k", "v", "alibi_slopes@OPTIONAL", "out", "lse", "dout"],
+                                         ["causal", "window", "scale", "q_offset"], ["dq", "dk", "dv"]),
     "llmpre_grouped_mlp": (["X", "Offsets", "WGate@VECTOR", "WUp@VECTOR", "WDown@VECTOR"], [], ["Out", "Gate", "Up"]),
 }
 

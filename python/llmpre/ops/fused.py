@@ -165,6 +165,28 @@ def flash_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, causal
 _declare(flash_attention, "attention", "use_flash_attention", gpu=("float16", "bfloat16"))
 
 
+def flash_attention_block(q, k, v, offset: int, causal: bool = True, window: int | None = None,
+                          alibi_slopes=None, scale: float | None = None):
+    """One block of ring attention on the CPU kernel: ``(out, lse)`` with query ``i``
+    at key position ``i + offset``; out in q's dtype, lse ``[batch, heads, seq_q]`` fp32
+    (-inf for a query that sees no key of the block). No autograd (the ring has its
+    own backward). Contract: :func:`llmpre.ops.reference.attention_block`."""
+    with paddle.no_grad():
+        return tuple(_run("llmpre_flash_attention_block", q, k, v, alibi_slopes, bool(causal),
+                          -1 if window is None else int(window), 0.0 if scale is None else float(scale),
+                          int(offset)))
+
+
+def flash_attention_block_grad(q, k, v, out, lse, dout, offset: int, causal: bool = True, window=None,
+                               alibi_slopes=None, scale=None):
+    """``(dq, dk, dv)`` of one block from the merged ``out`` and ``lse`` of the whole row.
+    Contract: :func:`llmpre.ops.reference.attention_block_grad`."""
+    with paddle.no_grad():
+        return tuple(_run("llmpre_flash_attention_block_bwd", q, k, v, alibi_slopes, out.astype(q.dtype),
+                          lse, dout.astype(q.dtype), bool(causal), -1 if window is None else int(window),
+                          0.0 if scale is None else float(scale), int(offset)))
+
+
 def swiglu(gate: paddle.Tensor, up: paddle.Tensor) -> paddle.Tensor:
     """SwiGLU gate ``silu(gate) * up``.
 

@@ -88,14 +88,24 @@ def wrap_loss(loss_fn, group: Group, ignore_index: int = -100):
 # ---- ring attention --------------------------------------------------------------------
 def block_functions(ops):
     """``(forward, backward)`` of one attention block (``reference.attention_block`` and
-    ``attention_block_grad``'s contract): the fused CPU kernel when the model's attention
-    is the fused one and this build has the block op, else the reference."""
+    ``attention_block_grad``'s contract): the fused CPU kernel for CPU tensors when the
+    model's attention is the fused one and this build has the block ops, else the
+    reference (GPU tensors too: the CUDA kernels have no block entry points yet)."""
     from llmpre.ops import fused
 
-    if any(impl.startswith("llmpre_flash_attention") for op, impl in ops.names if op == "attention") \
-            and fused.available("llmpre_flash_attention_block"):
-        return fused.flash_attention_block, fused.flash_attention_block_grad
-    return reference.attention_block, reference.attention_block_grad
+    fused_attention = any(impl.startswith("llmpre_flash_attention") for op, impl in ops.names if op == "attention")
+    if not (fused_attention and fused.available("llmpre_flash_attention_block")
+            and fused.available("llmpre_flash_attention_block_bwd")):
+        return reference.attention_block, reference.attention_block_grad
+
+    def forward(q, *args, **kw):
+        fn = fused.flash_attention_block if q.place.is_cpu_place() else reference.attention_block
+        return fn(q, *args, **kw)
+
+    def backward(q, *args, **kw):
+        fn = fused.flash_attention_block_grad if q.place.is_cpu_place() else reference.attention_block_grad
+        return fn(q, *args, **kw)
+    return forward, backward
 
 
 @dataclasses.dataclass
