@@ -25,7 +25,7 @@ def test_single_device_count_is_the_configs(name):
     s = PlanSettings(model=cfg, seq_length=128, micro_batch=1)
     try:
         plan = plan_memory(s)
-    except ConfigError as e:           # MoE / latent attention presets: refused by name
+    except ConfigError as e:           # a feature the planner does not model: refused by name
         assert "does not model" in str(e)
         return
     assert plan.stages[0].params == cfg.num_parameters()

@@ -19,7 +19,11 @@ Parameters (per device)
     the embedding sits on the first rank, final norm and output layer on the
     last (tied embeddings: both ends keep a copy when pp > 1).  With tp = pp = 1
     the count equals ``ModelConfig.num_parameters()`` (checked on every plan).
-    Mixture-of-experts and latent attention are not modelled (a clear error).
+    Mixture-of-experts layers: router replicated, shared expert split by tp,
+    ``E / ep`` routed experts per rank (each split by tp), their optimizer state
+    sharded over the ``dp x sharding / ep`` ranks holding the same experts;
+    latent attention: per-head projections split, latent ones replicated
+    (``docs/plan.md`` lists the activations of both).
 
 Bytes per parameter
     weights: 4 (fp32, and bf16/fp16 O1, which keeps fp32 weights) or 2 (O2);

@@ -28,6 +28,7 @@ FLAG_ALIASES = {
     "tp": "tensor_parallel_degree",
     "pp": "pipeline_parallel_degree",
     "vpp": "virtual_pp_degree",
+    "ep": "expert_parallel_degree",
     "micro_batch": "per_device_train_batch_size",
     "grad_accum": "gradient_accumulation_steps",
     "flash_attention": "use_flash_attention",
@@ -41,7 +42,7 @@ _BOOL = ("sequence_parallel", "recompute", "bf16", "fp16", "amp_master_grad", "u
          "use_fused_rms_norm", "use_fused_rope", "fuse_attention_qkv", "fuse_attention_ffn", "json")
 _INT = ("max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps",
         "tensor_parallel_degree", "pipeline_parallel_degree", "virtual_pp_degree",
-        "sharding_parallel_degree", "num_hidden_layers", "stage", "dp", "gpus")
+        "sharding_parallel_degree", "num_hidden_layers", "stage", "dp", "gpus", "expert_parallel_degree")
 _STR = ("model_name_or_path", "recompute_granularity", "fp16_opt_level")
 READ_KEYS = set(_BOOL + _INT + _STR) | {"sharding", "no_recompute_layers", "gpu_memory"}
 
@@ -224,6 +225,7 @@ def parse_plan_arguments(json_file: Optional[str], flags: Dict[str, str]) -> Tup
         micro_batch=get("per_device_train_batch_size", defaults.per_device_train_batch_size),
         grad_accum=get("gradient_accumulation_steps", defaults.gradient_accumulation_steps),
         tp=tp, pp=pp, vpp=vpp, dp=dp, sharding=degree, stage=stage,
+        ep=_positive_or_off(get("expert_parallel_degree", -1)),
         sequence_parallel=get("sequence_parallel", False),
         recompute=get("recompute", False), granularity=get("recompute_granularity", "full"),
         no_recompute_layers=get("no_recompute_layers", ()),

@@ -60,9 +60,16 @@ def materialize(settings, rank: int, seed: int = 42) -> Materialized:
     from llmpre.plan import plan_memory
 
     s = settings
+    make_optimizer = ShardedAdamW
+    experts = {}
+    if s.ep > 1:    # this rank builds only its E / ep experts of each layer (llmpre.parallel.expert)
+        from llmpre.parallel.expert import make_optimizer
+
+        experts = {"ep": s.ep}
     dims = ParallelDims(dp=s.dp, sharding=s.sharding, sharding_stage=max(s.stage, 1), tp=s.tp, pp=s.pp,
                         vpp=s.vpp, sequence_parallel=s.sequence_parallel, recompute=s.recompute,
-                        recompute_granularity=s.granularity, no_recompute_layers=tuple(s.no_recompute_layers))
+                        recompute_granularity=s.granularity, no_recompute_layers=tuple(s.no_recompute_layers),
+                        **experts)
     dims.validate(dims.world_size, s.model, s.grad_accum)
     env = detached_env(dims, rank)        # refuses a rank outside the world
     plan = plan_memory(s)
@@ -78,19 +85,21 @@ def materialize(settings, rank: int, seed: int = 42) -> Materialized:
     model = parallelize(model, env).model
     params = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
     staged3 = dims.sharding_stage == 3 and dims.sharding > 1
-    optimizer = ShardedAdamW(params, env, boundaries=stage3.unit_boundaries(params) if staged3 else ())
-    out.params = sum(int(p.numel().item()) for _, p in params)
-    out.weights = sum(_bytes(p) for _, p in params)
+    optimizer = make_optimizer(params, env, boundaries=stage3.unit_boundaries(params) if staged3 else ())
+    held = list(model.named_parameters())     # with those outside the optimizer (DeepSeek-V3's bias)
+    out.params = sum(int(p.numel().item()) for _, p in held)
+    out.weights = sum(_bytes(p) for _, p in held)
     grads = [paddle.zeros(p.shape, dtype=p.dtype) for _, p in params]   # what a backward allocates
     out.gradients = sum(_bytes(g) for g in grads)
-    states = [optimizer.exp_avg, optimizer.exp_avg_sq] + ([] if optimizer.aliased else [optimizer.master])
-    out.optimizer = sum(_bytes(t) for t in states)
-    shard = optimizer.layout.shard_numel(optimizer.rank)
-    owned = sum(pc.param_end - pc.param_start for pc in optimizer.pieces)
-    out.optimizer_padding = (shard - owned) * 4 * len(states)
+    for part in getattr(optimizer, "parts", (optimizer,)):     # ep: the dense part and the experts'
+        states = [part.exp_avg, part.exp_avg_sq] + ([] if part.aliased else [part.master])
+        out.optimizer += sum(_bytes(t) for t in states)
+        shard = part.layout.shard_numel(part.rank)
+        owned = sum(pc.param_end - pc.param_start for pc in part.pieces)
+        out.optimizer_padding += (shard - owned) * 4 * len(states)
     if staged3:
         stage3.shard_parameters(model, params, optimizer)
-        out.weights = sum(_bytes(p) for _, p in params if p._is_initialized())
+        out.weights = sum(_bytes(p) for _, p in held if p._is_initialized())
     out.seconds = time.perf_counter() - start
     out.peak_rss = _rss_peak()
     del grads, optimizer, model

@@ -7,7 +7,7 @@ package docstring (:mod:`llmpre.plan`) and in ``docs/plan.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from llmpre.errors import ConfigError
 from llmpre.plan.settings import PlanSettings
@@ -41,8 +41,6 @@ class ParamCounts:
 
 def _check_supported(m) -> None:
     unsupported = [name for name, on in (
-        ("mixture-of-experts layers (moe)", _model_field(m, "moe", None) is not None),
-        ("multi-head latent attention (mla)", _model_field(m, "mla", None) is not None),
         ("Yuan localized filtering", _model_field(m, "localized_filtering", False)),
         ("projected word embeddings (word_embed_proj_dim)", _model_field(m, "word_embed_proj_dim", None)),
     ) if on]
@@ -64,24 +62,101 @@ def vocab_per_rank(m, tp: int) -> int:
     return m.vocab_size // tp if m.vocab_size % tp == 0 else m.vocab_size
 
 
-def param_counts(s: PlanSettings) -> ParamCounts:
-    m, tp = s.model, s.tp
-    _check_supported(m)
-    h, d = m.hidden_size, m.head_dim
+@dataclass(frozen=True)
+class LayerParams:
+    """One decoder layer's parameters on one device, by part (elements)."""
+
+    attention: int             # q/k/v/o, or MLA's projections and latent norms
+    norms: int                 # the two layer norms
+    mlp: int                   # the dense MLP (0 on a sparse layer)
+    router: int = 0            # MoE gate weight (+ DeepSeek-V3's correction bias): replicated
+    frozen: int = 0            # of which without gradient or optimizer state (the correction bias)
+    shared: int = 0            # shared expert (+ its gate), split by tp
+    routed: int = 0            # this rank's routed experts: E / ep of them, each split by tp
+    replicated: int = 0        # the part every tp rank holds in full
+
+    @property
+    def total(self) -> int:
+        return self.attention + self.norms + self.mlp + self.router + self.shared + self.routed
+
+
+def _attention_params(s: PlanSettings) -> Tuple[int, int]:
+    """(parameters, of which replicated over tp) of one attention block on one device.
+    MLA: q / q_b and kv_b split by heads, o by rows; the latent projections q_a, kv_a
+    and their norms replicated."""
+    m, tp, h = s.model, s.tp, s.model.hidden_size
+    out_bias = h if _model_field(m, "attention_out_bias", False) else 0
+    mla = _model_field(m, "mla", None)
+    if mla is not None:
+        heads = m.num_attention_heads // tp
+        qk = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+        if mla.q_lora_rank is None:
+            q, q_rep = h * heads * qk, 0
+        else:
+            q_rep = h * mla.q_lora_rank + mla.q_lora_rank
+            q = q_rep + mla.q_lora_rank * heads * qk
+        kv_rep = h * (mla.kv_lora_rank + mla.qk_rope_head_dim) + mla.kv_lora_rank
+        kv = kv_rep + mla.kv_lora_rank * heads * (mla.qk_nope_head_dim + mla.v_head_dim)
+        return q + kv + heads * mla.v_head_dim * h + out_bias, q_rep + kv_rep + out_bias
+    d = m.head_dim
     q = m.num_attention_heads * d // tp
     kv = kv_heads_per_rank(m, tp) * d
-    inter = m.intermediate_size // tp
     qkv_bias = _model_field(m, "attention_bias", False)
-    out_bias = _model_field(m, "attention_out_bias", False)
+    return h * q + 2 * h * kv + q * h + ((q + 2 * kv) if qkv_bias else 0) + out_bias, out_bias
+
+
+def is_sparse(s: PlanSettings, layer: int) -> bool:
+    moe = _model_field(s.model, "moe", None)
+    return moe is not None and moe.is_sparse(layer)
+
+
+def layer_params(s: PlanSettings, layer: int) -> LayerParams:
+    """Parameters of decoder layer ``layer`` on one device (tp, and ep for routed experts)."""
+    m, tp = s.model, s.tp
+    h = m.hidden_size
     mlp_bias = _model_field(m, "mlp_bias", False)
     gated = _model_field(m, "mlp_type", "gated") == "gated"
     norm = (2 if _model_field(m, "norm_type", "rmsnorm") == "layernorm" else 1) * h
-
-    attention = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if qkv_bias else 0) + (h if out_bias else 0)
+    attention, att_rep = _attention_params(s)
+    if is_sparse(s, layer):
+        e = m.moe
+        router = e.num_experts * h + (e.num_experts if e.topk_method == "noaux_tc" else 0)
+        shared = 3 * h * (e.shared_expert_intermediate_size // tp) + (h if e.shared_expert_gate else 0)
+        routed = e.num_experts // s.ep * 3 * h * (e.moe_intermediate_size // tp)
+        rep = 2 * norm + att_rep + router + (h if e.shared_expert_gate else 0)
+        return LayerParams(attention=attention, norms=2 * norm, mlp=0, router=router, shared=shared,
+                           routed=routed, replicated=rep,
+                           frozen=e.num_experts if e.topk_method == "noaux_tc" else 0)
+    inter = m.intermediate_size // tp
     n_in = 2 if gated else 1
     mlp = n_in * h * inter + inter * h + ((n_in * inter + h) if mlp_bias else 0)
-    replicated = 2 * norm + (h if out_bias else 0) + (h if mlp_bias else 0)
-    layer = attention + mlp + 2 * norm
+    return LayerParams(attention=attention, norms=2 * norm, mlp=mlp,
+                       replicated=2 * norm + att_rep + (h if mlp_bias else 0))
+
+
+def activated_params(m) -> int:
+    """Parameters a token's compute uses (DeepSeek's "activated parameters"): every
+    dense part, the router, the shared expert and ``num_experts_per_tok`` routed
+    experts per sparse layer, and the output head; not the input embedding table
+    (a lookup of one row) unless it is the tied head. A dense model: all of it."""
+    moe = _model_field(m, "moe", None)
+    total = m.num_parameters()
+    if moe is None:
+        return total
+    idle = moe.num_experts - moe.num_experts_per_tok
+    sparse = sum(1 for i in range(m.num_hidden_layers) if moe.is_sparse(i))
+    embedding = 0 if m.tie_word_embeddings else m.vocab_size * m.hidden_size
+    return total - sparse * idle * 3 * m.hidden_size * moe.moe_intermediate_size - embedding
+
+
+def param_counts(s: PlanSettings) -> ParamCounts:
+    """The largest layer's count (``layer``), embedding and head on one device."""
+    m, tp = s.model, s.tp
+    _check_supported(m)
+    h = m.hidden_size
+    norm = (2 if _model_field(m, "norm_type", "rmsnorm") == "layernorm" else 1) * h
+    largest = max((layer_params(s, i) for i in range(m.num_hidden_layers)), key=lambda c: c.total)
+    layer, replicated = largest.total, largest.replicated
 
     v = vocab_per_rank(m, tp)
     embedding = v * h
@@ -108,7 +183,7 @@ def stage_layers(s: PlanSettings, rank: int) -> List[int]:
 
 def stage_params(s: PlanSettings, rank: int) -> int:
     c = param_counts(s)
-    n = len(stage_layers(s, rank)) * c.layer
+    n = sum(layer_params(s, i).total for i in stage_layers(s, rank))
     if rank == 0:
         n += c.embedding
     if rank == s.pp - 1:
@@ -145,10 +220,11 @@ def _norm_saved(s: PlanSettings, dt: Dtypes, width: float) -> float:
     return 4 * width + dt.resid * width + 4
 
 
-def layer_inventory(s: PlanSettings) -> Dict[str, float]:
-    """Bytes per token one decoder layer keeps for its backward (one micro-batch,
-    no recompute), by tensor.  Tensors of width ``hidden`` that tensor
-    parallelism does not split are divided by tp under sequence parallelism."""
+def layer_inventory(s: PlanSettings, layer: Optional[int] = None) -> Dict[str, float]:
+    """Bytes per token decoder layer ``layer`` (default: the last) keeps for its
+    backward (one micro-batch, no recompute), by tensor.  Tensors of width ``hidden``
+    that tensor parallelism does not split are divided by tp under sequence parallelism."""
+    layer = s.model.num_hidden_layers - 1 if layer is None else layer
     m, tp, dt = s.model, s.tp, dtypes(s)
     h, d, seq = m.hidden_size, m.head_dim, s.seq_length
     heads = m.num_attention_heads // tp
@@ -172,29 +248,86 @@ def layer_inventory(s: PlanSettings) -> Dict[str, float]:
 
     inv: Dict[str, float] = {}
     inv["norm 1 (layer input)"] = _norm_saved(s, dt, h / sp)
-    inv["q/k/v inputs"] = column_inputs(1 if s.fuse_attention_qkv else 3)
-    if rope and not s.fused_rope:
-        inv["rotary (reference op: q, k before rotation)"] = dt.act * rotary
-    if s.flash_attention:
-        inv["attention q, k, v, out"] = dt.act * (2 * q + 2 * kv)
-        inv["attention softmax stats (fp32)"] = 4 * heads
-        if alibi:
-            inv["ALiBi bias [heads, s, s] (flash path)"] = dt.act * heads * seq
+    mla = _model_field(m, "mla", None)
+    if mla is not None:
+        _mla_inventory(s, inv, column_inputs)
     else:
-        # written-out attention: scaled q, k and v expanded to every query head,
-        # fp32 softmax output and its low-precision copy, context for o_proj
-        inv["attention q, k, v (expanded)"] = dt.act * 3 * q
-        inv["attention probabilities [heads, s, s]"] = (4 + dt.act) * heads * seq
-        inv["attention context (o_proj input)"] = dt.act * q
+        inv["q/k/v inputs"] = column_inputs(1 if s.fuse_attention_qkv else 3)
+        if rope and not s.fused_rope:
+            inv["rotary (reference op: q, k before rotation)"] = dt.act * rotary
+        if s.flash_attention:
+            inv["attention q, k, v, out"] = dt.act * (2 * q + 2 * kv)
+            inv["attention softmax stats (fp32)"] = 4 * heads
+            if alibi:
+                inv["ALiBi bias [heads, s, s] (flash path)"] = dt.act * heads * seq
+        else:
+            # written-out attention: scaled q, k and v expanded to every query head,
+            # fp32 softmax output and its low-precision copy, context for o_proj
+            inv["attention q, k, v (expanded)"] = dt.act * 3 * q
+            inv["attention probabilities [heads, s, s]"] = (4 + dt.act) * heads * seq
+            inv["attention context (o_proj input)"] = dt.act * q
     inv["norm 2 (residual)"] = _norm_saved(s, dt, h / sp)
-    if gated:
+    if is_sparse(s, layer):
+        _moe_inventory(s, inv, column_inputs)
+    elif gated:
         inv["gate/up inputs"] = column_inputs(1 if s.fuse_attention_ffn else 2)
         inv["SwiGLU gate, act(gate), up"] = dt.act * 3 * inter
     else:
         inv["up input"] = column_inputs(1)
         inv["activation input"] = dt.act * inter
-    inv["down input"] = dt.act * inter
+    if not is_sparse(s, layer):
+        inv["down input"] = dt.act * inter
     return inv
+
+
+def _mla_inventory(s: PlanSettings, inv: Dict[str, float], column_inputs) -> None:
+    """Latent attention (per token, this rank's H/tp heads; n, r, v head dims, c / q_c
+    the kv / query latent widths): the projections' shared input; the query latent
+    and its norm, q_b's input; kv_a's output [c | r], the latent norm, kv_b's input;
+    per head q [n | r], k [n | r] (the rotary key expanded), v and the output."""
+    m, dt = s.model, dtypes(s)
+    a = m.mla
+    heads = m.num_attention_heads // s.tp
+    qk = a.qk_nope_head_dim + a.qk_rope_head_dim
+    inv["latent projections' input"] = column_inputs(1)
+    if a.q_lora_rank is not None:
+        inv["query latent + its norm, q_b input"] = (_norm_saved(s, dt, a.q_lora_rank)
+                                                     + dt.act * a.q_lora_rank)
+    inv["kv latent [c | r] + its norm, kv_b input"] = (dt.act * (a.kv_lora_rank + a.qk_rope_head_dim)
+                                                       + _norm_saved(s, dt, a.kv_lora_rank)
+                                                       + dt.act * a.kv_lora_rank)
+    inv["q, k_nope | v per head (projection outputs)"] = dt.act * heads * (qk + a.qk_nope_head_dim + a.v_head_dim)
+    if not s.fused_rope:
+        inv["rotary (reference op: q_rope, k_rope before rotation)"] = dt.act * (heads + 1) * a.qk_rope_head_dim
+    if s.flash_attention:
+        inv["attention q, k, v, out"] = dt.act * heads * (2 * qk + 2 * a.v_head_dim)
+        inv["attention softmax stats (fp32)"] = 4 * heads
+    else:
+        inv["attention q, k, v (expanded)"] = dt.act * heads * (2 * qk + a.v_head_dim)
+        inv["attention probabilities [heads, s, s]"] = (4 + dt.act) * heads * s.seq_length
+        inv["attention context (o_proj input)"] = dt.act * heads * a.v_head_dim
+
+
+def _moe_inventory(s: PlanSettings, inv: Dict[str, float], column_inputs) -> None:
+    """A sparse layer's feed-forward (per token; k experts per token, I the expert and
+    S the shared-expert widths, split by tp): the router's fp32 input, logits and
+    scores; the k gathered rows, each expert's SwiGLU (gate, act(gate), up) and down
+    input, the k weighted outputs; under expert parallelism the all-to-all receive
+    buffers (rows in, outputs back: 2 k h); the shared expert as a dense MLP."""
+    m, dt = s.model, dtypes(s)
+    e, h = m.moe, m.hidden_size
+    k, inter = e.num_experts_per_tok, e.moe_intermediate_size // s.tp
+    inv["router input, logits, scores (fp32)"] = 4 * h + 8 * e.num_experts
+    inv["expert rows (k per token)"] = dt.act * k * h
+    inv["expert SwiGLU gate, act(gate), up"] = dt.act * 3 * k * inter
+    inv["expert down input"] = dt.act * k * inter
+    inv["expert outputs (weighted, k per token)"] = dt.act * k * h
+    if s.ep > 1:
+        inv["all-to-all buffers (rows in, outputs back)"] = dt.act * 2 * k * h
+    if e.shared_expert_intermediate_size:
+        shared = e.shared_expert_intermediate_size // s.tp
+        inv["shared expert gate/up input"] = column_inputs(1 if s.fuse_attention_ffn else 2)
+        inv["shared expert SwiGLU + down input"] = dt.act * 4 * shared
 
 
 def _core_only(inv: Dict[str, float]) -> float:
@@ -202,36 +335,41 @@ def _core_only(inv: Dict[str, float]) -> float:
     return sum(v for k, v in inv.items() if k.startswith("attention") or k.startswith("ALiBi"))
 
 
-def layer_bytes(s: PlanSettings, recomputed: bool) -> float:
-    """Bytes one layer keeps for one micro-batch, with or without recompute."""
-    inv = layer_inventory(s)
+def layer_bytes(s: PlanSettings, recomputed: bool, layer: Optional[int] = None) -> float:
+    """Bytes layer ``layer`` (default: the last) keeps for one micro-batch, with or without recompute."""
+    inv = layer_inventory(s, layer)
     dt, m = dtypes(s), s.model
     tokens = s.micro_batch * s.seq_length
     sp = s.tp if s.sequence_parallel else 1
-    cast = dt.weight_cast * param_counts(s).layer        # O1: the per-forward weight casts matmuls keep
+    layer = m.num_hidden_layers - 1 if layer is None else layer
+    cast = dt.weight_cast * layer_params(s, layer).total  # O1: the per-forward weight casts matmuls keep
     full = sum(inv.values()) * tokens + cast
     if not (s.recompute and recomputed):
         return full
     h = m.hidden_size
     if s.granularity == "full":
         return dt.resid * h / sp * tokens                # the layer input is the checkpoint
-    attn_keys = [k for k in inv if k.startswith(("q/k/v", "rotary", "attention", "ALiBi"))]
+    attn_keys = [k for k in inv if k.startswith(("q/k/v", "rotary", "attention", "ALiBi", "latent", "query", "kv ",
+                                                 "q, k"))]
     if s.granularity == "full_attn":
         kept = sum(v for k, v in inv.items() if k not in attn_keys)
         return (kept + dt.act * h / sp) * tokens + cast  # + the attention block's input
     # core_attn: q, k, v are the checkpoint, the context stays as o_proj's input
     q = m.num_attention_heads // s.tp * m.head_dim
     kv = kv_heads_per_rank(m, s.tp) * m.head_dim
+    if m.mla is not None:   # q, k, v per head: [n | r], [n | r], v
+        a = m.mla
+        q = kv = m.num_attention_heads // s.tp * (a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim) / 2
     kept = sum(inv.values()) - _core_only(inv) + dt.act * (2 * q + 2 * kv)
     return kept * tokens + cast
 
 
-def recompute_working_bytes(s: PlanSettings) -> float:
+def recompute_working_bytes(s: PlanSettings, layer: Optional[int] = None) -> float:
     """What one layer's recomputation rebuilds during its backward."""
     if not s.recompute:
         return 0.0
-    full = layer_bytes(s.replace(recompute=False), recomputed=False)
-    return full - layer_bytes(s, recomputed=True)
+    full = layer_bytes(s.replace(recompute=False), recomputed=False, layer=layer)
+    return full - layer_bytes(s, recomputed=True, layer=layer)
 
 
 def logits_bytes(s: PlanSettings) -> float:
@@ -298,6 +436,7 @@ class MemoryPlan:
     settings: PlanSettings
     stages: Tuple[StageMemory, ...]
     total_params: int
+    activated_params: int = 0      # per token (MoE: k routed experts of each sparse layer)
 
     @property
     def worst(self) -> StageMemory:
@@ -325,7 +464,7 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
     m, dt = s.model, dtypes(s)
     counts = param_counts(s)
     total = m.num_parameters()
-    single = s.replace(tp=1, pp=1, vpp=1, sequence_parallel=False, sources={})
+    single = s.replace(tp=1, pp=1, vpp=1, ep=1, sequence_parallel=False, sources={})
     n1 = stage_params(single, 0)
     if n1 != total:
         raise ConfigError(f"plan: the planner counts {n1:,} parameters for this model but its config says "
@@ -340,14 +479,22 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
         if s.stage >= 3:
             weights /= s.sharding
             gathered = STAGE3_GATHERED_LAYERS * counts.layer * dt.weight
-        grads_full = n * dt.grad
-        grads_kept = grads_full / s.sharding if s.stage >= 2 else grads_full
+        frozen = sum(layer_params(s, i).frozen for i in layers)   # no gradient, no optimizer state
+        grads_full = (n - frozen) * dt.grad
+        # expert parallelism: a rank's routed experts are sharded over the data ranks holding
+        # the same experts (dp x sharding / ep of them), the rest over the sharding group
+        experts = sum(layer_params(s, i).routed for i in layers) if s.ep > 1 else 0
+        expert_shard = s.dp * s.sharding // s.ep if shard > 1 else 1
+        grads_kept = grads_full
+        if s.stage >= 2:
+            grads_kept = ((n - frozen - experts) / s.sharding + experts / expert_shard) * dt.grad
         # fp32 master weights for the shard unless the parameters are their own master:
         # O2 stores low-precision parameters, and a sharded shard spans parameters
         master = MASTER_BYTES if s.o2 or shard > 1 else 0
-        optimizer = n * (ADAM_STATE_BYTES + master) / shard
+        optimizer = (n - frozen - experts) * (ADAM_STATE_BYTES + master) / shard + experts * (
+            ADAM_STATE_BYTES + (MASTER_BYTES if s.o2 or expert_shard > 1 else 0)) / expert_shard
         keep = set(s.no_recompute_layers)
-        per_mb = sum(layer_bytes(s, recomputed=i not in keep) for i in layers)
+        per_mb = sum(layer_bytes(s, recomputed=i not in keep, layer=i) for i in layers)
         mb = in_flight(s, rank)
         acts = per_mb * mb
         if rank == 0:
@@ -355,8 +502,9 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
         last = rank == s.pp - 1
         head = head_bytes(s) if last else 0.0
         logits = logits_bytes(s) if last else 0.0
-        one_layer = layer_bytes(s.replace(recompute=False), recomputed=False)
-        working = recompute_working_bytes(s) + one_layer     # rebuilt layer + its gradients
+        big = max(layers, key=lambda i: layer_bytes(s.replace(recompute=False), recomputed=False, layer=i))
+        one_layer = layer_bytes(s.replace(recompute=False), recomputed=False, layer=big)
+        working = recompute_working_bytes(s, big) + one_layer     # rebuilt layer + its gradients
         static = weights + gathered + optimizer
         phases = {
             "end of forward (loss)": static + grads_kept + acts + head + logits,
@@ -367,6 +515,6 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
         stages.append(StageMemory(
             rank=rank, params=n, layers=len(layers), weights=weights, gradients=grads_kept,
             gradients_full=grads_full, optimizer=optimizer, stage3_gathered=gathered, activations=acts,
-            layer_activation=layer_bytes(s, recomputed=True) if s.recompute else one_layer,
+            layer_activation=layer_bytes(s, recomputed=True, layer=big) if s.recompute else one_layer,
             micro_batches=mb, head=head, logits=logits, backward_working=working, phases=phases))
-    return MemoryPlan(settings=s, stages=tuple(stages), total_params=total)
+    return MemoryPlan(settings=s, stages=tuple(stages), total_params=total, activated_params=activated_params(m))

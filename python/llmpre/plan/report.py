@@ -24,7 +24,8 @@ def _layout(p: MemoryPlan) -> str:
         parts.append(f"sharding {s.sharding} (stage {s.stage})")
     parts.append(f"tp {s.tp}" + (" + sequence parallel" if s.sequence_parallel else ""))
     parts.append(f"pp {s.pp}" + (f" x vpp {s.vpp}" if s.vpp > 1 else ""))
-    return f"{s.world_size} GPUs = " + " x ".join(parts)
+    ep = f" (experts split over ep {s.ep} of the data ranks)" if s.ep > 1 else ""
+    return f"{s.world_size} GPUs = " + " x ".join(parts) + ep
 
 
 def _kernels(p: MemoryPlan) -> str:
@@ -49,8 +50,9 @@ def render(p: MemoryPlan, gpu_gib: Optional[float] = None, suggestions: Optional
     dt = dtypes(s)
     w = {2: "16-bit", 4: "fp32"}
     lines = [
-        f"model      {s.model_name or 'model'}: {_count(p.total_params)} parameters, "
-        f"{s.model.num_hidden_layers} layers, hidden {s.model.hidden_size}, vocab {s.model.vocab_size}",
+        f"model      {s.model_name or 'model'}: {_count(p.total_params)} parameters"
+        + (f" ({_count(p.activated_params)} activated per token)" if p.activated_params != p.total_params else "")
+        + f", {s.model.num_hidden_layers} layers, hidden {s.model.hidden_size}, vocab {s.model.vocab_size}",
         f"layout     {_layout(p)}",
         f"batch      micro-batch {s.micro_batch} x seq {s.seq_length}, gradient accumulation {s.grad_accum}",
         f"precision  {s.describe_precision()}",
@@ -109,6 +111,7 @@ def to_dict(p: MemoryPlan, gpu_gib: Optional[float] = None,
     st = p.worst
     out = {
         "model": p.settings.model_name, "total_parameters": p.total_params,
+        "activated_parameters": p.activated_params,
         "world_size": p.settings.world_size, "stage_of_peak": st.rank,
         "parameters_per_device": st.params,
         "bytes": {"weights": st.weights, "gradients": st.gradients, "optimizer_states": st.optimizer,

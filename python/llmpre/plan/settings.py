@@ -35,6 +35,7 @@ class PlanSettings:
     vpp: int = 1
     dp: int = 1
     sharding: int = 1
+    ep: int = 1                        # expert parallelism: drawn from the dp x sharding ranks
     stage: int = 0
     sequence_parallel: bool = False
     recompute: bool = False
@@ -83,7 +84,7 @@ class PlanSettings:
     # ------------------------------------------------------------ checks
     def _validate(self) -> None:
         m = self.model
-        for name in ("seq_length", "micro_batch", "grad_accum", "tp", "pp", "vpp", "dp", "sharding"):
+        for name in ("seq_length", "micro_batch", "grad_accum", "tp", "pp", "vpp", "dp", "sharding", "ep"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"plan: `{name}` must be a positive integer, got {value!r}")
@@ -120,6 +121,7 @@ class PlanSettings:
         if kv % self.tp and self.tp % kv:
             raise ConfigError(f"plan: tp={self.tp} and num_key_value_heads={kv}: one must divide the other "
                               "(KV heads are split when tp divides them and replicated when fewer than tp)")
+        self._validate_moe()
         if m.intermediate_size % self.tp:
             raise ConfigError(f"plan: tp={self.tp} must divide intermediate_size={m.intermediate_size}")
         if layers % (self.pp * self.vpp):
@@ -127,6 +129,27 @@ class PlanSettings:
         bad = [i for i in self.no_recompute_layers if not 0 <= i < layers]
         if bad:
             raise ConfigError(f"plan: no_recompute_layers {bad} are outside 0..{layers - 1}")
+
+
+    def _validate_moe(self) -> None:
+        moe = getattr(self.model, "moe", None)
+        if moe is None:
+            if self.ep > 1:
+                raise ConfigError(f"plan: expert_parallel_degree={self.ep} is set for a dense model (no experts); "
+                                  "remove it or set it to 1")
+            return
+        data = self.dp * self.sharding
+        if data % self.ep:
+            raise ConfigError(f"plan: expert_parallel_degree={self.ep} draws its ranks from the data ranks (dp "
+                              f"{self.dp} x sharding {self.sharding} = {data}) and must divide {data}; change "
+                              "--ep, --dp or --sharding")
+        if moe.num_experts % self.ep:
+            raise ConfigError(f"plan: expert_parallel_degree={self.ep} must divide the {moe.num_experts} experts "
+                              f"of each layer; use one of {', '.join(str(d) for d in _divisors(moe.num_experts))}")
+        for key in ("moe_intermediate_size", "shared_expert_intermediate_size"):
+            if getattr(moe, key) % self.tp:
+                raise ConfigError(f"plan: tp={self.tp} must divide {key}={getattr(moe, key)} (experts are split "
+                                  "over the tensor-parallel ranks)")
 
 
 def _divisors(n: int):
