@@ -117,6 +117,13 @@ class MoE(nn.Layer):
         (and HF/PaddleNLP names); the grouped op reads them in place."""
         return [getattr(expert, proj).weight for expert in self.experts]
 
+    def run_experts(self, rows, offsets):
+        """rows ``[m, h]`` sorted by expert, offsets ``[E + 1]`` -> each row through its expert
+        (rows past ``offsets[E]``: 0). Expert parallelism replaces it on each rank
+        (:mod:`llmpre.parallel.expert`: the rows travel to the rank holding their expert)."""
+        return self.ops.grouped_mlp(rows, offsets, self.weights("gate_proj"), self.weights("up_proj"),
+                                    self.weights("down_proj"))
+
     def routed(self, flat, weights, experts):
         """flat ``[n, h]``, weights ``[n, k]`` fp32, experts ``[n, k]`` -> ``sum_k w E(x)`` ``[n, h]``."""
         n, k = experts.shape
@@ -131,8 +138,7 @@ class MoE(nn.Layer):
         offsets = paddle.searchsorted(paddle.gather(key, order),
                                       paddle.arange(num + 1, dtype=key.dtype))           # [E + 1]
         rows = paddle.gather(flat, order // k)                                           # [n k, h]
-        y = self.ops.grouped_mlp(rows, offsets, self.weights("gate_proj"), self.weights("up_proj"),
-                                 self.weights("down_proj"))                              # [n k, h]
+        y = self.run_experts(rows, offsets)                                             # [n k, h]
         y = y * paddle.gather(weights.reshape([-1]), order).unsqueeze(-1).astype(y.dtype)  # [n k, h]
         back = paddle.gather(y, paddle.argsort(order))                                  # [n k, h] (token, slot)
         return back.reshape([n, k, -1]).sum(1)                                           # [n, h]

@@ -11,6 +11,12 @@ A checkpoint holds, in ``checkpoint-<step>/``:
                                          "<name>|<start>|<end>|exp_avg" (and exp_avg_sq; master
                                          only for low-precision parameters: an fp32 one is its
                                          own master weight)
+    model-tp{t}-pp{p}-ep{j}.safetensors  expert parallelism (ep > 1): the experts data rank j
+                                         (1 <= j < ep, the first ep group) holds; data rank 0's
+                                         are in the model file above (its metadata as there)
+    optim-tp{t}-pp{p}-ex{d}.safetensors  expert parallelism: the optimizer elements of data rank
+                                         d's experts (named as in optim-*-sh*: any file of a
+                                         position is read for any parameter)
     rng-rank{r}.pkl                      every rank's RNG states
     trainer_state.json                   step, optimizer scalars, ..., and "layout" (the dims)
     manifest.json                        size and sha256 of every file (written last)
@@ -59,7 +65,21 @@ def rank_files(env) -> dict:
             "optim": f"optim-tp{t}-pp{p}-sh{s}.safetensors",
             "rng": f"rng-rank{env.rank}.pkl",
             "writes_model": c["dp"] == 0 and c["sharding"] == 0 and not c.get("sep") and not c.get("cp"),
-            "writes_optim": c["dp"] == 0 and not c.get("sep") and not c.get("cp")}   # sep/cp: copies
+            "writes_optim": c["dp"] == 0 and not c.get("sep") and not c.get("cp"),   # sep/cp: copies
+            **_expert_files(env, t, p)}
+
+
+def _expert_files(env, t: int, p: int) -> dict:
+    """Expert parallelism: the model file of a first-ep-group member's experts (data rank 0's
+    go into the model file) and the optimizer file of this rank's experts (written once per
+    replica: by the first ep group, or by every rank when sharding splits the state)."""
+    dims = env.dims
+    if getattr(dims, "ep", 1) == 1:
+        return {"expert_model": None, "expert_optim": None}
+    d = dims.data_rank(env.rank)
+    return {"expert_model": f"model-tp{t}-pp{p}-ep{d}.safetensors" if 0 < d < dims.ep else None,
+            "expert_optim": (f"optim-tp{t}-pp{p}-ex{d}.safetensors" if dims.sharding > 1 or d < dims.ep
+                             else None)}
 
 
 class GlobalTensors:
@@ -108,18 +128,19 @@ class GlobalTensors:
         if self.layout is None:
             return
         for fname in sorted(os.listdir(path)):
-            stage = None
+            stage, suffix = None, ""
             if fname.startswith("params-tp0-pp") and fname.endswith(".json"):
                 stage = int(fname[len("params-tp0-pp"):-len(".json")])
                 with open(os.path.join(path, fname), encoding="utf-8") as fh:
                     metas = json.load(fh)
             elif fname.startswith("model-tp0-pp") and fname.endswith(".safetensors"):
-                stage = int(fname[len("model-tp0-pp"):-len(".safetensors")])
+                stage, _, ep = fname[len("model-tp0-pp"):-len(".safetensors")].partition("-")
+                stage, suffix = int(stage), (f"-{ep}" if ep else "")       # -ep{j}: experts of member j
                 metas = json.loads((self._file(fname).metadata() or {}).get(PARAMS_KEY, "{}"))
             if stage is not None:
                 for name, meta in metas.items():
                     if name not in self.params or stage < self.params[name]["stage"]:
-                        self.params[name] = {**meta, "stage": stage}
+                        self.params[name] = {**meta, "stage": stage, **({"suffix": suffix} if suffix else {})}
 
     # ---- files -------------------------------------------------------------------------
     def _file(self, name):
@@ -171,7 +192,8 @@ class GlobalTensors:
     def _model_file(self, name: str, t) -> str:
         if t is None:
             return "model.safetensors"
-        return f"model-tp{t}-pp{self.params[name]['stage']}.safetensors"
+        meta = self.params[name]
+        return f"model-tp{t}-pp{meta['stage']}{meta.get('suffix', '')}.safetensors"
 
     # ---- parameters ----------------------------------------------------------------------
     def region(self, name: str, region) -> np.ndarray:
@@ -228,8 +250,9 @@ class GlobalTensors:
         index = self._state_index.get(position)
         if index is None:
             index = self._state_index[position] = {}
-            for s in range(self.layout["dims"]["sharding"]):
-                fname = f"optim-tp{position[0]}-pp{position[1]}-sh{s}.safetensors"
+            prefix = f"optim-tp{position[0]}-pp{position[1]}-"       # -sh{s}, and -ex{d} under ep
+            for fname in sorted(f for f in os.listdir(self.path) if f.startswith(prefix)
+                                and f.endswith(".safetensors")):
                 for key in self._file(fname).keys():
                     pname, start, end, kind = key.rsplit("|", 3)
                     start, end = int(start), int(end)

@@ -16,6 +16,7 @@ Autograd pairs (forward | backward), Megatron's mappings:
     reduce_scatter_seq(x) reduce-scatter  | all-gather      (output of row-parallel, SP)
     seq_to_heads(x)       all-to-all      | all-to-all back (enter sep attention)
     heads_to_seq(x)       all-to-all      | all-to-all back (leave sep attention)
+    exchange_rows(x, C)   uneven all-to-all by C | the same by C transposed (expert dispatch/combine)
 
 Point-to-point: ``ring_shift`` (ring attention) is built from all-gather: on gloo
 Paddle 3.3.1's send/recv between members of a ``new_group`` timed out (measured, 3
@@ -103,6 +104,42 @@ class Group:
         mine = [paddle.split(p, self.size, axis=split_axis)[self.index] for p in parts]
         return paddle.concat(mine, axis=concat_axis)
 
+    def exchange_counts(self, counts: paddle.Tensor) -> list[list[int]]:
+        """Every member's ``counts`` (an int vector, the same length on each), read to the
+        host as a matrix: row ``s`` is member ``s``'s. The one host read of an uneven
+        all-to-all (its buffers are sized from it)."""
+        if self.size == 1:
+            return [[int(v) for v in counts.tolist()]]
+        return [[int(v) for v in row] for row in self.all_gather(counts.unsqueeze(0), axis=0).tolist()]
+
+    def all_to_all_rows(self, x: paddle.Tensor, counts: list[list[int]]) -> paddle.Tensor:
+        """Uneven all-to-all of rows: ``counts[s][d]`` rows go from member ``s`` to member
+        ``d``. Each member's ``x`` holds its rows grouped by destination (member order);
+        the result holds the rows received, grouped by source (member order). ``counts``
+        is the whole matrix, the same on every member (:meth:`exchange_counts`).
+
+        Composed from all-gather (gloo has no all-to-all; module doc): every member's rows
+        padded to the longest, gathered, and this member's blocks kept."""
+        if self.size == 1:
+            return x
+        me, tail = self.index, list(x.shape[1:])
+        width = max(sum(row) for row in counts)
+        if width == 0:
+            return paddle.zeros([0] + tail, dtype=x.dtype)
+        pad = width - int(x.shape[0])
+        padded = paddle.concat([x, paddle.zeros([pad] + tail, dtype=x.dtype)]) if pad else x
+        parts: list = []
+        dist.all_gather(parts, padded.contiguous() if hasattr(padded, "contiguous") else padded,
+                        group=self.handle)
+        mine = []
+        for s, part in enumerate(parts):
+            start, n = sum(counts[s][:me]), counts[s][me]
+            if n:
+                mine.append(part[start:start + n])
+        if not mine:
+            return paddle.zeros([0] + tail, dtype=x.dtype)
+        return paddle.concat(mine) if len(mine) > 1 else mine[0].clone()
+
     def broadcast(self, x: paddle.Tensor, src_index: int = 0) -> paddle.Tensor:
         if self.size > 1:
             dist.broadcast(x, src=self.ranks[src_index], group=self.handle)
@@ -189,6 +226,24 @@ class _AllToAll(PyLayer):
     def backward(ctx, g):
         split_axis, concat_axis = ctx.axes
         return ctx.group.all_to_all(g, concat_axis, split_axis)
+
+
+class _ExchangeRows(PyLayer):
+    @staticmethod
+    def forward(ctx, x, group, counts):
+        ctx.group, ctx.counts = group, counts
+        return group.all_to_all_rows(x, counts)
+
+    @staticmethod
+    def backward(ctx, g):
+        back = [list(col) for col in zip(*ctx.counts)]      # counts transposed: the rows return
+        return ctx.group.all_to_all_rows(g, back)
+
+
+def exchange_rows(x, counts: list[list[int]], group: Group):
+    """:meth:`Group.all_to_all_rows` with autograd (its backward sends the gradients
+    back the way the rows came)."""
+    return x if group.size == 1 else _ExchangeRows.apply(x, group, counts)
 
 
 def seq_to_heads(x, group: Group):

@@ -16,6 +16,15 @@ Ulysses) trades the sequence split for a head split around attention by
 all-to-all; ``cp`` (context_parallel_degree) keeps load-balanced causal chunks
 and runs ring attention. PaddleNLP 2.8.1's order is dp, pp, sharding, sep, mp;
 cp takes sep's place (one of the two at a time).
+
+``ep`` (expert_parallel_degree) adds no ranks: it is drawn from the data
+dimension. The data ranks of one (pp, sep, cp, tp) position, in data-rank order
+(``data_rank``), form groups of ``ep`` consecutive ranks ("ep" groups); member
+``j`` of each holds experts ``[j E/ep, (j+1) E/ep)`` of every MoE layer, and tokens
+travel to their expert's owner by all-to-all inside the group (parallel.expert).
+The ranks holding the same experts (every ep-th data rank, "expert_data") reduce
+those experts' gradients among themselves. PaddleNLP 2.8.1's ``use_expert_parallel``
+is the case ep = the data-parallel degree.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ class ParallelDims:
     pp: int = 1
     sep: int = 1                  # sequence split, heads exchanged by all-to-all around attention
     cp: int = 1                   # sequence split into 2*cp causal chunks, ring attention
+    ep: int = 1                   # experts split over groups of ep data ranks (no extra ranks)
     vpp: int = 1                  # virtual pipeline stages per rank (interleaved schedule)
     sequence_parallel: bool = False
     recompute: bool = False
@@ -79,7 +89,12 @@ class ParallelDims:
     def group_ranks(self, axis: str) -> list[list[int]]:
         """Every group of ranks that differ only along ``axis`` (``dp``, ``sharding``,
         ``tp``, ``pp``, ``sep``, ``cp``, ``data`` = dp x sharding, or ``seq`` = sep x cp),
-        in a fixed order."""
+        in a fixed order; ``ep`` and ``expert_data`` split each data group (module doc)."""
+        if axis in ("ep", "expert_data"):
+            data = self.group_ranks("data")       # each in data-rank order
+            if axis == "ep":
+                return [g[i:i + self.ep] for g in data for i in range(0, len(g), self.ep)]
+            return [g[j::self.ep] for g in data for j in range(self.ep)]
         axes = {"dp": self.dp, "pp": self.pp, "sharding": self.sharding, "sep": self.sep,
                 "cp": self.cp, "tp": self.tp}
         moving = {"data": ["dp", "sharding"], "seq": ["sep", "cp"]}.get(axis, [axis])
@@ -110,6 +125,10 @@ class ParallelDims:
         c = self.coords(rank)
         return c["dp"] * self.sharding + c["sharding"]
 
+    def ep_rank(self, rank: int) -> int:
+        """Which experts' block this rank holds (0 .. ep-1)."""
+        return self.data_rank(rank) % self.ep
+
     def describe(self) -> str:
         parts = [f"dp {self.dp}", f"sharding {self.sharding} (stage {self.sharding_stage})",
                  f"tp {self.tp}" + (" + sp" if self.sequence_parallel else ""),
@@ -118,6 +137,8 @@ class ParallelDims:
             parts.append(f"sep {self.sep}")
         if self.cp > 1:
             parts.append(f"cp {self.cp}")
+        if self.ep > 1:
+            parts.append(f"(ep {self.ep} within the data ranks)")
         if self.recompute:
             parts.append(f"recompute {self.recompute_granularity}")
         return f"{self.world_size} ranks = " + " x ".join(parts)
@@ -126,7 +147,7 @@ class ParallelDims:
                  seq_length: int | None = None) -> None:
         """Check the layout against the world, the model and the sequence length;
         errors say what to change."""
-        for name in ("dp", "sharding", "tp", "pp", "sep", "cp", "vpp"):
+        for name in ("dp", "sharding", "tp", "pp", "sep", "cp", "vpp", "ep"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} degree must be >= 1, got {getattr(self, name)}")
         if self.sharding_stage not in STAGES:
@@ -141,6 +162,7 @@ class ParallelDims:
                 f"{world_size} were started; change the degrees or start {self.world_size} processes "
                 "(--nproc-per-node)")
         self._validate_seq(config, seq_length)
+        self._validate_ep(config)
         if self.sequence_parallel and self.tp == 1:
             raise ConfigError("sequence_parallel needs tensor_parallel_degree > 1")
         if self.pp > 1 and self.sharding > 1 and self.sharding_stage > 1:
@@ -174,6 +196,32 @@ class ParallelDims:
             raise ConfigError(
                 f"{layers} layers do not split evenly into pp {self.pp} x virtual pp {self.vpp} = "
                 f"{chunks} pipeline chunks; choose degrees whose product divides {layers}")
+
+    def _validate_ep(self, config) -> None:
+        """expert_parallel_degree against the data ranks, the experts and what is built."""
+        if self.ep == 1:
+            return
+        data = self.data_parallel_size
+        if data % self.ep:
+            raise ConfigError(
+                f"expert_parallel_degree {self.ep} draws its ranks from the data ranks (dp {self.dp} x "
+                f"sharding {self.sharding} = {data}), and {self.ep} does not divide {data}; choose an "
+                f"expert_parallel_degree that divides {data}, or change dp / sharding")
+        moe = getattr(config, "moe", None) if config is not None else None
+        if config is not None and moe is None:
+            raise ConfigError(f"expert_parallel_degree {self.ep} is set for a dense model "
+                              f"({config.model_type}, no experts); remove it or set it to 1")
+        if moe is not None and moe.num_experts % self.ep:
+            raise ConfigError(f"expert_parallel_degree {self.ep} does not divide the {moe.num_experts} "
+                              f"experts of each layer; choose a degree that divides {moe.num_experts}")
+        later = [what for what, on in (("tensor parallelism", self.tp > 1),
+                                       ("sep / context parallelism", self.seq_parallel_size > 1),
+                                       ("sharding stage 3", self.sharding > 1 and self.sharding_stage == 3))
+                 if on]
+        if later:
+            raise ConfigError(f"expert_parallel_degree {self.ep} is not yet combined with "
+                              f"{' or '.join(later)}; use data parallelism / sharding stage 1-2 (and "
+                              "pipeline parallelism) with it, or set expert_parallel_degree 1")
 
     def _validate_seq(self, config, seq_length: int | None) -> None:
         """sep / cp against each other, the sequence length and the heads."""
@@ -247,6 +295,15 @@ def processes_needed(args) -> int:
             * seq[0] * seq[1])
 
 
+def ep_degree(args, dp: int = 1) -> int:
+    """expert_parallel_degree of training arguments; not given (<= 0), PaddleNLP 2.8.1's
+    ``use_expert_parallel`` means all ``dp`` ranks, else 1."""
+    ep = getattr(args, "expert_parallel_degree", 1) or 1
+    if ep <= 0:
+        return dp if getattr(args, "use_expert_parallel", False) else 1
+    return ep
+
+
 def seq_degrees(args) -> tuple[int, int]:
     """``(sep, cp)`` of training arguments (<= 0 or absent: 1)."""
     return (max(1, getattr(args, "sep_parallel_degree", 1) or 1),
@@ -272,6 +329,7 @@ def dims_from_args(args, world_size: int) -> ParallelDims:
                                seq=sep * cp)
     no_recompute = tuple(int(i) for i in str(args.no_recompute_layers or "").split(",") if i.strip())
     return ParallelDims(dp=dp, sharding=sharding, sharding_stage=stage, tp=tp, pp=pp, sep=sep, cp=cp,
+                        ep=ep_degree(args, dp),
                         vpp=max(1, args.virtual_pp_degree), sequence_parallel=bool(args.sequence_parallel),
                         recompute=bool(args.recompute), recompute_granularity=args.recompute_granularity,
                         no_recompute_layers=no_recompute)

@@ -54,6 +54,7 @@ from llmpre.parallel.dims import ParallelDims
 logger = logging.getLogger("llmpre")
 
 AXES = ("tp", "pp", "sharding", "dp", "data", "seq")   # seq: sep x cp (parallel.context)
+EP_AXES = ("ep", "expert_data")   # built only when expert_parallel_degree > 1 (dims module doc)
 
 DEFAULT_TIMEOUT_S = 1800.0
 TIMEOUT_ENV = "LLMPRE_DIST_TIMEOUT"
@@ -332,7 +333,7 @@ def init_parallel(dims: ParallelDims, timeout_s: float | None = None) -> Paralle
     rank, world = world_info()
     env = ParallelEnv(dims=dims, rank=rank, world_size=world)
     if world == 1:
-        for axis in AXES:
+        for axis in AXES + EP_AXES:
             env.groups[axis] = Group([0], None, 0)
         env.embed_group = Group([0], None, 0)
         return env
@@ -358,6 +359,14 @@ def init_parallel(dims: ParallelDims, timeout_s: float | None = None) -> Paralle
             handle = group(ranks, f"{axis} group {ranks}")
             if rank in ranks:
                 env.groups[axis] = Group(ranks, handle, rank)
+    for axis in EP_AXES:
+        if dims.ep == 1:      # no new groups: every rank holds every expert
+            env.groups[axis] = Group([rank], None, rank) if axis == "ep" else env.groups["data"]
+            continue
+        for ranks in dims.group_ranks(axis):
+            handle = group(ranks, f"{axis} group {ranks}")
+            if rank in ranks:
+                env.groups[axis] = Group(ranks, handle, rank)
     # the first and last pipeline stage of each (dp, sharding, tp) position share tied weights
     for ranks in dims.group_ranks("pp"):
         pair = sorted({ranks[0], ranks[-1]})
@@ -366,7 +375,7 @@ def init_parallel(dims: ParallelDims, timeout_s: float | None = None) -> Paralle
             env.embed_group = Group(pair, handle, rank)
     if env.embed_group is None:
         env.embed_group = Group([rank], None, rank)
-    for axis in AXES:
+    for axis in AXES + (EP_AXES if dims.ep > 1 else ()):
         env.groups[axis].probe()
     env.barrier("the end of the process-group setup")   # the first world collective
     return env
@@ -380,7 +389,7 @@ def detached_env(dims: ParallelDims, rank: int) -> ParallelEnv:
     if not 0 <= rank < world:
         raise ConfigError(f"--rank {rank}: the layout has {world} ranks (0 to {world - 1})")
     env = ParallelEnv(dims=dims, rank=rank, world_size=world)
-    for axis in AXES:
+    for axis in AXES + EP_AXES:
         ranks = next(g for g in dims.group_ranks(axis) if rank in g)
         env.groups[axis] = Group(ranks, None, rank)
     pp = env.groups["pp"].ranks

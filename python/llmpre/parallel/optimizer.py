@@ -200,6 +200,11 @@ class ShardedAdamW:
     @paddle.no_grad()
     def grad_norm(self) -> float:
         """Global L2 norm of the (reduced) gradient, every element counted once."""
+        return float(paddle.sqrt(self.grad_sq()).item())
+
+    @paddle.no_grad()
+    def grad_sq(self) -> paddle.Tensor:
+        """The squared norm of :meth:`grad_norm`, summed over the sharding, tp and pp ranks."""
         g = self.grad_shard
         if self.norm_all:
             sq = paddle.sum(paddle.square(g))
@@ -210,7 +215,7 @@ class ShardedAdamW:
             sq = paddle.sum(sq)
         for axis in ("sharding", "tp", "pp"):
             self.env.groups[axis].all_reduce(sq)
-        return float(paddle.sqrt(sq).item())
+        return sq
 
     # ---- update ----------------------------------------------------------------
     @paddle.no_grad()

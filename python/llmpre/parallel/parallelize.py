@@ -24,7 +24,7 @@ import paddle.nn as nn
 
 from llmpre.errors import ConfigError
 from llmpre.models import init
-from llmpre.parallel import comm
+from llmpre.parallel import comm, expert
 from llmpre.parallel import tensor_parallel as tpl
 from llmpre.parallel.recompute import recompute
 
@@ -230,6 +230,7 @@ def parallelize(model, env, materialize=True) -> Plan:
     dims = env.dims
     support = _check_supported(model, dims)
     chunks, tied = _pipeline(model, env)
+    expert.apply(model, env)       # ep: only this rank's experts are kept
     if dims.tp > 1:
         _tensor_parallel(model, env, support)
     if tied:

@@ -185,6 +185,11 @@ class TrainingArguments:
                                       "load-balanced chunks over N ranks, ring attention.")
     sep_parallel_degree: int = _f(-1, "Sequence (Ulysses) parallel degree (--sep): each sequence in N "
                                   "parts, heads exchanged by all-to-all around attention.")
+    expert_parallel_degree: int = _f(-1, "Expert parallel degree (--ep): each MoE layer's experts "
+                                     "split over groups of N data ranks, tokens exchanged by "
+                                     "all-to-all (adds no ranks).")
+    use_expert_parallel: bool = _f(False, "PaddleNLP 2.8.1's switch: experts split over the dp ranks "
+                                   "(expert_parallel_degree = dp degree when that is not given).")
     virtual_pp_degree: int = _f(1, "Virtual pipeline stages per rank: the interleaved 1F1B "
                                 "schedule (--vpp).")
     sharding_parallel_degree: int = _f(-1, "Sharding group size (default: all ranks left after "
@@ -249,6 +254,7 @@ ALIASES: dict = {
     "pp": "pipeline_parallel_degree",
     "cp": "context_parallel_degree",
     "sep": "sep_parallel_degree",
+    "ep": "expert_parallel_degree",
     "vpp": "virtual_pp_degree",
     "sp": "sequence_parallel",
     "eval_strategy": "evaluation_strategy",   # the newer HF/PaddleNLP spelling

@@ -36,7 +36,7 @@ import numpy as np
 from llmpre.parallel import ckpt as pckpt
 from llmpre.parallel import context
 from llmpre.parallel import stage3
-from llmpre.parallel.optimizer import ShardedAdamW
+from llmpre.parallel.expert import EXPERT_PARAM, make_optimizer
 from llmpre.parallel.parallelize import parallelize
 from llmpre.parallel.pipeline import PipelineRunner
 from llmpre.parallel.tensor_parallel import TP_SPLIT
@@ -75,9 +75,9 @@ class Engine:
         self.loss_fn = context.wrap_loss(self.plan.loss_fn if env.dims.tp > 1 else loss_fn,
                                          context.seq_group(env))
         self.params = [(n, p) for n, p in self.model.named_parameters() if not p.stop_gradient]
-        self.optimizer = ShardedAdamW(self.params, env, betas=(args.adam_beta1, args.adam_beta2),
-                                      eps=args.adam_epsilon, weight_decay=args.weight_decay,
-                                      boundaries=stage3.unit_boundaries(self.params) if self.stage3 else ())
+        self.optimizer = make_optimizer(self.params, env, betas=(args.adam_beta1, args.adam_beta2),
+                                        eps=args.adam_epsilon, weight_decay=args.weight_decay,
+                                        boundaries=stage3.unit_boundaries(self.params) if self.stage3 else ())
         if self.stage3:
             stage3.shard_parameters(self.model, self.params, self.optimizer)
         self.is_main = env.rank == 0
@@ -190,23 +190,38 @@ class Engine:
             arrays = {n: to_numpy(p) for n, p in self.model.named_parameters()}
             meta = {pckpt.PARAMS_KEY: json.dumps({n: pckpt.param_meta(p) for n, p in self.model.named_parameters()})}
             writers[files["model"]] = lambda path: save_file(arrays, path, metadata=meta)
+        if files["expert_model"]:      # expert parallelism: this rank's experts
+            experts = {n: p for n, p in self.model.named_parameters() if getattr(p, EXPERT_PARAM, False)}
+            arrays = {n: to_numpy(p) for n, p in experts.items()}
+            meta = {pckpt.PARAMS_KEY: json.dumps({n: pckpt.param_meta(p) for n, p in experts.items()})}
+            writers[files["expert_model"]] = lambda path: save_file(arrays, path, metadata=meta)
+        split = getattr(self.optimizer, "experts", None)     # expert parallelism: two parts
         if files["writes_optim"]:
-            pieces = {}
-            own = dict(self.params)
-            for name, items in self.optimizer.state_pieces().items():
-                # an fp32 parameter equals its master weight after every step: not stored twice
-                kinds = ("exp_avg", "exp_avg_sq") + (("master",) if own[name].dtype != self.paddle.float32 else ())
-                for start, end, *values in items:
-                    for kind, arr in zip(kinds, values):
-                        pieces[f"{name}|{start}|{end}|{kind}"] = np.ascontiguousarray(arr)
-            writers[files["optim"]] = lambda path: save_file(pieces, path)
+            dense = self.optimizer.dense if split is not None else self.optimizer
+            writers[files["optim"]] = self._optim_writer(dense.state_pieces())
+        if split is not None and files["expert_optim"]:
+            writers[files["expert_optim"]] = self._optim_writer(split.state_pieces())
         if self.is_main:
             dims = env.dims
             layout = {"format": "llmpre-sharded-1", "dims": {"dp": dims.dp, "sharding": dims.sharding,
-                      "stage": dims.sharding_stage, "tp": dims.tp, "pp": dims.pp, "vpp": dims.vpp}}
+                      "stage": dims.sharding_stage, "tp": dims.tp, "pp": dims.pp, "vpp": dims.vpp,
+                      "ep": dims.ep}}
             state = {**state, "optimizer": {"step": self.optimizer.step_count}, "layout": layout}
             writers["trainer_state.json"] = lambda path: _write(path, json.dumps(state, indent=1).encode())
         return writers
+
+    def _optim_writer(self, state_pieces: dict):
+        from safetensors.numpy import save_file
+
+        pieces = {}
+        own = dict(self.params)
+        for name, items in state_pieces.items():
+            # an fp32 parameter equals its master weight after every step: not stored twice
+            kinds = ("exp_avg", "exp_avg_sq") + (("master",) if own[name].dtype != self.paddle.float32 else ())
+            for start, end, *values in items:
+                for kind, arr in zip(kinds, values):
+                    pieces[f"{name}|{start}|{end}|{kind}"] = np.ascontiguousarray(arr)
+        return lambda path: save_file(pieces, path)
 
     def save(self, output_dir: str, step: int, state: dict) -> str:
         env = self.env

@@ -27,9 +27,6 @@ NOOP: dict = {
                   "computed"),
     "use_fast_layer_norm": (False, "a GPT LayerNorm kernel choice (PaddleNLP's fast_ln extension); "
                             "llmpre's LayerNorm computes the same normalisation, statistics in fp32"),
-    "expert_parallel_degree": (-1, "llmpre does not distribute experts: every rank holds all experts "
-                               "of its layers (the same result, more memory per rank)"),
-    "use_expert_parallel": (False, "see expert_parallel_degree"),
     "fuse_sequence_parallel_allreduce": (False, "fuses the all-reduce of norm gradients under sequence "
                                          "parallelism; the sum is the same"),
     "enable_linear_fused_grad_add": (False, "fuses gradient accumulation into the linear backward; the "

@@ -1,0 +1,125 @@
+"""Expert parallelism (expert_parallel_degree) trains exactly like one process: five
+dropless steps on gloo give the single-process losses (relative 1e-5) and parameters
+(layout_runner.assert_same_weights) for tiny Mixtral, Qwen2-MoE (shared expert, a dense
+first layer) and DeepSeek-V3 (MLA, sigmoid routing with groups; the fixtures' configs
+with their auxiliary losses off, which are not additive over data ranks in any layout),
+each expert held by one rank of its ep group. Checkpoints move between ep layouts.
+Bad layouts fail before any worker starts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from layout_runner import assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train, weights
+from llmpre.data.default import default_tokenizer_path
+from llmpre.errors import ConfigError
+from llmpre.parallel.dims import ParallelDims
+
+HF = Path(__file__).resolve().parent.parent / "fixtures" / "hf"
+AUX_KEYS = ("router_aux_loss_coef", "aux_loss_alpha")
+FLAGS = ["--num_hidden_layers", "2", "--tokenizer_name_or_path", default_tokenizer_path()]
+
+LAYOUTS = [
+    # name, model, processes, data ranks, flags
+    ("mixtral-ep2", "mixtral", 2, 2, ["--ep", "2"]),
+    ("qwen2moe-ep2", "qwen2_moe", 2, 2, ["--ep", "2"]),
+    ("deepseekv3-ep2", "deepseek_v3", 2, 2, ["--ep", "2"]),
+    # ep groups are the sharding pairs; each expert's state is sharded over its dp pair
+    ("mixtral-ep2xsharding2", "mixtral", 4, 4, ["--ep", "2", "--sharding", "stage2",
+                                                "--sharding_parallel_degree", "2"]),
+]
+
+
+def _model_dir(root: Path, name: str) -> str:
+    path = root / name
+    if not path.exists():
+        config = json.loads((HF / name / "config.json").read_text())
+        config.update({k: 0.0 for k in AUX_KEYS if k in config or name == "deepseek_v3"})
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def _train(out, nproc, model, flags, root, data_ranks, **kw):
+    return train(out, nproc, "--model", _model_dir(root, model), *FLAGS, *flags, data_ranks=data_ranks, **kw)
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    done = {}
+
+    def get(model):
+        if model not in done:
+            out = tmp_path_factory.mktemp(f"single-{model}")
+            _train(out, 1, model, [], root, 1)
+            done[model] = (losses(out), weights(out))
+        return done[model]
+    get.root = root
+    return get
+
+
+@pytest.mark.parametrize("name,model,nproc,data_ranks,flags", LAYOUTS, ids=[l[0] for l in LAYOUTS])
+def test_expert_parallel_matches_one_process(tmp_path, references, name, model, nproc, data_ranks, flags):
+    ref_losses, ref_weights = references(model)
+    _train(tmp_path, nproc, model, flags, references.root, data_ranks)
+    got = losses(tmp_path)
+    assert_same_losses(got, ref_losses)
+    assert_same_weights(weights(tmp_path), ref_weights)
+    # each member of the first ep group wrote its own experts; the optimizer state of every expert
+    ckpt = tmp_path / "checkpoint-5"
+    assert (ckpt / "model-tp0-pp0-ep1.safetensors").exists()
+    assert len(list(ckpt.glob("optim-tp0-pp0-ex*.safetensors"))) == (2 if "sharding" not in name else 4)
+    record(name, tmp_path, nproc, loss_deviation=max_loss_deviation(got, ref_losses))
+
+
+@pytest.mark.parametrize("first,second", [(["--ep", "2"], []), ([], ["--ep", "2"])], ids=["ep2->ep1", "ep1->ep2"])
+def test_resume_across_expert_layouts(tmp_path, references, first, second):
+    """Two data ranks both times (a resumed run keeps its per-device batch): experts split
+    over them, then every expert on each, and the other way round."""
+    ref_losses, ref_weights = references("mixtral")
+    _train(tmp_path, 2, "mixtral", [*first, "--save_steps", "3"], references.root, 2, steps=3)
+    shutil.rmtree(tmp_path / "launch_logs", ignore_errors=True)
+    _train(tmp_path, 2, "mixtral", [*second, "--save_steps", "3"], references.root, 2, steps=5)
+    assert_same_losses(losses(tmp_path), ref_losses)
+    assert_same_weights(weights(tmp_path), ref_weights)
+
+
+def test_ep_groups_are_consecutive_data_ranks():
+    dims = ParallelDims(dp=2, sharding=2, ep=2)
+    assert dims.group_ranks("ep") == [[0, 1], [2, 3]]
+    assert dims.group_ranks("expert_data") == [[0, 2], [1, 3]]
+    assert [dims.ep_rank(r) for r in range(4)] == [0, 1, 0, 1]
+    # with pp the data ranks of one stage are every other rank (PaddleNLP's order dp, pp, ...)
+    dims = ParallelDims(dp=4, pp=2, ep=2)
+    assert dims.group_ranks("ep") == [[0, 2], [4, 6], [1, 3], [5, 7]]
+    assert dims.group_ranks("expert_data") == [[0, 4], [2, 6], [1, 5], [3, 7]]
+
+
+def test_ep_refused_with_what_it_does_not_combine_with():
+    with pytest.raises(ConfigError, match="not yet combined with tensor parallelism"):
+        ParallelDims(dp=2, tp=2, ep=2).validate(4)
+    with pytest.raises(ConfigError, match="sharding stage 3"):
+        ParallelDims(sharding=2, sharding_stage=3, ep=2).validate(2)
+
+
+@pytest.mark.parametrize("model,nproc,flags,message", [
+    ("mixtral", 2, ["--ep", "3"], "expert_parallel_degree 3 draws its ranks from the data ranks (dp 2 x "
+     "sharding 1 = 2), and 3 does not divide 2"),
+    ("mixtral", 3, ["--ep", "3"], "expert_parallel_degree 3 does not divide the 4 experts"),
+    ("llama-tiny", 2, ["--ep", "2"], "expert_parallel_degree 2 is set for a dense model (llama"),
+], ids=["data-ranks", "experts", "dense"])
+def test_bad_layouts_fail_before_workers_start(tmp_path, model, nproc, flags, message):
+    model = model if model == "llama-tiny" else _model_dir(tmp_path, model)
+    proc = subprocess.run([sys.executable, "-m", "llmpre.cli", "train", "--model", model, *FLAGS, "--max_steps", "1",
+                           "--output_dir", str(tmp_path / "out"), "--nproc-per-node", str(nproc), *flags],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
+    assert not (tmp_path / "out" / "launch_logs").exists()      # no worker was started
