@@ -1,0 +1,36 @@
+"""sep and cp composed with the other layouts (issue 18 item 3, the part built so far):
+five steps of llama-tiny (4 layers, sequence 32) under pipeline parallelism, sharding
+stages 2 and 3 and full recompute give the single-process losses (relative 1e-5) and
+parameters, like tests/parallel/test_layouts.py's layouts."""
+
+from __future__ import annotations
+
+import pytest
+
+from layout_runner import assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train, weights
+
+LAYOUTS = [
+    # name, processes, data-parallel ranks, flags
+    ("cp2xpp2", 4, 1, ["--cp", "2", "--pp", "2"]),
+    ("sep2xpp2", 4, 1, ["--sep", "2", "--pp", "2"]),
+    ("sharding2-stage2xcp2", 4, 2, ["--cp", "2", "--sharding", "stage2"]),
+    ("sharding2-stage3xcp2", 4, 2, ["--cp", "2", "--sharding", "stage3"]),
+    ("cp2+recompute-full", 2, 1, ["--cp", "2", "--recompute", "true"]),
+]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    train(out, 1)
+    return losses(out), weights(out)
+
+
+@pytest.mark.parametrize("name,nproc,data_ranks,flags", LAYOUTS, ids=[l[0] for l in LAYOUTS])
+def test_composed_layout_matches_one_process(tmp_path, reference, name, nproc, data_ranks, flags):
+    ref_losses, ref_weights = reference
+    train(tmp_path, nproc, *flags, data_ranks=data_ranks)
+    got = losses(tmp_path)
+    assert_same_losses(got, ref_losses)
+    assert_same_weights(weights(tmp_path), ref_weights)
+    record(name, tmp_path, nproc, loss_deviation=max_loss_deviation(got, ref_losses))
