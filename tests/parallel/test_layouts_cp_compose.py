@@ -34,3 +34,19 @@ def test_composed_layout_matches_one_process(tmp_path, reference, name, nproc, d
     assert_same_losses(got, ref_losses)
     assert_same_weights(weights(tmp_path), ref_weights)
     record(name, tmp_path, nproc, loss_deviation=max_loss_deviation(got, ref_losses))
+
+
+def test_checkpoints_stay_layout_independent(tmp_path, tmp_path_factory):
+    """A cp2 x tp2 checkpoint (written by the cp-index-0 ranks only) resumes under sep2 and
+    continues as one process would (six steps, saved at step 3)."""
+    import shutil
+
+    single = tmp_path_factory.mktemp("single6")
+    train(single, 1, steps=6)
+    train(tmp_path, 4, "--cp", "2", "--tp", "2", "--save_steps", "3", steps=3)
+    assert sorted(p.name for p in (tmp_path / "checkpoint-3").glob("model-*")) == \
+        ["model-tp0-pp0.safetensors", "model-tp1-pp0.safetensors"]
+    shutil.rmtree(tmp_path / "launch_logs", ignore_errors=True)
+    train(tmp_path, 2, "--sep", "2", "--save_steps", "3", steps=6)
+    assert_same_losses(losses(tmp_path), losses(single))
+    assert_same_weights(weights(tmp_path), weights(single))
