@@ -42,7 +42,8 @@ _BOOL = ("sequence_parallel", "recompute", "bf16", "fp16", "amp_master_grad", "u
          "use_fused_rms_norm", "use_fused_rope", "fuse_attention_qkv", "fuse_attention_ffn", "json")
 _INT = ("max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps",
         "tensor_parallel_degree", "pipeline_parallel_degree", "virtual_pp_degree",
-        "sharding_parallel_degree", "num_hidden_layers", "stage", "dp", "gpus", "expert_parallel_degree")
+        "sharding_parallel_degree", "num_hidden_layers", "stage", "dp", "gpus", "expert_parallel_degree",
+        "sep_parallel_degree", "context_parallel_degree")
 _STR = ("model_name_or_path", "recompute_granularity", "fp16_opt_level")
 READ_KEYS = set(_BOOL + _INT + _STR) | {"sharding", "no_recompute_layers", "gpu_memory"}
 
@@ -195,6 +196,8 @@ def parse_plan_arguments(json_file: Optional[str], flags: Dict[str, str]) -> Tup
 
     tp = _positive_or_off(get("tensor_parallel_degree", -1))
     pp = _positive_or_off(get("pipeline_parallel_degree", -1))
+    sep = _positive_or_off(get("sep_parallel_degree", -1))
+    cp = _positive_or_off(get("context_parallel_degree", -1))
     vpp = _positive_or_off(get("virtual_pp_degree", 1))
     stage = values["stage"] if "stage" in values else _stage_of(get("sharding", ""), where)
     degree = get("sharding_parallel_degree", -1)
@@ -207,11 +210,11 @@ def parse_plan_arguments(json_file: Optional[str], flags: Dict[str, str]) -> Tup
         raise ConfigError(f"{where}: sharding_parallel_degree is -1 (all remaining GPUs): give --gpus N "
                           "(the world size) or the degree with --sharding N")
     known = degree if degree > 0 else 1 if stage == 0 else None
-    if dp is not None and gpus is not None and known and dp * known * tp * pp != gpus:
-        raise ConfigError(f"{where}: --gpus {gpus} but dp*sharding*tp*pp = {dp}*{known}*{tp}*{pp} = "
-                          f"{dp * known * tp * pp}; change one of them")
+    if dp is not None and gpus is not None and known and dp * known * tp * pp * sep * cp != gpus:
+        raise ConfigError(f"{where}: --gpus {gpus} but dp*sharding*tp*pp*sep*cp = {dp}*{known}*{tp}*{pp}*{sep}*{cp}"
+                          f" = {dp * known * tp * pp * sep * cp}; change one of them")
     try:
-        dp, degree = split_world(gpus, tp, pp, degree, sharded=stage > 0, dp=dp)
+        dp, degree = split_world(gpus, tp, pp, degree, sharded=stage > 0, dp=dp, seq=sep * cp)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}" + (" (--gpus is the world size)" if gpus else "")) from None
 
@@ -225,7 +228,7 @@ def parse_plan_arguments(json_file: Optional[str], flags: Dict[str, str]) -> Tup
         micro_batch=get("per_device_train_batch_size", defaults.per_device_train_batch_size),
         grad_accum=get("gradient_accumulation_steps", defaults.gradient_accumulation_steps),
         tp=tp, pp=pp, vpp=vpp, dp=dp, sharding=degree, stage=stage,
-        ep=_positive_or_off(get("expert_parallel_degree", -1)),
+        ep=_positive_or_off(get("expert_parallel_degree", -1)), sep=sep, cp=cp,
         sequence_parallel=get("sequence_parallel", False),
         recompute=get("recompute", False), granularity=get("recompute_granularity", "full"),
         no_recompute_layers=get("no_recompute_layers", ()),

@@ -255,7 +255,12 @@ def layer_inventory(s: PlanSettings, layer: Optional[int] = None) -> Dict[str, f
         inv["q/k/v inputs"] = column_inputs(1 if s.fuse_attention_qkv else 3)
         if rope and not s.fused_rope:
             inv["rotary (reference op: q, k before rotation)"] = dt.act * rotary
-        if s.flash_attention:
+        if s.cp > 1:
+            # ring attention (llmpre.parallel.context) keeps q, k, v, its fp32 merged output and lse;
+            # the K/V (and dK/dV) all-gathered for each hop are transient (not modelled)
+            inv["attention q, k, v, out"] = dt.act * (2 * q + 2 * kv)
+            inv["attention: ring's fp32 output and lse"] = 4 * q + 4 * heads
+        elif s.flash_attention:
             inv["attention q, k, v, out"] = dt.act * (2 * q + 2 * kv)
             inv["attention softmax stats (fp32)"] = 4 * heads
             if alibi:
@@ -339,8 +344,8 @@ def layer_bytes(s: PlanSettings, recomputed: bool, layer: Optional[int] = None) 
     """Bytes layer ``layer`` (default: the last) keeps for one micro-batch, with or without recompute."""
     inv = layer_inventory(s, layer)
     dt, m = dtypes(s), s.model
-    tokens = s.micro_batch * s.seq_length
     sp = s.tp if s.sequence_parallel else 1
+    tokens = s.micro_batch * s.local_seq        # this rank's part of each sequence (sep / cp)
     layer = m.num_hidden_layers - 1 if layer is None else layer
     cast = dt.weight_cast * layer_params(s, layer).total  # O1: the per-forward weight casts matmuls keep
     full = sum(inv.values()) * tokens + cast
@@ -377,7 +382,7 @@ def logits_bytes(s: PlanSettings) -> float:
     fp32 copy and the fp32 softmax the cross-entropy keeps (8 bytes per logit in
     fp32 training, where no copy is made)."""
     per = 8 if not s.low_precision else 10
-    return per * s.micro_batch * s.seq_length * vocab_per_rank(s.model, s.tp)
+    return per * s.micro_batch * s.local_seq * vocab_per_rank(s.model, s.tp)
 
 
 def head_bytes(s: PlanSettings) -> float:
@@ -385,7 +390,7 @@ def head_bytes(s: PlanSettings) -> float:
     plus Baichuan2's normalised output weight when the model has a NormHead."""
     m, dt = s.model, dtypes(s)
     sp = s.tp if s.sequence_parallel else 1
-    tokens = s.micro_batch * s.seq_length
+    tokens = s.micro_batch * s.local_seq
     b = (_norm_saved(s, dt, m.hidden_size / sp) + dt.act * m.hidden_size) * tokens
     if _model_field(m, "lm_head_norm", False):
         b += dt.act * vocab_per_rank(m, s.tp) * m.hidden_size
@@ -498,7 +503,7 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
         mb = in_flight(s, rank)
         acts = per_mb * mb
         if rank == 0:
-            acts += INDEX_BYTES * s.micro_batch * s.seq_length * mb
+            acts += INDEX_BYTES * s.micro_batch * s.local_seq * mb
         last = rank == s.pp - 1
         head = head_bytes(s) if last else 0.0
         logits = logits_bytes(s) if last else 0.0

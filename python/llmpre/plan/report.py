@@ -24,6 +24,10 @@ def _layout(p: MemoryPlan) -> str:
         parts.append(f"sharding {s.sharding} (stage {s.stage})")
     parts.append(f"tp {s.tp}" + (" + sequence parallel" if s.sequence_parallel else ""))
     parts.append(f"pp {s.pp}" + (f" x vpp {s.vpp}" if s.vpp > 1 else ""))
+    if s.sep > 1:
+        parts.append(f"sep {s.sep}")
+    if s.cp > 1:
+        parts.append(f"cp {s.cp} (ring attention)")
     ep = f" (experts split over ep {s.ep} of the data ranks)" if s.ep > 1 else ""
     return f"{s.world_size} GPUs = " + " x ".join(parts) + ep
 

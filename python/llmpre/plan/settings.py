@@ -36,6 +36,8 @@ class PlanSettings:
     dp: int = 1
     sharding: int = 1
     ep: int = 1                        # expert parallelism: drawn from the dp x sharding ranks
+    sep: int = 1                       # sep_parallel_degree: sequence split, all-to-all around attention
+    cp: int = 1                        # context_parallel_degree: sequence split, ring attention
     stage: int = 0
     sequence_parallel: bool = False
     recompute: bool = False
@@ -59,7 +61,12 @@ class PlanSettings:
     # ------------------------------------------------------------ derived
     @property
     def world_size(self) -> int:
-        return self.dp * self.sharding * self.tp * self.pp
+        return self.dp * self.sharding * self.tp * self.pp * self.sep * self.cp
+
+    @property
+    def local_seq(self) -> int:
+        """Tokens of each sequence one rank holds (seq_length / (sep x cp))."""
+        return self.seq_length // (self.sep * self.cp)
 
     @property
     def low_precision(self) -> bool:
@@ -84,7 +91,8 @@ class PlanSettings:
     # ------------------------------------------------------------ checks
     def _validate(self) -> None:
         m = self.model
-        for name in ("seq_length", "micro_batch", "grad_accum", "tp", "pp", "vpp", "dp", "sharding", "ep"):
+        for name in ("seq_length", "micro_batch", "grad_accum", "tp", "pp", "vpp", "dp", "sharding", "ep",
+                     "sep", "cp"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"plan: `{name}` must be a positive integer, got {value!r}")
@@ -122,6 +130,7 @@ class PlanSettings:
             raise ConfigError(f"plan: tp={self.tp} and num_key_value_heads={kv}: one must divide the other "
                               "(KV heads are split when tp divides them and replicated when fewer than tp)")
         self._validate_moe()
+        self._validate_seq()
         if m.intermediate_size % self.tp:
             raise ConfigError(f"plan: tp={self.tp} must divide intermediate_size={m.intermediate_size}")
         if layers % (self.pp * self.vpp):
@@ -130,6 +139,20 @@ class PlanSettings:
         if bad:
             raise ConfigError(f"plan: no_recompute_layers {bad} are outside 0..{layers - 1}")
 
+
+    def _validate_seq(self) -> None:
+        """sep / cp: the rules of llmpre.parallel.dims.ParallelDims (one message each)."""
+        if self.sep == 1 and self.cp == 1:
+            return
+        from llmpre.parallel.dims import ParallelDims
+
+        try:
+            ParallelDims(tp=self.tp, sep=self.sep, cp=self.cp)._validate_seq(self.model, self.seq_length)
+        except ConfigError as e:
+            raise ConfigError(f"plan: {e}") from None
+        if getattr(self.model, "moe", None) is not None or getattr(self.model, "mla", None):
+            raise ConfigError("plan: sep_parallel_degree / context_parallel_degree are not built for "
+                              "mixture-of-experts or latent-attention models")
 
     def _validate_moe(self) -> None:
         moe = getattr(self.model, "moe", None)
