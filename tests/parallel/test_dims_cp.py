@@ -43,3 +43,18 @@ def test_each_rank_keeps_its_chunks():
 def test_bad_layouts(dims, seq, match):
     with pytest.raises(ConfigError, match=match):
         dims.validate(dims.world_size, get_config("llama-tiny"), seq_length=seq)
+
+
+def test_what_the_split_cannot_do_is_refused_by_name():
+    from llmpre.models import build_model
+    from llmpre.parallel import context
+    from llmpre.parallel.env import detached_env
+
+    dims = ParallelDims(cp=2)
+    with pytest.raises(ConfigError, match="mixtral: context_parallel_degree > 1 is not available: not built "
+                                          "for mixture-of-experts"):
+        context.check_supported(get_config("mixtral-8x7b"), dims)
+    model = build_model(get_config("llama-tiny").replace(num_hidden_layers=1), seed=1)
+    model.layers[0].self_attn.dropout_p = 0.1
+    with pytest.raises(ConfigError, match="attention dropout"):
+        context.apply(model, detached_env(dims, 0))

@@ -266,6 +266,10 @@ def apply(model, env) -> None:
         attn = getattr(layer, "self_attn", None)
         if attn is None:                   # another pipeline stage's layer
             continue
+        if getattr(attn, "dropout_p", 0.0) > 0:   # that path computes attention itself (models.dropout)
+            raise ConfigError(f"{model.config.model_type}: attention dropout "
+                              f"(attention_probs_dropout_prob {attn.dropout_p}) is not built for "
+                              "sep_parallel_degree / context_parallel_degree > 1; set it to 0")
         if dims.cp > 1:
             new = ring_attention(group, *block_functions(attn.ops))
         else:
