@@ -34,31 +34,35 @@ LLMPRE_END_AVX2
 
 namespace {
 
-// C[m x n] = (accumulate ? C : 0) + A[m x k] B[k x n]; A(r, c) = a[r * rsa + c * csa]
-// (so A may be a transposed view), B row c at b + c * ldb, C row r at c + r * ldc.
+// C[m x n] = (accumulate ? C : 0) + A[m x k] B[k x n]; A(r, c) = a[r * rsa + c * csa] and
+// B(r, c) = b[r * rsb + c * csb] (either may be a transposed view), C row r at c + r * ldc.
 using GemmFn = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
-                        const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
+                        const float* b, int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate);
 
 constexpr int64_t kKc = 256;  // k-block: a 16-column B panel of kKc rows is 16 KiB
 
 // ---- portable ---------------------------------------------------------------------
 
 void gemm_cols_baseline(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t rsa,
-                        int64_t csa, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+                        int64_t csa, const float* b, int64_t rsb, int64_t csb, float* c, int64_t ldc,
+                        bool accumulate) {
   for (int64_t i = 0; i < m; ++i) {
     float* __restrict crow = c + i * ldc;
     if (!accumulate) std::fill(crow + j0, crow + j1, 0.f);
     for (int64_t kk = 0; kk < k; ++kk) {
       const float av = a[i * rsa + kk * csa];
-      const float* __restrict brow = b + kk * ldb;
-      for (int64_t j = j0; j < j1; ++j) crow[j] += av * brow[j];
+      const float* __restrict brow = b + kk * rsb;
+      if (csb == 1)
+        for (int64_t j = j0; j < j1; ++j) crow[j] += av * brow[j];
+      else
+        for (int64_t j = j0; j < j1; ++j) crow[j] += av * brow[j * csb];
     }
   }
 }
 
 void gemm_baseline(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
-                   int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  gemm_cols_baseline(m, 0, n, k, a, rsa, csa, b, ldb, c, ldc, accumulate);
+                   int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate) {
+  gemm_cols_baseline(m, 0, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate);
 }
 
 #if LLMPRE_HAVE_AVX2_PATH
@@ -109,19 +113,51 @@ LLMPRE_AVX2 inline void micro_avx2(int64_t k, int mr, const float* a, int64_t rs
 #undef LLMPRE_STORE_ROW
 }
 
+// Both operands are packed per k-block (the BLIS layout): A into 6-row slivers
+// (apack[(i / 6) * 6 kc + kk * 6 + r]), B into kc x 16 panels, so the micro-kernel streams
+// two contiguous buffers whatever the strides (a transposed A or B costs one packing pass,
+// no separate transpose and no new cache line per k step).
 LLMPRE_AVX2 void gemm_avx2(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
-                           const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  const int64_t n16 = n / 16 * 16;
+                           const float* b, int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate) {
+  const int64_t n16 = n / 16 * 16, m6 = (m + 5) / 6 * 6;
+  thread_local std::vector<float> apack;
+  if (n16 > 0 && apack.size() < size_t(m6 * std::min(kKc, k))) apack.resize(size_t(m6 * std::min(kKc, k)));
   for (int64_t k0 = 0; k0 < k; k0 += kKc) {
     const int64_t kc = std::min(kKc, k - k0);
     const bool acc = accumulate || k0 > 0;
     const float* ak = a + k0 * csa;
-    const float* bk = b + k0 * ldb;
-    for (int64_t j = 0; j < n16; j += 16)
+    const float* bk = b + k0 * rsb;
+    if (n16 > 0) {
+      for (int64_t i = 0; i < m6; i += 6) {
+        float* dst = apack.data() + i * kc;
+        for (int64_t r = 0; r < 6; ++r) {
+          if (i + r < m) {
+            const float* src = ak + (i + r) * rsa;
+            for (int64_t kk = 0; kk < kc; ++kk) dst[kk * 6 + r] = src[kk * csa];
+          } else {
+            for (int64_t kk = 0; kk < kc; ++kk) dst[kk * 6 + r] = 0.f;
+          }
+        }
+      }
+    }
+    for (int64_t j = 0; j < n16; j += 16) {
+      alignas(32) float panel[kKc * 16];
+      if (csb == 1) {
+        for (int64_t kk = 0; kk < kc; ++kk) {
+          _mm256_store_ps(panel + kk * 16, _mm256_loadu_ps(bk + kk * rsb + j));
+          _mm256_store_ps(panel + kk * 16 + 8, _mm256_loadu_ps(bk + kk * rsb + j + 8));
+        }
+      } else {
+        for (int64_t jj = 0; jj < 16; ++jj) {
+          const float* src = bk + (j + jj) * csb;
+          for (int64_t kk = 0; kk < kc; ++kk) panel[kk * 16 + jj] = src[kk * rsb];
+        }
+      }
       for (int64_t i = 0; i < m; i += 6)
-        micro_avx2(kc, static_cast<int>(std::min<int64_t>(6, m - i)), ak + i * rsa, rsa, csa, bk + j, ldb,
+        micro_avx2(kc, static_cast<int>(std::min<int64_t>(6, m - i)), apack.data() + i * kc, 1, 6, panel, 16,
                    c + i * ldc + j, ldc, acc);
-    if (n16 < n) gemm_cols_baseline(m, n16, n, kc, ak, rsa, csa, bk, ldb, c, ldc, acc);
+    }
+    if (n16 < n) gemm_cols_baseline(m, n16, n, kc, ak, rsa, csa, bk, rsb, csb, c, ldc, acc);
   }
   if (k == 0 && !accumulate)
     for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
@@ -153,15 +189,6 @@ void swiglu_grad(const float* g, const float* u, float* da, float* du, int64_t n
 
 // Scratch that is written before it is read (no zero fill).
 std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[size_t(n)]); }
-
-// dst[c * rows + r] = src[r * cols + c]: a [rows, cols] matrix transposed.
-void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
-  constexpr int64_t kB = 32;
-  for (int64_t r0 = 0; r0 < rows; r0 += kB)
-    for (int64_t c0 = 0; c0 < cols; c0 += kB)
-      for (int64_t r = r0; r < std::min(rows, r0 + kB); ++r)
-        for (int64_t c = c0; c < std::min(cols, c0 + kB); ++c) dst[c * rows + r] = src[r * cols + c];
-}
 
 void check(const GroupedMlpParams& p, const int64_t* offsets, const char* fn,
            std::initializer_list<const void*> buffers) {
@@ -242,11 +269,11 @@ void grouped_mlp_forward(const GroupedMlpParams& p, const void* x_, const int64_
     if (ne == 0) return;
     const float* xe = x + r0 * h;
     float *ge = gate + r0 * n_i, *ue = up + r0 * n_i;
-    gemm(ne, n_i, h, xe, h, 1, weight(wg_, e), n_i, ge, n_i, false);   // [ne, I]
-    gemm(ne, n_i, h, xe, h, 1, weight(wu_, e), n_i, ue, n_i, false);   // [ne, I]
+    gemm(ne, n_i, h, xe, h, 1, weight(wg_, e), n_i, 1, ge, n_i, false);   // [ne, I]
+    gemm(ne, n_i, h, xe, h, 1, weight(wu_, e), n_i, 1, ue, n_i, false);   // [ne, I]
     auto act = scratch(ne * n_i);
     swiglu(ge, ue, act.get(), ne * n_i);
-    gemm(ne, h, n_i, act.get(), n_i, 1, weight(wd_, e), h, out + r0 * h, h, false);  // [ne, h]
+    gemm(ne, h, n_i, act.get(), n_i, 1, weight(wd_, e), h, 1, out + r0 * h, h, false);  // [ne, h]
   });
 }
 
@@ -277,22 +304,17 @@ void grouped_mlp_backward(const GroupedMlpParams& p, const void* x_, const int64
       return;
     }
     const float *xe = x + r0 * h, *ge = gate + r0 * n_i, *ue = up + r0 * n_i, *dye = dout + r0 * h;
-    // Transposed operands are packed (a strided A walks a new cache line per k step).
+    // Transposed operands are strided views; the GEMM's packing reads them once per k-block.
     auto act = scratch(ne * n_i), dg = scratch(ne * n_i), du = scratch(ne * n_i);
-    auto wt = scratch(h * n_i), at = scratch(ne * std::max(h, n_i));
+    const float *wg_e = weight(wg_, e), *wu_e = weight(wu_, e), *wd_e = weight(wd_, e);
     swiglu(ge, ue, act.get(), ne * n_i);
-    transpose(act.get(), ne, n_i, at.get());                                 // act^T [I, ne]
-    gemm(n_i, h, ne, at.get(), ne, 1, dye, h, dwd_e, h, false);              // dWd = act^T dY  [I, h]
-    transpose(weight(wd_, e), n_i, h, wt.get());                            // Wd^T [h, I]
-    gemm(ne, n_i, h, dye, h, 1, wt.get(), n_i, dg.get(), n_i, false);        // d act = dY Wd^T [ne, I]
+    gemm(n_i, h, ne, act.get(), 1, n_i, dye, h, 1, dwd_e, h, false);        // dWd = act^T dY  [I, h]
+    gemm(ne, n_i, h, dye, h, 1, wd_e, 1, h, dg.get(), n_i, false);          // d act = dY Wd^T [ne, I]
     swiglu_grad(ge, ue, dg.get(), du.get(), ne * n_i);
-    transpose(xe, ne, h, at.get());                                           // X^T [h, ne]
-    gemm(h, n_i, ne, at.get(), ne, 1, dg.get(), n_i, dwg_e, n_i, false);    // dWg = X^T dG [h, I]
-    gemm(h, n_i, ne, at.get(), ne, 1, du.get(), n_i, dwu_e, n_i, false);    // dWu = X^T dU [h, I]
-    transpose(weight(wg_, e), h, n_i, wt.get());                            // Wg^T [I, h]
-    gemm(ne, h, n_i, dg.get(), n_i, 1, wt.get(), h, dx + r0 * h, h, false);  // dX = dG Wg^T
-    transpose(weight(wu_, e), h, n_i, wt.get());                            // Wu^T [I, h]
-    gemm(ne, h, n_i, du.get(), n_i, 1, wt.get(), h, dx + r0 * h, h, true);   //    + dU Wu^T
+    gemm(h, n_i, ne, xe, 1, h, dg.get(), n_i, 1, dwg_e, n_i, false);        // dWg = X^T dG [h, I]
+    gemm(h, n_i, ne, xe, 1, h, du.get(), n_i, 1, dwu_e, n_i, false);        // dWu = X^T dU [h, I]
+    gemm(ne, h, n_i, dg.get(), n_i, 1, wg_e, 1, n_i, dx + r0 * h, h, false);  // dX = dG Wg^T
+    gemm(ne, h, n_i, du.get(), n_i, 1, wu_e, 1, n_i, dx + r0 * h, h, true);   //    + dU Wu^T
   });
 }
 
