@@ -215,3 +215,115 @@ def test_two_data_ranks_apply_the_same_update(tmp_path):
     assert np.abs(one).max() > 0
     np.testing.assert_array_equal(two, one)
     assert L.last_train_entry(tmp_path / "dp2")["moe_load_max"] == L.last_train_entry(tmp_path / "one")["moe_load_max"]
+
+
+# ---- multi-token prediction -------------------------------------------------------------
+def _rms(x, w, eps=1e-6):
+    return x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * w
+
+
+def _ce(logits, labels):
+    z = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -np.take_along_axis(logp, labels[..., None], -1).mean()
+
+
+def _mtp_model(depths=2):
+    from llmpre.models import build_model
+
+    model = build_model(_tiny_v3(layers=2).replace(num_nextn_predict_layers=depths, num_nextn_predict_lambda=0.3),
+                        seed=3)
+    model.train()
+    return model
+
+
+def test_mtp_loss_against_a_numpy_transcription():
+    """L = lambda / D sum_k CE(head(norm_k(Block_k(eh_proj [enorm(E t_{i+k}); hnorm(h^{k-1}_i)]))), t_{i+k+1})
+    with the norms, projection, head and cross-entropy in numpy (float64) and the decoder
+    block (checked against transformers elsewhere) run on the numpy inputs."""
+    model = _mtp_model()
+    tokens = np.random.RandomState(1).randint(0, 64, [2, 13]).astype("int64")
+    ids, labels = tokens[:, :-1], tokens[:, 1:]
+    model(paddle.to_tensor(ids), labels=paddle.to_tensor(labels))
+    got = float(model.aux_loss) - float(model._aux_loss(  # the MoE term of the same forward
+        [layer.router_stats for layer in model.layers if layer.sparse], 2))
+
+    p = {n: v.numpy().astype(np.float64) for n, v in model.named_parameters()}
+    with paddle.no_grad():
+        h = model.embed(paddle.to_tensor(ids), model.context(2, 12))
+        ctx = model.context(2, 12)
+        for layer in model.layers:
+            h = layer(h, ctx["cos"], ctx["sin"], None, None)
+    h, n, want = h.numpy().astype(np.float64), ids.shape[1], 0.0
+    for k in (1, 2):
+        m, j = n - k, k - 1
+        emb = p["embed_tokens.weight"][ids[:, k:]]                                  # E t_{i+k}
+        x = np.concatenate([_rms(emb, p[f"mtp.{j}.enorm.weight"]), _rms(h[:, :m], p[f"mtp.{j}.hnorm.weight"])], -1)
+        x = x @ p[f"mtp.{j}.eh_proj.weight"]
+        ctx = model.context(2, m)
+        with paddle.no_grad():
+            h = model.mtp[j].block(paddle.to_tensor(x.astype("float32")), ctx["cos"], ctx["sin"], None, None)
+        h = h.numpy().astype(np.float64)
+        logits = _rms(h, p[f"mtp.{j}.norm.weight"]) @ p["lm_head.weight"]
+        want += _ce(logits, labels[:, k:])
+    np.testing.assert_allclose(got, 0.3 / 2 * want, rtol=2e-5)
+
+
+def test_mtp_is_saved_and_loaded_in_deepseeks_layout(tmp_path):
+    from safetensors.numpy import load_file
+
+    from llmpre.models import from_pretrained, save_pretrained
+
+    model = _mtp_model(depths=1)
+    save_pretrained(model, tmp_path / "hf")
+    saved = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    for name in ("enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight",
+                 "self_attn.kv_b_proj.weight", "mlp.gate.e_score_correction_bias", "mlp.experts.3.down_proj.weight"):
+        assert f"model.layers.2.{name}" in saved, name
+    np.testing.assert_array_equal(saved["model.layers.2.embed_tokens.weight"], saved["model.embed_tokens.weight"])
+    np.testing.assert_array_equal(saved["model.layers.2.shared_head.head.weight"], saved["lm_head.weight"])
+    np.testing.assert_array_equal(saved["model.layers.2.eh_proj.weight"], model.mtp[0].eh_proj.weight.numpy().T)
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_nextn_predict_layers"] == 1
+    back = from_pretrained(tmp_path / "hf")
+    assert back.config.num_nextn_predict_layers == 1
+    ours = dict(model.named_parameters())
+    for name, p in back.named_parameters():
+        np.testing.assert_array_equal(p.numpy(), ours[name].numpy(), err_msg=name)
+
+
+def test_a_checkpoint_without_mtp_weights_loads_without_mtp():
+    """transformers saves DeepSeek-V3 without its MTP layer (the fixture's config says 1)."""
+    from llmpre.models import from_pretrained
+
+    assert json.load(open(os.path.join(FIXTURE, "config.json")))["num_nextn_predict_layers"] == 1
+    assert from_pretrained(FIXTURE).config.num_nextn_predict_layers == 0
+
+
+def test_mtp_model_trains_its_modules(tmp_path):
+    from safetensors.numpy import load_file
+
+    from llmpre.models.hf_config import to_hf_dict
+
+    model_dir = tmp_path / "mtp_model"
+    model_dir.mkdir()
+    config = _tiny_v3(layers=2).replace(num_nextn_predict_layers=1, vocab_size=8192)
+    (model_dir / "config.json").write_text(json.dumps(to_hf_dict(config)))
+    out = _train(tmp_path, "run", 2, model=str(model_dir), save_steps=1)
+    first = load_file(os.path.join(out, "checkpoint-1", "model-tp0-pp0.safetensors"))
+    final = load_file(os.path.join(out, "model.safetensors"))
+    assert not np.array_equal(first["mtp.0.eh_proj.weight"].T, final["model.layers.2.eh_proj.weight"])
+    assert not np.array_equal(first["mtp.0.block.self_attn.kv_b_proj.weight"].T,
+                              final["model.layers.2.self_attn.kv_b_proj.weight"])
+    assert [e["moe_load_layers"] for e in _entries(out)][-1] == [1, 2]    # the MTP block's router is balanced too
+
+
+def test_mtp_refuses_the_layouts_it_does_not_run():
+    from llmpre.errors import ConfigError
+    from llmpre.parallel.dims import ParallelDims
+
+    config = _tiny_v3(layers=2).replace(num_nextn_predict_layers=1)
+    with pytest.raises(ConfigError, match="multi-token prediction"):
+        ParallelDims(cp=2).validate(2, config, 1, seq_length=32)
+    support = _mtp_model(depths=1).parallel_support()
+    assert not support.tensor_parallel and not support.pipeline
+    assert "multi-token prediction" in support.refuse("pipeline", "deepseek_v3")

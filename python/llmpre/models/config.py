@@ -282,6 +282,8 @@ class ModelConfig:
     moe: Optional[MoEConfig] = None
     mla: Optional[MLAConfig] = None
     glm: Optional[GLMConfig] = None       # GLM: post-LN blocks with alpha-scaled residuals, prefix attention
+    num_nextn_predict_layers: int = 0     # DeepSeek-V3 multi-token prediction depths (llmpre.models.mtp)
+    num_nextn_predict_lambda: float = 0.3  # their loss weight (PaddleNLP's key; the paper's 0.3, later 0.1)
 
     def __post_init__(self):
         def fix(name, value):  # frozen: normalise fields through object.__setattr__
@@ -344,7 +346,18 @@ class ModelConfig:
                               f"not {self.model_type!r}")
         if self.mla is not None and self.position != "rope":
             raise ConfigError("ModelConfig: multi-head latent attention (mla) needs position='rope'")
+        self._check_mtp()
         self._check_glm()
+
+    def _check_mtp(self) -> None:
+        n, lam = self.num_nextn_predict_layers, self.num_nextn_predict_lambda
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"ModelConfig.num_nextn_predict_layers={n!r} must be an integer >= 0")
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < float("inf"):
+            raise ConfigError(f"ModelConfig.num_nextn_predict_lambda={lam!r} must be a number >= 0")
+        if n and (self.is_gpt or self.model_type == "glm"):
+            raise ConfigError(f"ModelConfig: multi-token prediction (num_nextn_predict_layers={n}) is built for "
+                              f"LLaMA-family decoders (DeepSeek-V3), not model_type={self.model_type!r}; set it to 0")
 
     def _check_glm(self) -> None:
         if (self.model_type == "glm") != (self.glm is not None):
@@ -404,7 +417,9 @@ class ModelConfig:
         if self.localized_filtering:  # two (2 x 1) convolutions h -> h/2 -> h with biases, and an RMSNorm
             attention += (2 * h * (h // 2) + h // 2) + (2 * (h // 2) * h + h) + h
         total = 0
-        for layer in range(self.num_hidden_layers):
+        for layer in range(self.num_hidden_layers + self.num_nextn_predict_layers):
+            if layer >= self.num_hidden_layers:   # an MTP module: enorm, hnorm, eh_proj, its head's norm + a block
+                total += 3 * norm + 2 * h * h
             total += 2 * norm + attention
             if self.moe is not None and self.moe.is_sparse(layer):
                 e = self.moe

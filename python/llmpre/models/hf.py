@@ -64,9 +64,32 @@ def load_hf_config(path: PathLike) -> ModelConfig:
     if not isinstance(d, dict):
         raise ConfigError(f"{file}: holds a JSON {type(d).__name__}, not a config object")
     try:
-        return config_from_paddlenlp(d) if is_paddlenlp_config(d) else from_hf_dict(d)
+        config = config_from_paddlenlp(d) if is_paddlenlp_config(d) else from_hf_dict(d)
     except ConfigError as e:
         raise ConfigError(f"{file}: {e}") from None
+    return _without_absent_mtp(file.parent, config) if config.num_nextn_predict_layers else config
+
+
+def _without_absent_mtp(path: Path, config: ModelConfig) -> ModelConfig:
+    """A checkpoint whose weights hold no multi-token-prediction module (transformers saves
+    DeepSeek-V3 without them) is the model without MTP, as transformers loads it; a
+    directory with a config alone (a model to initialise) keeps what its config says."""
+    try:
+        files = _weight_files(path)
+    except ConfigError:
+        return config
+    names = set()
+    for file in files:
+        with safe_open(str(file), framework="np") as f:
+            names.update(f.keys())
+    if f"model.layers.{config.num_hidden_layers}.eh_proj.weight" in names:
+        return config
+    import logging
+
+    logging.getLogger("llmpre").info(
+        "%s: num_nextn_predict_layers=%d but the weights hold no multi-token-prediction module: "
+        "loaded without it", path, config.num_nextn_predict_layers)
+    return config.replace(num_nextn_predict_layers=0)
 
 
 def is_paddlenlp(path: PathLike) -> bool:

@@ -241,6 +241,9 @@ def _deepseek(d, v3: bool):
                     first_k_dense_replace=d.get("first_k_dense_replace", 0))
     kw = _common(d, mla=mla, moe=moe, rope_interleaved=bool(d.get("rope_interleave", True)))
     kw["head_dim"] = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    kw["num_nextn_predict_layers"] = int(d.get("num_nextn_predict_layers") or 0)    # MTP depths
+    if d.get("num_nextn_predict_lambda") is not None:                               # PaddleNLP's key
+        kw["num_nextn_predict_lambda"] = float(d["num_nextn_predict_lambda"])
     return kw
 
 
@@ -406,7 +409,9 @@ def to_hf_dict(c: ModelConfig, style: str = "v4") -> dict:
                  aux_loss_alpha=e.router_aux_loss_coef, seq_aux=True, first_k_dense_replace=e.first_k_dense_replace,
                  moe_layer_freq=1, kv_lora_rank=m.kv_lora_rank, q_lora_rank=m.q_lora_rank,
                  qk_nope_head_dim=m.qk_nope_head_dim, qk_rope_head_dim=m.qk_rope_head_dim, v_head_dim=m.v_head_dim,
-                 rope_interleave=c.rope_interleaved, attention_bias=False)
+                 rope_interleave=c.rope_interleaved, attention_bias=False,
+                 num_nextn_predict_layers=c.num_nextn_predict_layers,
+                 num_nextn_predict_lambda=c.num_nextn_predict_lambda)
     elif t == "qwen":
         d.update(hidden_size=c.hidden_size, intermediate_size=2 * c.intermediate_size,
                  num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,

@@ -214,7 +214,27 @@ def checkpoint_rules(c: ModelConfig) -> List[Rule]:
     else:
         top = [_r("model.embed_tokens.weight", "embed_tokens.weight")] + _norm("model.norm", "norm", c)
         layer = _llama_layer
+        lm_head = lm_head + _mtp_rules(c)
     return top + [r for i in range(c.num_hidden_layers) for r in layer(c, i)] + lm_head
+
+
+def _mtp_rules(c: ModelConfig) -> List[Rule]:
+    """DeepSeek-V3's multi-token-prediction depth ``j`` is HF layer ``num_hidden_layers + j``:
+    its decoder block, ``enorm``, ``hnorm``, ``eh_proj``, ``shared_head.norm``, and copies of
+    the shared embedding and output head (``embed_tokens``, ``shared_head.head``), which
+    DeepSeek's checkpoints store and llmpre writes from (and reads into) the one shared tensor."""
+    rules: List[Rule] = []
+    for j in range(c.num_nextn_predict_layers):
+        i = c.num_hidden_layers + j
+        P, M = f"model.layers.{i}.", f"mtp.{j}."
+        rules += [Rule(r.hf, tuple(o.replace(f"layers.{i}.", M + "block.", 1) for o in r.ours), r.kind)
+                  for r in _llama_layer(c, i)]
+        rules += _norm(P + "enorm", M + "enorm", c) + _norm(P + "hnorm", M + "hnorm", c)
+        rules += _linear(P + "eh_proj", M + "eh_proj", False) + _norm(P + "shared_head.norm", M + "norm", c)
+        rules.append(_r(P + "embed_tokens.weight", "embed_tokens.weight"))
+        rules.append(_r(P + "shared_head.head.weight", "embed_tokens.weight") if c.tie_word_embeddings
+                     else _r(P + "shared_head.head.weight", "lm_head.weight", "linear"))
+    return rules
 
 
 # Tensors some published checkpoints carry that the model does not need.

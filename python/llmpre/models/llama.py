@@ -33,6 +33,7 @@ from llmpre.models.config import ModelConfig
 from llmpre.models.deepseek import MLAttention
 from llmpre.models.layers import MLP, Attention, LMHead, RotaryEmbedding, alibi_slopes, init_weights, make_norm
 from llmpre.models.moe import MoE, seq_aux_loss, switch_aux_loss
+from llmpre.models.mtp import MTPModule, mtp_loss
 from llmpre.models.stage import ParallelSupport
 from llmpre.ops.select import Ops, select_ops
 
@@ -69,20 +70,34 @@ class LlamaForCausalLM(nn.Layer):
         self.layers = nn.LayerList([DecoderLayer(config, i, self.ops) for i in range(config.num_hidden_layers)])
         self.norm = make_norm(config, self.ops)
         self.lm_head = LMHead(config, self.embed_tokens)
+        self.mtp = None          # DeepSeek-V3 multi-token prediction depths (llmpre.models.mtp)
+        if config.num_nextn_predict_layers:
+            self.mtp = nn.LayerList([MTPModule(config, DecoderLayer(config, config.num_hidden_layers + k, self.ops),
+                                               self.ops) for k in range(config.num_nextn_predict_layers)])
         self.aux_loss: Optional[paddle.Tensor] = None
         init_weights(self, config)
 
-    def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None) -> paddle.Tensor:
-        """input_ids ``[batch, seq]`` int -> logits ``[batch, seq, vocab]`` in the model dtype."""
+    def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None,
+                labels: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        """input_ids ``[batch, seq]`` int -> logits ``[batch, seq, vocab]`` in the model dtype.
+        ``labels`` (aligned, ``[batch, seq]``): a model with MTP modules adds their loss to
+        ``aux_loss`` (training)."""
         ctx = self.context(input_ids.shape[0], input_ids.shape[1], position_ids)
         x = self.embed(input_ids, ctx)                            # [b, s, hidden]
         for layer in self.layers:
             x = self.run_layer(layer, x, ctx)                     # [b, s, hidden]
         self.aux_loss = self._aux_loss(ctx["router_stats"], input_ids.shape[0])
+        if self.mtp is not None and labels is not None:
+            extra = mtp_loss(self, x, input_ids, labels)
+            self.aux_loss = extra if self.aux_loss is None else self.aux_loss + extra
         return self.head(x)                                       # [b, s, vocab]
 
     def parallel_support(self) -> ParallelSupport:
         c = self.config
+        if c.num_nextn_predict_layers:
+            why = "multi-token prediction modules are not placed on tensor or pipeline ranks yet"
+            return ParallelSupport(tensor_parallel=(), sequence_parallel=False, pipeline=False, why_not={
+                f: why for f in ("tensor_parallel", "sequence_parallel", "pipeline")})
         if c.moe is not None or c.mla:
             why = ("not yet built for mixture-of-experts or latent-attention models; use data "
                    "parallelism and sharding")

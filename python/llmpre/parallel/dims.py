@@ -237,6 +237,10 @@ class ParallelDims:
             raise ConfigError(f"sep_parallel_degree {self.sep} splits every sequence into {self.sep} "
                               f"equal parts, but max_seq_length {seq_length} is not a multiple of "
                               f"{self.sep}; choose a length or a degree that fits")
+        if self.seq_parallel_size > 1 and getattr(config, "num_nextn_predict_layers", 0):
+            raise ConfigError(f"multi-token prediction (num_nextn_predict_layers {config.num_nextn_predict_layers}) "
+                              "reads tokens up to its depth ahead, across the sep / cp split of the sequence; "
+                              "set sep_parallel_degree and context_parallel_degree to 1")
         if self.sep > 1 and config is not None:
             heads, kv = config.num_attention_heads // self.tp, config.num_key_value_heads
             kv = kv // self.tp if kv % self.tp == 0 else 1

@@ -31,15 +31,21 @@ from llmpre.models.moe import MoE
 from llmpre.parallel import context
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_MTP = re.compile(r"(?:^|\.)mtp\.(\d+)\.")
 
 
 def sparse_layers(model) -> list:
-    """``[(layer index, MoE)]`` of this rank's sparse layers (global indices under pipelines)."""
+    """``[(layer index, MoE)]`` of this rank's sparse layers (global indices under pipelines;
+    multi-token-prediction depth ``k`` is layer ``num_hidden_layers + k``, its HF index)."""
     found = []
     for name, sub in model.named_sublayers():
         if isinstance(sub, MoE):
-            m = _LAYER.search(name + ".")
-            found.append((int(m.group(1)) if m else len(found), sub))
+            m, mtp = _LAYER.search(name + "."), _MTP.search(name + ".")
+            if mtp:
+                index = model.config.num_hidden_layers + int(mtp.group(1))
+            else:
+                index = int(m.group(1)) if m else len(found)
+            found.append((index, sub))
     return sorted(found, key=lambda t: t[0])
 
 

@@ -104,8 +104,9 @@ class Engine:
         """LM loss of a batch; in training, plus the MoE router's auxiliary loss
         (already scaled by its coefficient) when the model has one."""
         inputs, labels = self._split(tokens)
+        mtp = training and getattr(self.model, "mtp", None) is not None    # MTP: its loss needs the labels
         with self.precision.autocast(self.paddle):
-            loss = self.loss_fn(self.model(inputs), labels)
+            loss = self.loss_fn(self.model(inputs, labels=labels) if mtp else self.model(inputs), labels)
         aux = getattr(self.model, "aux_loss", None)
         return loss + aux if training and aux is not None else loss
 
