@@ -125,26 +125,21 @@ def check_run(result, out: Path, raw: dict, logging_steps: int = 1):
             assert f"{key} = " in result.output and "has no effect here" in result.output
 
 
-# Files whose models llmpre cannot recompute yet (MoE / latent attention): the run is refused
-# with that reason, and the test then runs the file with recompute off.
-NO_RECOMPUTE = {"config-deepseek-v2-pretrain_argument.json", "config-qwen2moe-pretrain_argument.json"}
+# MoE / latent-attention files that recompute (llmpre once refused them): run as they are.
+MOE_RECOMPUTE = {"config-deepseek-v2-pretrain_argument.json", "config-qwen2moe-pretrain_argument.json"}
 
 
 @pytest.mark.parametrize("name", [n for n in JSON_FILES if "chatglm2" not in n])
 def test_official_file_trains(name, workspace, tmp_path, monkeypatch):
-    from llmpre.errors import ConfigError
-
     path = ASSETS / name
     raw = json.loads(path.read_text())
     out = tmp_path / "run"
-    extra = []
-    if name in NO_RECOMPUTE:
+    if name in MOE_RECOMPUTE:
         assert raw["recompute"]
-        with pytest.raises(ConfigError, match="recompute is not available: not yet built for mixture-of-experts"):
-            run_train([str(path), *overrides(workspace, raw, out)], monkeypatch)
-        extra = ["--recompute", "false", "--overwrite_output_dir", "true"]
-    result = run_train([str(path), *overrides(workspace, raw, out), *extra], monkeypatch)
+    result = run_train([str(path), *overrides(workspace, raw, out)], monkeypatch)
     check_run(result, out, raw)
+    if name in MOE_RECOMPUTE:
+        assert f"recompute {raw.get('recompute_granularity', 'full')}" in result.output
     if raw.get("pipeline_parallel_config"):
         assert f"pipeline_parallel_config '{raw['pipeline_parallel_config']}' has no effect here" in result.output
 

@@ -30,6 +30,26 @@ def _family(preset: str, **changes):
     return get_config(preset).replace(**{**base, **changes})
 
 
+def _moe_family(preset: str, q_lora_rank=16):
+    """A tiny MoE model of ``preset``'s family: 2 layers, hidden 64, 4 heads, 4 experts of width 32
+    (a shared expert of 48, expert groups, a dense first layer and MLA as the family has them)."""
+    import dataclasses
+
+    c = get_config(preset)
+    kw = dict(num_hidden_layers=2, vocab_size=512, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+              num_key_value_heads=4, max_position_embeddings=64)
+    if c.mla is not None:
+        kw["mla"] = dataclasses.replace(c.mla, kv_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=8,
+                                        v_head_dim=12, q_lora_rank=q_lora_rank)
+        kw["head_dim"] = 16
+    m = c.moe
+    kw["moe"] = dataclasses.replace(m, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                    shared_expert_intermediate_size=48 if m.shared_expert_intermediate_size else 0,
+                                    n_group=2 if m.n_group > 1 else 1, topk_group=1,
+                                    first_k_dense_replace=min(m.first_k_dense_replace, 1))
+    return c.replace(**kw)
+
+
 def _count_generated(monkeypatch, which=lambda p: True) -> list:
     """Element counts of every region computed from a seed (not a deferred slice reading its
     parent's region, which would count twice) for parameters ``which`` accepts."""
@@ -62,6 +82,13 @@ LAYOUTS = {
     "ChatGLM2 tp2, one KV head (replicated k/v)": (ParallelDims(tp=2), _family("chatglm2-6b", num_key_value_heads=1)),
     "ChatGLM2 tp4, two KV heads (replicated k/v)": (ParallelDims(tp=4), _family("chatglm2-6b", num_key_value_heads=2)),
     "ChatGLM-6B (GLM v1) tp2 sp x pp2": (ParallelDims(tp=2, pp=2, sequence_parallel=True), _family("chatglm-6b")),
+    # MoE: every expert (and the shared expert) split like an MLP, routers whole; MLA: columns by head
+    "Mixtral tp2 x pp2": (ParallelDims(tp=2, pp=2), _moe_family("mixtral-8x7b")),
+    "Qwen-MoE (shared expert, gate) tp2 sp": (ParallelDims(tp=2, sequence_parallel=True),
+                                              _moe_family("qwen1.5-moe-a2.7b")),
+    "DeepSeek-V3 (MLA, query bottleneck) tp2 sp x pp2": (ParallelDims(tp=2, pp=2, sequence_parallel=True),
+                                                        _moe_family("deepseek-v3")),
+    "DeepSeek-V2 (MLA, no query bottleneck) tp4": (ParallelDims(tp=4), _moe_family("deepseek-v2", None)),
 }
 
 

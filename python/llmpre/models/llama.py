@@ -32,9 +32,9 @@ import paddle.nn.functional as F
 from llmpre.models.config import ModelConfig
 from llmpre.models.deepseek import MLAttention
 from llmpre.models.layers import MLP, Attention, LMHead, RotaryEmbedding, alibi_slopes, init_weights, make_norm
-from llmpre.models.moe import MoE, seq_aux_loss, switch_aux_loss
+from llmpre.models.moe import MoE, seq_aux_loss
 from llmpre.models.mtp import MTPModule, mtp_loss
-from llmpre.models.stage import ParallelSupport
+from llmpre.models.stage import ATTENTION_PLAN, MLA_PLAN, MLP_PLAN, MOE_PLAN, ParallelSupport
 from llmpre.ops.select import Ops, select_ops
 
 
@@ -99,11 +99,7 @@ class LlamaForCausalLM(nn.Layer):
             return ParallelSupport(tensor_parallel=(), sequence_parallel=False, pipeline=False, why_not={
                 f: why for f in ("tensor_parallel", "sequence_parallel", "pipeline")})
         if c.moe is not None or c.mla:
-            why = ("not yet built for mixture-of-experts or latent-attention models; use data "
-                   "parallelism and sharding")
-            return ParallelSupport(tensor_parallel=(), sequence_parallel=False, pipeline=False,
-                                   recompute=False, why_not={f: why for f in (
-                                       "tensor_parallel", "sequence_parallel", "pipeline", "recompute")})
+            return ParallelSupport(tensor_parallel=(MLA_PLAN if c.mla else ATTENTION_PLAN) + MLP_PLAN + MOE_PLAN)
         if c.localized_filtering:
             return ParallelSupport(sequence_parallel=False, why_not={
                 "sequence_parallel": "Yuan2's localized filtering mixes neighbouring positions"})
@@ -135,9 +131,38 @@ class LlamaForCausalLM(nn.Layer):
         return self.lm_head(self.norm(x))                         # [b, s, vocab]
 
     def _aux_loss(self, stats, batch: int) -> Optional[paddle.Tensor]:
-        moe = self.config.moe
-        if not stats or not moe.router_aux_loss_coef:
+        if not stats or not self.aux_carry_size():
             return None
-        if moe.aux_loss_type == "switch":
-            return moe.router_aux_loss_coef * switch_aux_loss(stats, moe.num_experts)
-        return moe.router_aux_loss_coef * seq_aux_loss(stats, moe.num_experts, batch)
+        return self.aux_from_carry(self.aux_carry(stats, batch))
+
+    # The auxiliary loss in two steps, so pipeline stages pass a partial sum on (parallel.pipeline).
+    def aux_carry_size(self) -> int:
+        """Length of :meth:`aux_carry` (0: no auxiliary loss)."""
+        moe = self.config.moe
+        if moe is None or not moe.router_aux_loss_coef:
+            return 0
+        return 2 * moe.num_experts + 1 if moe.aux_loss_type == "switch" else 1
+
+    def aux_carry(self, stats, batch: int) -> paddle.Tensor:
+        """What the auxiliary loss needs of some sparse layers' router statistics, a sum over
+        layers (fp32): switch: ``[routed (token, slot) counts (E) | summed probabilities (E) |
+        tokens]`` (:func:`~llmpre.models.moe.switch_aux_loss`); seq: these layers' sequence-wise
+        loss (:func:`~llmpre.models.moe.seq_aux_loss`)."""
+        moe = self.config.moe
+        if not stats:
+            return paddle.zeros([self.aux_carry_size()], dtype="float32")
+        if moe.aux_loss_type != "switch":
+            return seq_aux_loss(stats, moe.num_experts, batch).reshape([1])
+        counts = sum(F.one_hot(experts.reshape([-1]), moe.num_experts).sum(0) for experts, _ in stats)   # [E]
+        probs = sum(scores.sum(0) for _, scores in stats)                                            # [E]
+        tokens = paddle.full([1], float(sum(scores.shape[0] for _, scores in stats)), dtype="float32")
+        return paddle.concat([counts.astype("float32"), probs, tokens])
+
+    def aux_from_carry(self, carry: paddle.Tensor) -> paddle.Tensor:
+        """The auxiliary loss times its coefficient, from every sparse layer's :meth:`aux_carry` summed."""
+        moe = self.config.moe
+        if moe.aux_loss_type != "switch":
+            return moe.router_aux_loss_coef * carry.sum()
+        e = moe.num_experts
+        n = carry[2 * e]
+        return moe.router_aux_loss_coef * e * ((carry[:e] / n) * (carry[e:2 * e] / n)).sum()

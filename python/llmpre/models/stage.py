@@ -34,11 +34,23 @@ from dataclasses import dataclass, field
 #   "heads"     columns by attention head (q); "kv_heads": by KV head, replicated
 #               when there are fewer KV heads than ranks (k, v)
 #   "heads_row" rows by attention head (o); "column" / "row": the MLP's split
-ATTENTION_MLP_PLAN = (
+#   latent / heads_local / latent_norm: MLA (a whole projection entering the region, columns
+#               by head of its output, a replicated norm inside the region)
+#   "experts"   a MoE block: every expert split like the MLP, router whole (parallel.expert_tp)
+ATTENTION_PLAN = (
     ("self_attn.q_proj", "heads"), ("self_attn.k_proj", "kv_heads"), ("self_attn.v_proj", "kv_heads"),
     ("self_attn.o_proj", "heads_row"),
-    ("mlp.gate_proj", "column"), ("mlp.up_proj", "column"), ("mlp.down_proj", "row"),
 )
+MLP_PLAN = (("mlp.gate_proj", "column"), ("mlp.up_proj", "column"), ("mlp.down_proj", "row"))
+ATTENTION_MLP_PLAN = ATTENTION_PLAN + MLP_PLAN
+# DeepSeek's latent attention: q_proj (no query bottleneck) or q_a -> norm -> q_b; kv_a -> norm -> kv_b
+MLA_PLAN = (
+    ("self_attn.q_proj", "heads"), ("self_attn.q_a_proj", "latent"), ("self_attn.q_a_layernorm", "latent_norm"),
+    ("self_attn.q_b_proj", "heads_local"), ("self_attn.kv_a_proj_with_mqa", "latent"),
+    ("self_attn.kv_a_layernorm", "latent_norm"), ("self_attn.kv_b_proj", "heads_local"),
+    ("self_attn.o_proj", "heads_row"),
+)
+MOE_PLAN = (("mlp", "experts"),)
 
 
 @dataclass(frozen=True)

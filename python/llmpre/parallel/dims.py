@@ -190,6 +190,13 @@ class ParallelDims:
         if config.intermediate_size % self.tp:
             raise ConfigError(f"intermediate_size {config.intermediate_size} does not divide over "
                               f"tp {self.tp}")
+        moe = getattr(config, "moe", None)
+        for key, width in ((("moe_intermediate_size", moe.moe_intermediate_size),
+                            ("shared_expert_intermediate_size", moe.shared_expert_intermediate_size))
+                           if moe is not None else ()):
+            if width % self.tp:
+                raise ConfigError(f"{key} {width} does not divide over tp {self.tp} (each expert is split "
+                                  f"over the tensor-parallel ranks); choose a tp that divides {width}")
         layers = config.num_hidden_layers
         chunks = self.pp * self.vpp
         if layers < chunks or layers % chunks:

@@ -26,7 +26,8 @@ from llmpre.errors import ConfigError
 from llmpre.models import init
 from llmpre.parallel import comm, expert
 from llmpre.parallel import tensor_parallel as tpl
-from llmpre.parallel.recompute import recompute
+from llmpre.parallel import expert_tp
+from llmpre.parallel.recompute import recompute, with_side_outputs
 
 NORM_SKIP = tpl.NORM_SKIP
 
@@ -88,21 +89,37 @@ def _tensor_parallel(model, env, support):
         if not hasattr(layer, "self_attn"):     # another pipeline stage's layer
             continue
         attn = layer.self_attn
-        heads, kv, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
+        heads = attn.num_heads
+        kv, d = getattr(attn, "num_kv_heads", heads), getattr(attn, "head_dim", None)   # MLA: neither
         local = list(range(r * heads // tp, (r + 1) * heads // tp))
-        cols = [h * d + i for h in local for i in range(d)]
+
+        def head_cols(width):           # this rank's heads' columns (rows), ``width`` per head
+            return [h * width + i for h in local for i in range(width)]
         kv_split = kv % tp == 0
         kv_local = (list(range(r * kv // tp, (r + 1) * kv // tp)) if kv_split
                     else sorted({h // (heads // kv) for h in local}))   # fewer KV heads than ranks
-        kv_cols = [h * d + i for h in kv_local for i in range(d)]
+        kv_cols = [h * d + i for h in kv_local for i in range(d)] if d else []
         for path, style in plan:
             linear = _sub(layer, path)
             if linear is None:          # e.g. no gate_proj in a plain MLP
                 continue
+            if style == "experts":      # a MoE block (dense layers of a MoE model have none)
+                if hasattr(linear, "experts"):
+                    expert_tp.expert_tensor_parallel(linear, group, sp)
+                continue
+            if style == "latent_norm":  # inside the region, replicated: partial gradients
+                for p in linear.parameters():
+                    setattr(p, tpl.TP_GRAD_SUM, True)
+                continue
             if style == "heads":
-                new = tpl.ColumnParallelLinear(linear, cols, group, sp)
+                new = tpl.ColumnParallelLinear(linear, head_cols(linear.weight.shape[1] // heads), group, sp)
+            elif style == "heads_local":
+                new = tpl.ColumnParallelLinear(linear, head_cols(linear.weight.shape[1] // heads), group, sp,
+                                               enter_region=False)
+            elif style == "latent":
+                new = tpl.ReplicatedLinear(linear, group, sp)
             elif style == "heads_row":
-                new = tpl.RowParallelLinear(linear, cols, group, sp)
+                new = tpl.RowParallelLinear(linear, head_cols(linear.weight.shape[0] // heads), group, sp)
             elif style == "kv_heads":
                 new = (tpl.ColumnParallelLinear(linear, kv_cols, group, sp) if kv_split else
                        tpl.ReplicatedKVProjection(linear, kv_local, d, group, sp))
@@ -113,7 +130,8 @@ def _tensor_parallel(model, env, support):
                     linear, mcols, group, sp)
             _put(layer, path, new)
         attn.num_heads = heads // tp
-        attn.num_kv_heads = kv // tp if kv_split else len(kv_local)
+        if hasattr(attn, "num_kv_heads"):
+            attn.num_kv_heads = kv // tp if kv_split else len(kv_local)
     if getattr(model, "alibi", None) is not None:
         heads = c.num_attention_heads
         model.alibi = model.alibi[r * heads // tp:(r + 1) * heads // tp]
@@ -139,8 +157,8 @@ def _split_sequence(model, group, whole_sequence: tuple) -> None:
     summed over the group. Layers learn which chunk they hold from ``ctx["sequence_chunk"]``."""
     whole = {id(p) for name in whole_sequence if isinstance(getattr(model, name, None), nn.Layer)
              for p in getattr(model, name).parameters()}
-    for p in model.parameters():
-        if not hasattr(p, tpl.TP_SPLIT) and id(p) not in whole:
+    for p in model.parameters():   # (set False: replicated work on the whole sequence, e.g. a MoE router)
+        if not hasattr(p, tpl.TP_SPLIT) and not hasattr(p, tpl.TP_GRAD_SUM) and id(p) not in whole:
             setattr(p, tpl.TP_GRAD_SUM, True)
     if whole_sequence:
         embed = model.embed
@@ -162,7 +180,7 @@ def _recompute_layers(model, dims):
         if i in skip or not hasattr(layer, "self_attn"):   # kept out, or another stage's layer
             continue
         if dims.recompute_granularity == "full":
-            layer.forward = _recomputed(layer.forward)
+            layer.forward = _recomputed(layer.forward, layer)
         elif dims.recompute_granularity == "full_attn":
             layer.self_attn.forward = _recomputed(layer.self_attn.forward)
         else:  # core_attn: only softmax(QK^T)V
@@ -170,9 +188,11 @@ def _recompute_layers(model, dims):
             attn.ops = dataclasses.replace(attn.ops, attention=_core_attention(attn.ops.attention))
 
 
-def _recomputed(forward):
+def _recomputed(forward, layer=None):
+    fn, unpack = with_side_outputs(layer, forward) if layer is not None else (forward, lambda out: out)
+
     def run(x, *rest):
-        return recompute(forward, x, *rest)
+        return unpack(recompute(fn, x, *rest))
     return run
 
 

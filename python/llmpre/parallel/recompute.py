@@ -49,3 +49,24 @@ def recompute(fn, *args, num_grad_inputs: int = 1):
     if not any(isinstance(a, paddle.Tensor) and not a.stop_gradient for a in args[:num_grad_inputs]):
         return fn(*args)  # nothing to differentiate (e.g. evaluation): plain call
     return _Recompute.apply(fn, num_grad_inputs, *args)
+
+
+def with_side_outputs(layer, forward):
+    """``layer.forward`` prepared for a wrapper that reruns it in backward (recomputation,
+    stage 3), which passes gradients only through what the wrapped function returns: a
+    sparse MoE layer's router scores (``layer.router_stats[1]``, which the auxiliary loss
+    differentiates; models.stage) become a second output. Returns ``(fn, unpack)``:
+    ``unpack(wrapper's output)`` puts the scores back on the layer and returns the
+    hidden states."""
+    if not getattr(layer, "sparse", False):
+        return forward, lambda out: out
+
+    def both(x, *rest):
+        y = forward(x, *rest)
+        return y, layer.router_stats[1]
+
+    def unpack(out):
+        y, scores = out
+        layer.router_stats = (layer.router_stats[0], scores)
+        return y
+    return both, unpack

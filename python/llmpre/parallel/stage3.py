@@ -17,6 +17,9 @@ from __future__ import annotations
 import paddle
 from paddle.autograd import PyLayer
 
+from llmpre.models import init
+from llmpre.parallel.recompute import with_side_outputs
+
 
 class Unit:
     def __init__(self, forward, optimizer, bucket: int):
@@ -41,15 +44,17 @@ class _Stage3(PyLayer):
         return y
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, *grads):
         (x,) = ctx.saved_tensor()
         unit = ctx.unit
         unit.gather()
         x = x.detach()
         x.stop_gradient = False
         with paddle.enable_grad():
-            y = unit.forward(x, *ctx.rest)
-        paddle.autograd.backward([y], [dy])
+            out = unit.forward(x, *ctx.rest)
+        outs = out if isinstance(out, tuple) else (out,)   # (y, router scores) of a MoE layer
+        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and not o.stop_gradient]
+        paddle.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
         unit.optimizer.reduce_bucket_now(unit.bucket)
         unit.release()
         return x.grad
@@ -73,7 +78,10 @@ def unit_boundaries(named_params) -> list[int]:
 
 
 def shard_parameters(model, named_params, optimizer) -> int:
-    """Turn every decoder layer into a stage-3 unit; returns how many."""
+    """Turn every decoder layer into a stage-3 unit; returns how many. A layer's parameters
+    the optimizer does not train (DeepSeek-V3's routing bias) are in no unit: they stay whole."""
+    trained = {name for name, _ in named_params}
+    init.materialize(model, lambda name: name not in trained)
     first_param = {}
     for i, (name, _) in enumerate(named_params):
         if name.startswith("layers."):
@@ -82,7 +90,8 @@ def shard_parameters(model, named_params, optimizer) -> int:
     for index, layer in enumerate(model.layers):   # layer(x, *args) -> x for every family
         if index not in first_param:
             continue
-        unit = Unit(layer.forward, optimizer, bucket_of[first_param[index]])
-        layer.forward = (lambda u: lambda x, *rest: _Stage3.apply(u, x, *rest))(unit)
+        fn, unpack = with_side_outputs(layer, layer.forward)
+        unit = Unit(fn, optimizer, bucket_of[first_param[index]])
+        layer.forward = (lambda u, un: lambda x, *rest: un(_Stage3.apply(u, x, *rest)))(unit, unpack)
         unit.release()
     return len(first_param)

@@ -70,20 +70,51 @@ def _columns(w: paddle.Tensor, index) -> paddle.Tensor:
 
 class ColumnParallelLinear(nn.Layer):
     """y[..., local out] = x @ W[:, cols] (+ b[cols]); input all-gathered along the
-    sequence (SP) or copied to the group (its gradient all-reduced)."""
+    sequence (SP) or copied to the group (its gradient all-reduced). ``enter_region=False``:
+    the input is already inside the tensor-parallel region (an MLA latent), taken as it is."""
 
     def __init__(self, linear: nn.Linear, cols: list[int], group: Group, sequence_parallel: bool,
-                 full_out: int | None = None):
+                 full_out: int | None = None, enter_region: bool = True):
         super().__init__()
-        self.group, self.sp = group, sequence_parallel
+        self.group, self.sp, self.enter_region = group, sequence_parallel, enter_region
         full_out = full_out if full_out is not None else linear.weight.shape[1]
         self.weight = _param(_columns(linear.weight, cols), split=(1, full_out))
         self.bias = (_param(_columns(linear.bias, cols), split=(0, full_out))
                      if linear.bias is not None else None)
 
     def forward(self, x):
+        if self.enter_region:
+            x = comm.all_gather_seq(x, self.group) if self.sp else comm.copy_to(x, self.group)
+        return F.linear(x, self.weight, self.bias)
+
+
+class ReplicatedLinear(nn.Layer):
+    """A whole projection at the entry of a tensor-parallel region whose output each rank uses
+    only in part (MLA's q_a / kv_a latents feed this rank's heads): input all-gathered (SP) or
+    copied to the group, gradients of the replicated weight summed over the group."""
+
+    def __init__(self, linear: nn.Linear, group: Group, sequence_parallel: bool):
+        super().__init__()
+        self.group, self.sp = group, sequence_parallel
+        self.weight = _param(_whole(linear.weight), grad_sum=True)
+        self.bias = _param(_whole(linear.bias), grad_sum=True) if linear.bias is not None else None
+
+    def forward(self, x):
         x = comm.all_gather_seq(x, self.group) if self.sp else comm.copy_to(x, self.group)
         return F.linear(x, self.weight, self.bias)
+
+
+class LocalLinear(nn.Layer):
+    """``x @ W_local`` inside a tensor-parallel region, no communication: this rank's columns
+    (``axis`` 1) or rows (``axis`` 0, a partial sum the region's exit reduces) of a weight
+    ``[in, out]`` without bias (the experts of expert tensor parallelism)."""
+
+    def __init__(self, weight: paddle.Tensor, axis: int, index):
+        super().__init__()
+        self.weight = _param(_slice(weight, axis, index), split=(axis, int(weight.shape[axis])))
+
+    def forward(self, x):
+        return paddle.matmul(x, self.weight)
 
 
 class RowParallelLinear(nn.Layer):
