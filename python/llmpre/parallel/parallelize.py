@@ -250,9 +250,9 @@ def parallelize(model, env, materialize=True) -> Plan:
     dims = env.dims
     support = _check_supported(model, dims)
     chunks, tied = _pipeline(model, env)
-    expert.apply(model, env)       # ep: only this rank's experts are kept
     if dims.tp > 1:
         _tensor_parallel(model, env, support)
+    expert.apply(model, env)       # ep: only this rank's experts are kept (after tp: their final parameters)
     if tied:
         _mark_second_embedding(model, chunks)
     init.materialize(model, None if materialize is True else materialize)   # whatever is left
