@@ -96,7 +96,7 @@ def overrides(ws, raw: dict, out: Path) -> list[str]:
     flags = {"model_name_or_path": model, "tokenizer_name_or_path": ws["tokenizer"],
              "input_dir": ws["data"], "output_dir": out, "max_seq_length": 64, "max_steps": STEPS,
              "bf16": "false", "fp16": "false", "tensor_parallel_degree": 1, "pipeline_parallel_degree": 1,
-             "sharding_parallel_degree": 1, "num_threads": 1}
+             "sharding_parallel_degree": 1, "expert_parallel_degree": 1, "num_threads": 1}
     if "device" in raw:
         flags["device"] = "cpu"
     return [t for k, v in flags.items() for t in (f"--{k}", str(v))]
