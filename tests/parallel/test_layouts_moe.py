@@ -48,11 +48,17 @@ LAYOUTS = {   # name: (processes, data-parallel ranks, flags, reference)
     "pp2": (2, 1, ["--pp", "2"], "one process"),
     "recompute-full": (1, 1, ["--recompute", "true"], "one process"),
     "sharding2-stage3": (2, 2, ["--sharding", "stage3"], "dp2"),
+    # only DeepSeek-V3 (4 layers: two chunks per pipeline rank; MLA under the attention recomputes)
+    "pp2-interleaved": (2, 1, ["--pp", "2", "--vpp", "2"], "one process"),
+    "recompute-full_attn": (1, 1, ["--recompute", "true", "--recompute_granularity", "full_attn"], "one process"),
+    "recompute-core_attn": (1, 1, ["--recompute", "true", "--recompute_granularity", "core_attn"], "one process"),
 }
-# Every family on every layout but these (kept to about five minutes on two busy cores): qwen2_moe's
+# Every family on every layout but these (kept to about six minutes on two busy cores): qwen2_moe's
 # tp2 is its tp2+sp without the sequence split; stage 3 is the same code for every family, and
 # DeepSeek-V3's case is the hardest (MLA, a dense first layer, an untrained routing bias).
-SKIPPED = {("qwen2_moe", "tp2"), ("mixtral", "sharding2-stage3"), ("qwen2_moe", "sharding2-stage3")}
+SKIPPED = {("qwen2_moe", "tp2"), ("mixtral", "sharding2-stage3"), ("qwen2_moe", "sharding2-stage3"),
+           *((f, layout) for f in ("mixtral", "qwen2_moe")
+             for layout in ("pp2-interleaved", "recompute-full_attn", "recompute-core_attn"))}
 CASES = [(f, layout) for f in FAMILIES for layout in LAYOUTS if (f, layout) not in SKIPPED]
 
 
@@ -92,3 +98,21 @@ def test_moe_layout_matches_one_process(tmp_path, model_dirs, references, family
     assert_same_losses(got, ref_losses)
     assert_same_weights(weights(tmp_path), ref_weights)
     record(f"{family} {layout}", tmp_path, nproc, loss_deviation=max_loss_deviation(got, ref_losses))
+
+
+def test_expert_widths_that_do_not_split_over_tp_are_refused_before_training():
+    """Each expert is split over the tensor-parallel ranks: its width (and the shared
+    expert's) must divide by tp; one error naming the key, the width and the degree."""
+    import dataclasses
+
+    from llmpre.errors import ConfigError
+    from llmpre.models import get_config
+    from llmpre.parallel.dims import ParallelDims
+
+    base = get_config("qwen1.5-moe-a2.7b")
+    for key, width in (("moe_intermediate_size", 30), ("shared_expert_intermediate_size", 50)):
+        config = base.replace(moe=dataclasses.replace(base.moe, **{key: width}))
+        with pytest.raises(ConfigError, match=f"{key} {width} does not divide over tp 4 .* choose a tp that "
+                                              f"divides {width}"):
+            ParallelDims(tp=4).validate(4, config)
+    ParallelDims(tp=4).validate(4, base)    # 1408 and 5632 split over 4
