@@ -60,6 +60,15 @@ LAYOUTS = {
     "chatglm2 one kv head (replicated), tp2 sp": (ParallelDims(tp=2, sequence_parallel=True),
                                                   scaled_down(PRESETS["chatglm2-6b"]).replace(num_key_value_heads=1),
                                                   {}, "float32", FP32),
+    # MoE: each expert's (and the shared expert's) columns / rows; MLA: columns of this rank's heads
+    "mixtral experts, tp2 x pp2": (ParallelDims(tp=2, pp=2), scaled_down(PRESETS["mixtral-8x7b"]), {},
+                                   "float32", FP32),
+    "qwen-moe shared expert + gate, tp2 sp": (ParallelDims(tp=2, sequence_parallel=True),
+                                              scaled_down(PRESETS["qwen1.5-moe-a2.7b"]), {}, "float32", FP32),
+    "deepseek-v3 MLA + experts, tp2 x pp2": (ParallelDims(tp=2, pp=2), scaled_down(PRESETS["deepseek-v3"]), {},
+                                             "float32", FP32),
+    "deepseek-v2 MLA without q bottleneck, tp2": (ParallelDims(tp=2), scaled_down(PRESETS["deepseek-v2-lite"]), {},
+                                                  "float32", FP32),
 }
 
 
