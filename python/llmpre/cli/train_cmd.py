@@ -111,13 +111,13 @@ def launch_width(launch: dict, args) -> tuple[int, str]:
     """Processes on this node and where the number comes from: ``--nproc-per-node``; on
     a GPU machine one per visible GPU (as ``paddle.distributed.launch`` starts for
     PaddleNLP; what tp x pp leaves goes to sharding or data parallelism); on a CPU
-    machine the layout's tp x pp x sharding degree."""
+    machine the layout's tp x pp x sharding x sep x cp degree."""
     if launch.get("nproc_per_node"):
         return int(launch["nproc_per_node"]), "--nproc-per-node"
     gpus = visible_gpus()
     if gpus:
         return gpus, f"one process per visible GPU ({gpus})"
-    return _processes_needed(args), "tp x pp x sharding degree (no GPU: one process per layout rank)"
+    return _processes_needed(args), "tp x pp x sharding x sep x cp degree (no GPU: one process per layout rank)"
 
 
 def _launch(launch: dict, args, argv: list[str], nproc: int | None = None, source: str = "") -> int:
