@@ -54,6 +54,7 @@ NORMAL_INIT = "normal_init"   # a layer class attribute: its parameters drawn N(
 RESIDUAL_OUTPUTS = ("o_proj.weight", "down_proj.weight")
 GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _STATE = {"deferred": 0}
+GENERATE_CHUNK_BYTES = 64 * 2 ** 20   # a region larger than this is drawn in blocks of rows
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,15 @@ def generate(p, region: Optional[Sequence[tuple]] = None, dtype: Optional[str] =
         if str(t.dtype).split(".")[-1] != "float32" and target != str(t.dtype).split(".")[-1]:
             t = t.astype("float32")
     elif src.kind == "normal":
+        rows = region[0][1] - region[0][0]
+        row_bytes = 4 * math.prod(b - a for a, b in region[1:])
+        if rows > 1 and rows * row_bytes > GENERATE_CHUNK_BYTES:   # in row blocks: no whole fp32 copy
+            t = paddle.empty([b - a for a, b in region], dtype=target)
+            step = max(1, GENERATE_CHUNK_BYTES // row_bytes)
+            for r in range(0, rows, step):
+                block = [(region[0][0] + r, region[0][0] + min(r + step, rows))] + region[1:]
+                t[r:r + step] = paddle.to_tensor(normal_region(src.key, shape, block, src.std)).astype(target)
+            return t
         t = paddle.to_tensor(normal_region(src.key, shape, region, src.std))
     elif src.kind == "zeros":
         t = paddle.zeros([b - a for a, b in region], dtype="float32")

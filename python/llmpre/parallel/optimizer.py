@@ -56,8 +56,8 @@ def _owned_values(p, start: int, end: int) -> np.ndarray:
     parameter's values rounded to bf16). A deferred parameter (stage 3: never materialised
     whole) computes only the rows that hold them."""
     if not init.is_lazy(p):
-        flat = (p.astype("float32") if p.dtype in LOW else p).numpy().reshape(-1)
-        return flat[start:end]
+        flat = p.reshape([-1])[start:end]            # only the owned elements are copied and cast
+        return (flat.astype("float32") if p.dtype in LOW else flat).numpy()
     shape = [int(s) for s in p.shape]
     row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
     r0, r1 = start // row, -(-end // row)
