@@ -135,3 +135,19 @@ def test_capacity_factor_and_expert_shape_are_checked():
     config = ModelConfig(**{**_config().__dict__, "hidden_act": "gelu"})
     with pytest.raises(ConfigError, match="hidden_act"):
         MoE(config, ops.select_ops())
+
+
+def test_capacity_factor_travels_through_config_json():
+    """llmpre's own config.json key (HF has none): read by from_hf_dict, written back by
+    to_hf_dict (whose round-trip check would otherwise refuse a capacity-limited model)."""
+    import dataclasses
+
+    from llmpre.models import get_preset
+    from llmpre.models.hf_config import from_hf_dict, to_hf_dict
+
+    for name in ("qwen1.5-moe-a2.7b", "mixtral-8x7b", "deepseek-v3"):
+        dropless = get_preset(name)
+        config = dropless.replace(moe=dataclasses.replace(dropless.moe, moe_capacity_factor=1.25))
+        d = to_hf_dict(config)
+        assert d["moe_capacity_factor"] == 1.25 and from_hf_dict(d) == config
+        assert "moe_capacity_factor" not in to_hf_dict(dropless)      # dropless: no key

@@ -8,6 +8,8 @@ implement raises :class:`ConfigError` naming the key.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Callable, Dict, Mapping
 
 from llmpre.errors import ConfigError
@@ -325,6 +327,8 @@ def from_hf_dict(d: Mapping[str, Any]) -> ModelConfig:
         kw = READERS[model_type](d)
     except KeyError as e:
         raise ConfigError(f"HF config of model_type {d.get('model_type')!r} is missing {e.args[0]}") from None
+    if kw.get("moe") is not None and d.get("moe_capacity_factor"):   # llmpre's key (HF has none): 0/absent = dropless
+        kw["moe"] = dataclasses.replace(kw["moe"], moe_capacity_factor=float(d["moe_capacity_factor"]))
     return ModelConfig(**{**FAMILY.get(model_type, {}), **kw, "model_type": model_type})
 
 
@@ -452,6 +456,8 @@ def to_hf_dict(c: ModelConfig, style: str = "v4") -> dict:
         d.update(hidden_size=c.hidden_size, n_layer=c.num_hidden_layers, n_head=c.num_attention_heads,
                  layer_norm_epsilon=c.rms_norm_eps, seq_length=c.max_position_embeddings,
                  apply_residual_connection_post_layernorm=False)
+    if c.moe is not None and c.moe.moe_capacity_factor:
+        d["moe_capacity_factor"] = c.moe.moe_capacity_factor
     # Round-trip check: what we write must read back as this exact config.
     back = from_hf_dict(d)
     if back != c:
