@@ -119,3 +119,20 @@ def test_expert_widths_that_do_not_split_over_tp_are_refused_before_training():
                                               f"divides {width}"):
             ParallelDims(tp=4).validate(4, config)
     ParallelDims(tp=4).validate(4, base)    # 1408 and 5632 split over 4
+
+
+def test_a_tp2_sp_checkpoint_resumes_on_pp2_as_one_process(tmp_path, model_dirs):
+    """DeepSeek-V3-like (MLA, experts, routing bias): three steps on tp2+sp save a checkpoint
+    (experts and heads gathered from their slices), three more on pp2 read it back; the six
+    steps equal six steps in one process."""
+    import shutil
+
+    model = ["--model", model_dirs["deepseek_v3"]]
+    single = tmp_path / "single"
+    train(single, 1, *model, steps=6)
+    run = tmp_path / "run"
+    train(run, 2, *model, "--tp", "2", "--sp", "true", "--save_steps", "3", steps=3)
+    shutil.rmtree(run / "launch_logs", ignore_errors=True)
+    train(run, 2, *model, "--pp", "2", "--save_steps", "3", steps=6)
+    assert_same_losses(losses(run), losses(single))
+    assert_same_weights(weights(run), weights(single))
