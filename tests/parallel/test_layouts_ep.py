@@ -126,6 +126,18 @@ def test_ep_groups_are_consecutive_data_ranks():
     assert dims.group_ranks("expert_data") == [[0, 4], [2, 6], [1, 5], [3, 7]]
 
 
+def test_paddlenlp_use_expert_parallel_means_ep_equal_to_dp(tmp_path):
+    from llmpre.parallel.dims import dims_from_args
+    from llmpre.train.args import parse_arguments
+
+    args = parse_arguments(None, {"use_expert_parallel": True, "sharding": "stage1", "sharding_parallel_degree": 2,
+                                  "output_dir": str(tmp_path)})
+    assert dims_from_args(args, 8).ep == 4                       # dp 4 x sharding 2
+    args = parse_arguments(None, {"use_expert_parallel": True, "expert_parallel_degree": 2,
+                                  "output_dir": str(tmp_path)})
+    assert dims_from_args(args, 8).ep == 2                       # the degree, when given, wins
+
+
 def test_ep_refused_with_what_it_does_not_combine_with():
     with pytest.raises(ConfigError, match="not yet combined with sep / context parallelism"):
         ParallelDims(dp=2, cp=2, ep=2).validate(4)

@@ -24,7 +24,8 @@ dimension. The data ranks of one (pp, sep, cp, tp) position, in data-rank order
 travel to their expert's owner by all-to-all inside the group (parallel.expert).
 The ranks holding the same experts (every ep-th data rank, "expert_data") reduce
 those experts' gradients among themselves. PaddleNLP 2.8.1's ``use_expert_parallel``
-is the case ep = the data-parallel degree.
+sets ep to the dp degree (its expert groups are the dp groups; llmpre's groups of consecutive
+data ranks give each rank as many experts and the same results).
 """
 
 from __future__ import annotations
