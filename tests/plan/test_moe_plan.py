@@ -154,3 +154,29 @@ def test_building_a_rank_makes_no_whole_fp32_copy_of_a_parameter(monkeypatch):
         flat = q.astype("float32").numpy().reshape(-1)
         for a, b in ((0, 91), (5, 40), (90, 91)):
             np.testing.assert_array_equal(_owned_values(q, a, b), flat[a:b])
+
+
+def test_multi_token_prediction_modules_sit_on_the_last_stage():
+    m = _tiny_v3(num_nextn_predict_layers=1)
+    one = PlanSettings(model=m, seq_length=64, micro_batch=1)
+    p = plan_memory(one)                                       # its count check: num_parameters() with MTP
+    assert p.stages[0].params == m.num_parameters()
+    base = plan_memory(one.replace(model=_tiny_v3()))
+    assert p.stages[0].params - base.stages[0].params == layer_params(one, 4).total == \
+        layer_params(one, 3).total + 3 * 64 + 2 * 64 * 64
+    assert p.stages[0].logits == 2 * base.stages[0].logits     # the MTP depth's logits too
+    assert p.activated_params == base.activated_params         # DeepSeek counts MTP apart
+    pp = plan_memory(one.replace(pp=2))
+    assert pp.stages[0].params == plan_memory(one.replace(model=_tiny_v3(), pp=2)).stages[0].params
+
+
+def test_materialized_mtp_rank_holds_the_planned_bytes():
+    pytest.importorskip("paddle")
+    from llmpre.plan.materialize import materialize
+
+    s = PlanSettings(model=_tiny_v3(num_nextn_predict_layers=1), seq_length=64, micro_batch=1, sharding=2, stage=1)
+    for rank in range(2):
+        m = materialize(s, rank)
+        assert m.params == m.planned["params"] and m.weights == m.planned["weights"], rank
+        assert m.gradients == m.planned["gradients"], rank
+        assert m.optimizer - m.optimizer_padding == pytest.approx(m.planned["optimizer"], abs=24), rank

@@ -71,13 +71,14 @@ class LayerParams:
     mlp: int                   # the dense MLP (0 on a sparse layer)
     router: int = 0            # MoE gate weight (+ DeepSeek-V3's correction bias): replicated
     frozen: int = 0            # of which without gradient or optimizer state (the correction bias)
+    mtp: int = 0               # an MTP depth's enorm, hnorm, eh_proj and head norm (replicated)
     shared: int = 0            # shared expert (+ its gate), split by tp
     routed: int = 0            # this rank's routed experts: E / ep of them, each split by tp
     replicated: int = 0        # the part every tp rank holds in full
 
     @property
     def total(self) -> int:
-        return self.attention + self.norms + self.mlp + self.router + self.shared + self.routed
+        return self.attention + self.norms + self.mlp + self.router + self.shared + self.routed + self.mtp
 
 
 def _attention_params(s: PlanSettings) -> Tuple[int, int]:
@@ -118,6 +119,7 @@ def layer_params(s: PlanSettings, layer: int) -> LayerParams:
     gated = _model_field(m, "mlp_type", "gated") == "gated"
     norm = (2 if _model_field(m, "norm_type", "rmsnorm") == "layernorm" else 1) * h
     attention, att_rep = _attention_params(s)
+    mtp = 3 * norm + 2 * h * h if layer >= m.num_hidden_layers else 0    # an MTP depth's own parts
     if is_sparse(s, layer):
         e = m.moe
         router = e.num_experts * h + (e.num_experts if e.topk_method == "noaux_tc" else 0)
@@ -125,20 +127,21 @@ def layer_params(s: PlanSettings, layer: int) -> LayerParams:
         routed = e.num_experts // s.ep * 3 * h * (e.moe_intermediate_size // tp)
         rep = 2 * norm + att_rep + router + (h if e.shared_expert_gate else 0)
         return LayerParams(attention=attention, norms=2 * norm, mlp=0, router=router, shared=shared,
-                           routed=routed, replicated=rep,
+                           routed=routed, replicated=rep + mtp, mtp=mtp,
                            frozen=e.num_experts if e.topk_method == "noaux_tc" else 0)
     inter = m.intermediate_size // tp
     n_in = 2 if gated else 1
     mlp = n_in * h * inter + inter * h + ((n_in * inter + h) if mlp_bias else 0)
-    return LayerParams(attention=attention, norms=2 * norm, mlp=mlp,
-                       replicated=2 * norm + att_rep + (h if mlp_bias else 0))
+    return LayerParams(attention=attention, norms=2 * norm, mlp=mlp, mtp=mtp,
+                       replicated=2 * norm + att_rep + (h if mlp_bias else 0) + mtp)
 
 
 def activated_params(m) -> int:
     """Parameters a token's compute uses (DeepSeek's "activated parameters"): every
     dense part, the router, the shared expert and ``num_experts_per_tok`` routed
     experts per sparse layer, and the output head; not the input embedding table
-    (a lookup of one row) unless it is the tied head. A dense model: all of it."""
+    (a lookup of one row) unless it is the tied head, nor multi-token-prediction modules
+    (DeepSeek counts them apart). A dense model: all of it."""
     moe = _model_field(m, "moe", None)
     total = m.num_parameters()
     if moe is None:
@@ -146,6 +149,7 @@ def activated_params(m) -> int:
     idle = moe.num_experts - moe.num_experts_per_tok
     sparse = sum(1 for i in range(m.num_hidden_layers) if moe.is_sparse(i))
     embedding = 0 if m.tie_word_embeddings else m.vocab_size * m.hidden_size
+    total -= (total - m.replace(num_nextn_predict_layers=0).num_parameters()) if mtp_depths(m) else 0
     return total - sparse * idle * 3 * m.hidden_size * moe.moe_intermediate_size - embedding
 
 
@@ -181,9 +185,21 @@ def stage_layers(s: PlanSettings, rank: int) -> List[int]:
     return out
 
 
+def held_layers(s: PlanSettings, rank: int) -> List[int]:
+    """:func:`stage_layers` plus, on the last stage, the multi-token-prediction depths
+    (layers ``num_hidden_layers ..``: each a decoder block beside the output head)."""
+    L = s.model.num_hidden_layers
+    mtp = list(range(L, L + _model_field(s.model, "num_nextn_predict_layers", 0))) if rank == s.pp - 1 else []
+    return stage_layers(s, rank) + mtp
+
+
+def mtp_depths(m) -> int:
+    return _model_field(m, "num_nextn_predict_layers", 0)
+
+
 def stage_params(s: PlanSettings, rank: int) -> int:
     c = param_counts(s)
-    n = sum(layer_params(s, i).total for i in stage_layers(s, rank))
+    n = sum(layer_params(s, i).total for i in held_layers(s, rank))
     if rank == 0:
         n += c.embedding
     if rank == s.pp - 1:
@@ -478,7 +494,7 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
     stages = []
     for rank in range(s.pp):
         n = stage_params(s, rank)
-        layers = stage_layers(s, rank)
+        layers = held_layers(s, rank)
         weights = n * dt.weight
         gathered = 0.0
         if s.stage >= 3:
@@ -499,14 +515,17 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
         optimizer = (n - frozen - experts) * (ADAM_STATE_BYTES + master) / shard + experts * (
             ADAM_STATE_BYTES + (MASTER_BYTES if s.o2 or expert_shard > 1 else 0)) / expert_shard
         keep = set(s.no_recompute_layers)
-        per_mb = sum(layer_bytes(s, recomputed=i not in keep, layer=i) for i in layers)
+        # MTP blocks are not recomputed; each also keeps its two norms' and eh_proj's inputs
+        mtp_in = (2 * _norm_saved(s, dt, m.hidden_size) + dt.act * 2 * m.hidden_size) * s.micro_batch * s.local_seq
+        per_mb = sum(layer_bytes(s, recomputed=i not in keep and i < m.num_hidden_layers, layer=i)
+                     + (mtp_in if i >= m.num_hidden_layers else 0) for i in layers)
         mb = in_flight(s, rank)
         acts = per_mb * mb
         if rank == 0:
             acts += INDEX_BYTES * s.micro_batch * s.local_seq * mb
         last = rank == s.pp - 1
         head = head_bytes(s) if last else 0.0
-        logits = logits_bytes(s) if last else 0.0
+        logits = logits_bytes(s) * (1 + mtp_depths(m)) if last else 0.0     # + each MTP depth's logits
         big = max(layers, key=lambda i: layer_bytes(s.replace(recompute=False), recomputed=False, layer=i))
         one_layer = layer_bytes(s.replace(recompute=False), recomputed=False, layer=big)
         working = recompute_working_bytes(s, big) + one_layer     # rebuilt layer + its gradients
