@@ -85,7 +85,8 @@ def _tensor_parallel(model, env, support):
     plan = support.tensor_parallel
     tp, r = dims.tp, env.tp.index
     c = model.config
-    for layer in model.layers:
+    mtp_blocks = [m.block for m in (getattr(model, "mtp", None) or [])]   # DeepSeek-V3's MTP depths
+    for layer in [*model.layers, *mtp_blocks]:
         if not hasattr(layer, "self_attn"):     # another pipeline stage's layer
             continue
         attn = layer.self_attn
@@ -144,6 +145,9 @@ def _tensor_parallel(model, env, support):
     elif hasattr(model.lm_head, "weight"):
         model.lm_head = tpl.ParallelLMHead(group, sp, linear=model.lm_head,
                                            normalize=model.lm_head.normalize)
+    if mtp_blocks:   # the MTP loss reads the vocabulary-split logits of the shared head
+        model.ops = dataclasses.replace(model.ops, cross_entropy=lambda logits, labels, ignore_index=-100:
+                                        tpl.vocab_parallel_cross_entropy(logits, labels, group, ignore_index))
     if sp:
         _split_sequence(model, group, support.whole_sequence)
 
