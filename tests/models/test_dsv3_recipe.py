@@ -325,5 +325,5 @@ def test_mtp_refuses_the_layouts_it_does_not_run():
     with pytest.raises(ConfigError, match="multi-token prediction"):
         ParallelDims(cp=2).validate(2, config, 1, seq_length=32)
     support = _mtp_model(depths=1).parallel_support()
-    assert support.tensor_parallel and not support.sequence_parallel and not support.pipeline   # tp: its block split
-    assert "multi-token prediction" in support.refuse("pipeline", "deepseek_v3")
+    assert support.tensor_parallel and support.pipeline and not support.sequence_parallel
+    assert "multi-token prediction" in support.refuse("sequence_parallel", "deepseek_v3")

@@ -138,18 +138,21 @@ def test_a_tp2_sp_checkpoint_resumes_on_pp2_as_one_process(tmp_path, model_dirs)
     assert_same_weights(weights(run), weights(single))
 
 
-def test_deepseek_v3_with_mtp_on_tp2_as_one_process(tmp_path):
-    """DeepSeek-V3's multi-token prediction (one depth: its decoder block split like the layers,
-    its loss on the vocabulary-split logits of the shared head) on tp2 equals one process."""
+def test_deepseek_v3_with_mtp_on_tp2_and_pp2_as_one_process(tmp_path):
+    """DeepSeek-V3's multi-token prediction (one depth) equals one process on tp2 (its decoder
+    block split like the layers, its loss on the vocabulary-split logits of the shared head)
+    and on pp2 (the depth and a second copy of the embedding on the last stage, their
+    gradients summed with the first stage's, as for a tied embedding)."""
     config = {**FAMILIES["deepseek_v3"], "num_nextn_predict_layers": 1}
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(json.dumps(config, indent=1))
     model = ["--model", str(tmp_path / "model")]
     train(tmp_path / "single", 1, *model)
-    train(tmp_path / "tp2", 2, *model, "--tp", "2")
-    got, want = losses(tmp_path / "tp2"), losses(tmp_path / "single")
-    assert_same_losses(got, want)
-    w = weights(tmp_path / "single")
+    want, w = losses(tmp_path / "single"), weights(tmp_path / "single")
     assert any(".layers.4." in k for k in w), "the MTP depth was not trained and saved"
-    assert_same_weights(weights(tmp_path / "tp2"), w)
-    record("deepseek_v3 + MTP tp2", tmp_path / "tp2", 2, loss_deviation=max_loss_deviation(got, want))
+    for layout, flags in (("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2"])):
+        train(tmp_path / layout, 2, *model, *flags)
+        got = losses(tmp_path / layout)
+        assert_same_losses(got, want)
+        assert_same_weights(weights(tmp_path / layout), w)
+        record(f"deepseek_v3 + MTP {layout}", tmp_path / layout, 2, loss_deviation=max_loss_deviation(got, want))

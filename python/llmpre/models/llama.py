@@ -95,11 +95,10 @@ class LlamaForCausalLM(nn.Layer):
     def parallel_support(self) -> ParallelSupport:
         c = self.config
         plan = (MLA_PLAN if c.mla else ATTENTION_PLAN) + MLP_PLAN + MOE_PLAN
-        if c.num_nextn_predict_layers:   # MTP blocks split like the layers; they read the whole sequence
-            why = ("multi-token prediction reads the whole sequence's last hidden states and the embedding, "
-                   "which are not placed on sequence-parallel or pipeline ranks yet")
-            return ParallelSupport(tensor_parallel=plan, sequence_parallel=False, pipeline=False, why_not={
-                f: why for f in ("sequence_parallel", "pipeline")})
+        if c.num_nextn_predict_layers:   # MTP blocks split like the layers, on the last pipeline stage
+            return ParallelSupport(tensor_parallel=plan, sequence_parallel=False, why_not={
+                "sequence_parallel": "multi-token prediction shifts the whole sequence's last hidden states, "
+                                     "which are not gathered from sequence-parallel ranks yet"})
         if c.moe is not None or c.mla:
             return ParallelSupport(tensor_parallel=plan)
         if c.localized_filtering:

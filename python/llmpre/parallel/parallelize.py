@@ -85,7 +85,8 @@ def _tensor_parallel(model, env, support):
     plan = support.tensor_parallel
     tp, r = dims.tp, env.tp.index
     c = model.config
-    mtp_blocks = [m.block for m in (getattr(model, "mtp", None) or [])]   # DeepSeek-V3's MTP depths
+    mtp = getattr(model, "mtp", None)      # DeepSeek-V3's MTP depths (a placeholder on other stages)
+    mtp_blocks = [m.block for m in mtp] if isinstance(mtp, nn.LayerList) else []
     for layer in [*model.layers, *mtp_blocks]:
         if not hasattr(layer, "self_attn"):     # another pipeline stage's layer
             continue
@@ -226,9 +227,13 @@ def _pipeline(model, env) -> tuple[list[Chunk], bool]:
             model.layers[i] = nn.Layer()          # placeholder: names of kept layers stay global
     first = any(ch.first for ch in chunks)
     last = any(ch.last for ch in chunks)
-    tied = bool(model.config.tie_word_embeddings)
+    # the last stage also keeps the embedding when the head is tied to it or MTP embeds tokens
+    mtp = isinstance(getattr(model, "mtp", None), nn.LayerList)
+    tied = bool(model.config.tie_word_embeddings) or mtp
     if not first and not (last and tied):
         model.embed_tokens = nn.Layer()
+    if mtp and not last:
+        model.mtp = nn.Layer()
     if not first:
         for name in ("embed_positions", "embed_norm", "project_in"):
             if getattr(model, name, None) is not None:
@@ -241,7 +246,7 @@ def _pipeline(model, env) -> tuple[list[Chunk], bool]:
 
 
 def _mark_second_embedding(model, chunks) -> None:
-    """A tied embedding kept on the last stage (not also the first) is counted once, there."""
+    """A tied (or MTP's) embedding kept on the last stage (not also the first) is counted once, there."""
     if not any(ch.first for ch in chunks) and any(ch.last for ch in chunks):
         for _, p in model.embed_tokens.named_parameters():
             setattr(p, NORM_SKIP, True)
@@ -272,10 +277,13 @@ def parallelize(model, env, materialize=True) -> Plan:
     return Plan(model=model, chunks=chunks, loss_fn=loss_fn, tied_embedding=tied and dims.pp > 1)
 
 
-def chunk_forward(model, chunk: Chunk, x, ctx):
-    """One pipeline chunk: ids -> hidden (first), hidden -> hidden, hidden -> logits (last)."""
+def chunk_forward(model, chunk: Chunk, x, ctx, hidden: list | None = None):
+    """One pipeline chunk: ids -> hidden (first), hidden -> hidden, hidden -> logits (last);
+    the last chunk appends its hidden states before the head to ``hidden`` when given (MTP)."""
     if chunk.first:
         x = model.embed(x, ctx)
     for i in chunk.layers:
         x = model.run_layer(model.layers[i], x, ctx)
+    if chunk.last and hidden is not None:
+        hidden.append(x)
     return model.head(x) if chunk.last else x

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import paddle
 
+from llmpre.models.mtp import mtp_loss
 from llmpre.models.stage import micro_batch_context
 from llmpre.parallel.parallelize import chunk_forward
 from llmpre.parallel.schedule import timeline, transfers
@@ -43,6 +44,7 @@ class PipelineRunner:
         inputs, saved, grads_in, to_send, losses = {}, {}, {}, {}, []
         # MoE: the router statistics' partial sum travels with the activations (model.aux_carry)
         carry_size = self.model.aux_carry_size() if train and hasattr(self.model, "aux_carry_size") else 0
+        mtp = isinstance(getattr(self.model, "mtp", None), paddle.nn.LayerList)   # kept on the last stage
         for rnd in self._timelines[key]:
             for rank, (op, mb, c) in rnd:
                 if rank != me:
@@ -58,8 +60,9 @@ class PipelineRunner:
                     ctx = contexts[mb]
                     before = len(ctx.get("router_stats", ()))
                     carry_in = carry = None
+                    hidden = [] if train and chunk.last and mtp else None
                     with self.autocast():
-                        y = chunk_forward(self.model, chunk, x, ctx)
+                        y = chunk_forward(self.model, chunk, x, ctx, hidden)
                         if carry_size:   # this chunk's sparse layers, plus the earlier stages'
                             carry = self.model.aux_carry(ctx["router_stats"][before:], bsz)
                             if not chunk.first:
@@ -70,6 +73,8 @@ class PipelineRunner:
                             y = self.loss_fn(y, split_batches[mb][1])
                             if carry_size:
                                 y = y + self.model.aux_from_carry(carry)
+                            if hidden:   # DeepSeek-V3's MTP depths, from the last hidden states
+                                y = y + mtp_loss(self.model, hidden[0], split_batches[mb][0], split_batches[mb][1])
                     if chunk.last:
                         losses.append(float(y.item()))
                     else:   # activations travel in the parameters' dtype (autocast may differ)
