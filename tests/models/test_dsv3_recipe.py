@@ -327,3 +327,22 @@ def test_mtp_refuses_the_layouts_it_does_not_run():
     support = _mtp_model(depths=1).parallel_support()
     assert support.tensor_parallel and support.pipeline and not support.sequence_parallel
     assert "multi-token prediction" in support.refuse("sequence_parallel", "deepseek_v3")
+
+
+def test_continue_training_reads_and_writes_the_mtp_weights(tmp_path):
+    """The trainer's shard-local loader reads DeepSeek's MTP tensors (and the duplicated
+    embedding / head) and the final export writes them back: at learning rate 0 and a
+    frozen bias every tensor comes back bit-identical."""
+    from safetensors.numpy import load_file
+
+    from llmpre.models import build_model, save_pretrained
+
+    save_pretrained(build_model(_tiny_v3(layers=2).replace(num_nextn_predict_layers=1, vocab_size=8192), seed=4),
+                    tmp_path / "start")
+    out = _train(tmp_path, "run", 1, model=str(tmp_path / "start"), continue_training="true", learning_rate=0,
+                 min_learning_rate=0, warmup_steps=0, moe_bias_update_rate=0)
+    before = load_file(str(tmp_path / "start" / "model.safetensors"))
+    after = load_file(os.path.join(out, "model.safetensors"))
+    assert "model.layers.2.shared_head.head.weight" in after and sorted(after) == sorted(before)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
