@@ -346,3 +346,27 @@ def test_continue_training_reads_and_writes_the_mtp_weights(tmp_path):
     assert "model.layers.2.shared_head.head.weight" in after and sorted(after) == sorted(before)
     for name, value in before.items():
         np.testing.assert_array_equal(after[name], value, err_msg=name)
+
+
+def test_mtp_model_under_expert_parallelism_and_recompute_reproduces_one_process(tmp_path):
+    """The layouts MTP runs under: ep2 (dp2; the MTP block's experts split too) and recompute
+    give one process's losses (rel 1e-5), correction biases and weights."""
+    from llmpre.data.default import default_tokenizer_path
+    from llmpre.models.hf_config import to_hf_dict
+    from tests import layout_runner as L
+
+    model_dir = tmp_path / "mtp_model"
+    model_dir.mkdir()
+    config = _tiny_v3(layers=2).replace(num_nextn_predict_layers=1, vocab_size=8192)
+    (model_dir / "config.json").write_text(json.dumps(to_hf_dict(config)))
+    extra = ("--model", str(model_dir), "--num_hidden_layers", "2", "--tokenizer_name_or_path",
+             default_tokenizer_path(), "--moe_bias_update_rate", "0.01")
+    L.train(tmp_path / "one", 1, *extra, steps=3)
+    want, weights = L.losses(tmp_path / "one"), L.weights(tmp_path / "one")
+    assert np.abs(weights["model.layers.2.mlp.gate.e_score_correction_bias"]).max() > 0   # the MTP router moved
+    L.train(tmp_path / "recompute", 1, *extra, "--recompute", "true", steps=3)
+    L.assert_same_losses(L.losses(tmp_path / "recompute"), want)
+    L.assert_same_weights(L.weights(tmp_path / "recompute"), weights)
+    L.train(tmp_path / "ep2", 2, *extra, "--expert_parallel_degree", "2", steps=3, data_ranks=2)
+    L.assert_same_losses(L.losses(tmp_path / "ep2"), want)
+    L.assert_same_weights(L.weights(tmp_path / "ep2"), weights)
