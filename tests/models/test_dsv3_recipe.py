@@ -370,3 +370,23 @@ def test_mtp_model_under_expert_parallelism_and_recompute_reproduces_one_process
     L.train(tmp_path / "ep2", 2, *extra, "--expert_parallel_degree", "2", steps=3, data_ranks=2)
     L.assert_same_losses(L.losses(tmp_path / "ep2"), want)
     L.assert_same_weights(L.weights(tmp_path / "ep2"), weights)
+
+
+def test_pipeline_stages_update_their_own_biases_and_report_every_layer(tmp_path):
+    """pp2 on a 4-layer DeepSeek-V3: each stage moves its layers' biases; the log's load
+    figures gather both stages' layers (rank 0 holds none of the later ones)."""
+    from llmpre.data.default import default_tokenizer_path
+    from tests import layout_runner as L
+
+    extra = ("--model", FIXTURE, "--num_hidden_layers", "4", "--tokenizer_name_or_path", default_tokenizer_path(),
+             "--moe_bias_update_rate", "0.01")
+    L.train(tmp_path / "one", 1, *extra, steps=3)
+    L.train(tmp_path / "pp2", 2, *extra, "--pipeline_parallel_degree", "2", steps=3)
+    L.assert_same_losses(L.losses(tmp_path / "pp2"), L.losses(tmp_path / "one"))
+    one, pp2 = L.weights(tmp_path / "one"), L.weights(tmp_path / "pp2")
+    for i in (1, 2, 3):
+        name = f"model.layers.{i}.mlp.gate.e_score_correction_bias"
+        np.testing.assert_array_equal(pp2[name], one[name])
+    got, want = L.last_train_entry(tmp_path / "pp2"), L.last_train_entry(tmp_path / "one")
+    assert got["moe_load_layers"] == want["moe_load_layers"] == [1, 2, 3]
+    assert got["moe_load_max_per_layer"] == want["moe_load_max_per_layer"]
