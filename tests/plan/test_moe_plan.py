@@ -180,3 +180,20 @@ def test_materialized_mtp_rank_holds_the_planned_bytes():
         assert m.params == m.planned["params"] and m.weights == m.planned["weights"], rank
         assert m.gradients == m.planned["gradients"], rank
         assert m.optimizer - m.optimizer_padding == pytest.approx(m.planned["optimizer"], abs=24), rank
+
+
+@pytest.mark.parametrize("kw", [dict(pp=2), dict(tp=2), dict(tp=2, pp=2)])
+def test_materialized_mtp_layouts_hold_the_planned_bytes(kw):
+    """Under pipeline parallelism the last stage also keeps a copy of the embedding for the
+    MTP depths; under tp their blocks are split like the layers, eh_proj replicated."""
+    pytest.importorskip("paddle")
+    from llmpre.plan.materialize import materialize
+
+    missing = _not_built(kw)
+    if missing:
+        pytest.skip(f"llmpre does not build this layout for MoE/MLA models yet: {missing}")
+    s = PlanSettings(model=_tiny_v3(num_nextn_predict_layers=1), seq_length=64, micro_batch=1, **kw)
+    for rank in range(s.world_size):
+        m = materialize(s, rank)
+        assert m.params == m.planned["params"], (kw, rank, m.params, m.planned["params"])
+        assert m.weights == m.planned["weights"] and m.gradients == m.planned["gradients"], (kw, rank)

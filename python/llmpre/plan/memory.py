@@ -171,6 +171,8 @@ def param_counts(s: PlanSettings) -> ParamCounts:
     head = (norm if _model_field(m, "final_norm", True) else 0)
     if not m.tie_word_embeddings or s.pp > 1:   # tied across stages: the last stage keeps its own copy
         head += v * h
+    if mtp_depths(m) and s.pp > 1 and not m.tie_word_embeddings:   # MTP reads the embedding on the last stage
+        head += v * h
     return ParamCounts(layer=layer, embedding=embedding, head=head, layer_replicated=replicated)
 
 
