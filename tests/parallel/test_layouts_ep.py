@@ -3,8 +3,8 @@ dropless steps on gloo give the single-process losses (relative 1e-5) and parame
 (layout_runner.assert_same_weights) for tiny Mixtral, Qwen2-MoE (shared expert, a dense
 first layer) and DeepSeek-V3 (MLA, sigmoid routing with groups; the fixtures' configs
 with their auxiliary losses off, which are not additive over data ranks in any layout),
-each expert held by one rank of its ep group, alone and with sharding, tensor (+ sequence)
-and pipeline parallelism (these where the model family declares them). Checkpoints move between ep layouts.
+each expert held by one rank of its ep group, alone and with sharding (stages 2 and 3),
+tensor (+ sequence) and pipeline parallelism (these where the model family declares them). Checkpoints move between ep layouts.
 Bad layouts fail before any worker starts."""
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ LAYOUTS = [
     # ep groups are the sharding pairs; each expert's state is sharded over its dp pair
     ("mixtral-ep2xsharding2", "mixtral", 4, 4, ["--ep", "2", "--sharding", "stage2",
                                                 "--sharding_parallel_degree", "2"]),
+    # stage 3: a decoder layer's unit gathers and releases its dense and its expert bucket
+    ("mixtral-ep2xsharding2-stage3", "mixtral", 4, 4, ["--ep", "2", "--sharding", "stage3",
+                                                       "--sharding_parallel_degree", "2"]),
     # the local experts split over tp (parallel.expert_tp); rows exchanged per tp index
     ("mixtral-ep2xtp2", "mixtral", 4, 2, ["--ep", "2", "--tp", "2"]),
     ("qwen2moe-ep2xtp2sp", "qwen2_moe", 4, 2, ["--ep", "2", "--tp", "2", "--sp", "true"]),
@@ -141,8 +144,6 @@ def test_paddlenlp_use_expert_parallel_means_ep_equal_to_dp(tmp_path):
 def test_ep_refused_with_what_it_does_not_combine_with():
     with pytest.raises(ConfigError, match="not yet combined with sep / context parallelism"):
         ParallelDims(dp=2, cp=2, ep=2).validate(4)
-    with pytest.raises(ConfigError, match="sharding stage 3"):
-        ParallelDims(sharding=2, sharding_stage=3, ep=2).validate(2)
 
 
 @pytest.mark.parametrize("model,nproc,flags,message", [

@@ -222,12 +222,10 @@ class ParallelDims:
         if moe is not None and moe.num_experts % self.ep:
             raise ConfigError(f"expert_parallel_degree {self.ep} does not divide the {moe.num_experts} "
                               f"experts of each layer; choose a degree that divides {moe.num_experts}")
-        later = [what for what, on in (("sep / context parallelism", self.seq_parallel_size > 1),
-                                       ("sharding stage 3", self.sharding > 1 and self.sharding_stage == 3))
-                 if on]
+        later = [what for what, on in (("sep / context parallelism", self.seq_parallel_size > 1),) if on]
         if later:
             raise ConfigError(f"expert_parallel_degree {self.ep} is not yet combined with "
-                              f"{' or '.join(later)}; use data parallelism, sharding stage 1-2, tensor or "
+                              f"{' or '.join(later)}; use data parallelism, sharding, tensor or "
                               "pipeline parallelism with it, or set expert_parallel_degree 1")
 
     def _validate_seq(self, config, seq_length: int | None) -> None:

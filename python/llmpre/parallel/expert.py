@@ -109,6 +109,7 @@ class ExpertSplitAdamW:
     the ``ep`` group (each member holds other experts)."""
 
     def __init__(self, named_parameters, env, **kwargs):
+        from llmpre.parallel import stage3
         from llmpre.parallel.optimizer import ShardedAdamW
 
         named = [(n, p) for n, p in named_parameters if not p.stop_gradient]
@@ -116,14 +117,15 @@ class ExpertSplitAdamW:
         sharded = env.dims.sharding > 1
         view = dataclasses.replace(env, groups={**groups, "sharding": groups["expert_data"] if sharded else single,
                                                 "dp": single if sharded else groups["expert_data"]})
-        self.dense = ShardedAdamW([(n, p) for n, p in named if not getattr(p, EXPERT_PARAM, False)],
-                                  env, **kwargs)
-        self.experts = ShardedAdamW([(n, p) for n, p in named if getattr(p, EXPERT_PARAM, False)],
-                                    view, **kwargs)
+        staged = bool(kwargs.pop("boundaries", ()))     # stage 3: each part's own decoder-layer units
+        dense = [(n, p) for n, p in named if not getattr(p, EXPERT_PARAM, False)]
+        experts = [(n, p) for n, p in named if getattr(p, EXPERT_PARAM, False)]
+        self.dense = ShardedAdamW(dense, env, boundaries=stage3.unit_boundaries(dense) if staged else (), **kwargs)
+        self.experts = ShardedAdamW(experts, view, boundaries=stage3.unit_boundaries(experts) if staged else (),
+                                    **kwargs)
         self.parts = (self.dense, self.experts)
         self.ep = groups["ep"]
         self.params = self.dense.params + self.experts.params
-        self.released: set = set()      # sharding stage 3 is not combined with ep (dims)
 
     @property
     def step_count(self) -> int:
@@ -156,7 +158,12 @@ class ExpertSplitAdamW:
             part.publish()
 
     def materialise_all(self) -> list:
-        return []
+        """Stage 3: gather every released bucket of both parts; returns ``(part, bucket)``s."""
+        return [(i, k) for i, part in enumerate(self.parts) for k in part.materialise_all()]
+
+    def release_bucket(self, key) -> None:
+        i, k = key
+        self.parts[i].release_bucket(k)
 
     def state_pieces(self) -> dict:
         """The dense part's pieces (key "dense") and the experts' (key "experts"): they are

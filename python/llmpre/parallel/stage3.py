@@ -22,14 +22,23 @@ from llmpre.parallel.recompute import with_side_outputs
 
 
 class Unit:
-    def __init__(self, forward, optimizer, bucket: int):
-        self.forward, self.optimizer, self.bucket = forward, optimizer, bucket
+    """A layer's forward and its buckets: ``[(optimizer, bucket)]``, one per optimizer part
+    (expert parallelism: the dense part's and the rank's experts')."""
+
+    def __init__(self, forward, buckets: list):
+        self.forward, self.buckets = forward, buckets
 
     def gather(self):
-        self.optimizer.gather_bucket(self.bucket)
+        for optimizer, k in self.buckets:
+            optimizer.gather_bucket(k)
 
     def release(self):
-        self.optimizer.release_bucket(self.bucket)
+        for optimizer, k in self.buckets:
+            optimizer.release_bucket(k)
+
+    def reduce(self):
+        for optimizer, k in self.buckets:
+            optimizer.reduce_bucket_now(k)
 
 
 class _Stage3(PyLayer):
@@ -55,7 +64,7 @@ class _Stage3(PyLayer):
         outs = out if isinstance(out, tuple) else (out,)   # (y, router scores) of a MoE layer
         pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and not o.stop_gradient]
         paddle.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
-        unit.optimizer.reduce_bucket_now(unit.bucket)
+        unit.reduce()
         unit.release()
         return x.grad
 
@@ -82,16 +91,19 @@ def shard_parameters(model, named_params, optimizer) -> int:
     the optimizer does not train (DeepSeek-V3's routing bias) are in no unit: they stay whole."""
     trained = {name for name, _ in named_params}
     init.materialize(model, lambda name: name not in trained)
-    first_param = {}
-    for i, (name, _) in enumerate(named_params):
-        if name.startswith("layers."):
-            first_param.setdefault(int(name.split(".")[1]), i)
-    bucket_of = {i: k for k, b in enumerate(optimizer.layout.buckets) for i in b.params}
+    buckets: dict = {}     # layer index -> [(optimizer part, the bucket of its first parameter)]
+    for part in getattr(optimizer, "parts", (optimizer,)):    # expert parallelism: two parts
+        bucket_of = {i: k for k, b in enumerate(part.layout.buckets) for i in b.params}
+        for i, (name, _) in enumerate(part.params):
+            if name.startswith("layers."):
+                index = int(name.split(".")[1])
+                if all(p is not part for p, _ in buckets.get(index, [])):
+                    buckets.setdefault(index, []).append((part, bucket_of[i]))
     for index, layer in enumerate(model.layers):   # layer(x, *args) -> x for every family
-        if index not in first_param:
+        if index not in buckets:
             continue
         fn, unpack = with_side_outputs(layer, layer.forward)
-        unit = Unit(fn, optimizer, bucket_of[first_param[index]])
+        unit = Unit(fn, buckets[index])
         layer.forward = (lambda u, un: lambda x, *rest: un(_Stage3.apply(u, x, *rest)))(unit, unpack)
         unit.release()
-    return len(first_param)
+    return len(buckets)
