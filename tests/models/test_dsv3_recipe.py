@@ -390,3 +390,18 @@ def test_pipeline_stages_update_their_own_biases_and_report_every_layer(tmp_path
     got, want = L.last_train_entry(tmp_path / "pp2"), L.last_train_entry(tmp_path / "one")
     assert got["moe_load_layers"] == want["moe_load_layers"] == [1, 2, 3]
     assert got["moe_load_max_per_layer"] == want["moe_load_max_per_layer"]
+
+
+def test_the_correction_bias_stays_fp32_in_a_bf16_model():
+    """bf16's spacing is 2^-7 |b|: from |b| = 0.5 a 0.001 step would round away."""
+    from llmpre.models import build_model
+
+    model = build_model(_tiny_v3(layers=2), seed=5, lazy=True, dtype="bfloat16")
+    from llmpre.models import init
+
+    init.materialize(model)
+    bias = model.layers[1].mlp.gate.e_score_correction_bias
+    assert bias.dtype == paddle.float32 and model.layers[1].mlp.gate.weight.dtype == paddle.bfloat16
+    bias.set_value(paddle.full([4], 0.6, dtype="float32"))
+    balance.update_bias(model, {1: np.array([9, 1, 1, 1])}, 0.001)
+    np.testing.assert_allclose(bias.numpy(), [0.599, 0.601, 0.601, 0.601], rtol=0, atol=1e-7)

@@ -179,7 +179,7 @@ def attach(model, path, dtype: str = "float32", deeper_ok: bool = False):
         shapes = [[int(s) for s in params[o].shape] for o in rule.ours]
         for j, name in enumerate(rule.ours):
             read = functools.partial(_read, ckpt, rule, j, shapes, config)
-            setattr(params[name], init.ATTR, init.Source(0, "read", dtype=dtype, read=read))
+            setattr(params[name], init.ATTR, init.Source(0, "read", dtype=init.stored_dtype(name, dtype), read=read))
     return ckpt
 
 

@@ -178,7 +178,17 @@ def plan(model, config, seed: int, dtype: str = "float32") -> None:
     """Tag every parameter of a (deferred) model with its :class:`Source`."""
     for name, p in model.named_parameters():
         kind, std = rules_cache(model, config)[name]
-        setattr(p, ATTR, Source(param_key(seed, name), kind, std, dtype))
+        setattr(p, ATTR, Source(param_key(seed, name), kind, std, stored_dtype(name, dtype)))
+
+
+# Kept in fp32 whatever the model's dtype: DeepSeek-V3's routing bias moves by steps of ~1e-3
+# after each step (llmpre.train.balance), below bf16's resolution once |b| >= 0.5.
+FP32_PARAMS = ("e_score_correction_bias",)
+
+
+def stored_dtype(name: str, dtype: str) -> str:
+    """The dtype parameter ``name`` is stored in when the model is built in ``dtype``."""
+    return "float32" if name.endswith(FP32_PARAMS) else dtype
 
 
 def rules_cache(model, config) -> dict:

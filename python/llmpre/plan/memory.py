@@ -497,12 +497,12 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
     for rank in range(s.pp):
         n = stage_params(s, rank)
         layers = held_layers(s, rank)
-        weights = n * dt.weight
+        frozen = sum(layer_params(s, i).frozen for i in layers)   # no gradient, no optimizer state; fp32
+        weights = (n - frozen) * dt.weight + frozen * 4
         gathered = 0.0
         if s.stage >= 3:
             weights /= s.sharding
             gathered = STAGE3_GATHERED_LAYERS * counts.layer * dt.weight
-        frozen = sum(layer_params(s, i).frozen for i in layers)   # no gradient, no optimizer state
         grads_full = (n - frozen) * dt.grad
         # expert parallelism: a rank's routed experts are sharded over the data ranks holding
         # the same experts (dp x sharding / ep of them), the rest over the sharding group
