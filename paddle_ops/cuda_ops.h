@@ -38,14 +38,17 @@ std::vector<paddle::Tensor> SwiGluBackwardCuda(const paddle::Tensor& gate, const
 #endif
 
 #ifdef LLMPRE_CUDA_FLASH_ATTENTION
-// Same inputs, attributes and outputs as the CPU functions of flash_attention_op.cc.
+// Same inputs, attributes and outputs as the CPU functions of flash_attention_op.cc;
+// q_offset (the block ops): key position of query 0, INT64_MIN for seq_k - seq_q.
 std::vector<paddle::Tensor> FlashAttentionForwardCuda(
     const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
-    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale, int kernel);
+    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale, int kernel,
+    int64_t q_offset = INT64_MIN);
 std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
     const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
     const paddle::optional<paddle::Tensor>& alibi_slopes, const paddle::Tensor& out,
-    const paddle::Tensor& lse, const paddle::Tensor& dout, bool causal, int window, float scale, int kernel);
+    const paddle::Tensor& lse, const paddle::Tensor& dout, bool causal, int window, float scale, int kernel,
+    int64_t q_offset = INT64_MIN);
 #endif
 
 #ifdef LLMPRE_CUDA_CROSS_ENTROPY

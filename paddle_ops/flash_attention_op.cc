@@ -209,8 +209,7 @@ namespace {
 void check_block_cpu(const paddle::Tensor& q, const paddle::Tensor& kt, const paddle::Tensor& v,
                      const paddle::optional<paddle::Tensor>& alibi_slopes, const char* op = kBlockOp) {
   PD_CHECK(q.is_cpu() && kt.is_cpu() && v.is_cpu() && (!alibi_slopes || alibi_slopes->is_cpu()), op,
-           ": CPU tensors only (this build has no CUDA block kernel; ring attention on a GPU uses the "
-           "reference blocks)");
+           ": all tensors on the CPU, or all on a GPU with a CUDA build of llmpre (LLMPRE_CUDA)");
 }
 }  // namespace
 
@@ -219,6 +218,10 @@ std::vector<paddle::Tensor> FlashAttentionBlockForward(
     const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale,
     int64_t q_offset) {
   k::FlashAttentionFwdParams p = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale, kBlockOp);
+#ifdef LLMPRE_CUDA_FLASH_ATTENTION
+  if (q_in.is_gpu())
+    return FlashAttentionForwardCuda(q_in, k_in, v_in, alibi_slopes, causal, window, scale, 0, q_offset);
+#endif
   check_block_cpu(q_in, k_in, v_in, alibi_slopes);
   p.q_offset = q_offset;
   const paddle::Tensor q = contiguous(q_in), kt = contiguous(k_in), v = contiguous(v_in);
@@ -243,8 +246,13 @@ std::vector<paddle::Tensor> FlashAttentionBlockBackward(
     int64_t q_offset) {
   const k::FlashAttentionFwdParams fp = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale,
                                                 kBlockBwdOp);
-  check_block_cpu(q_in, k_in, v_in, alibi_slopes, kBlockBwdOp);
   check_backward_inputs(fp, q_in, out_in, lse_in, dout_in, kBlockBwdOp);
+#ifdef LLMPRE_CUDA_FLASH_ATTENTION
+  if (q_in.is_gpu())
+    return FlashAttentionBackwardCuda(q_in, k_in, v_in, alibi_slopes, out_in, lse_in, dout_in, causal, window,
+                                      scale, 0, q_offset);
+#endif
+  check_block_cpu(q_in, k_in, v_in, alibi_slopes, kBlockBwdOp);
   PD_CHECK(out_in.is_cpu() && lse_in.is_cpu() && dout_in.is_cpu(), kBlockBwdOp, ": CPU tensors only");
   const paddle::Tensor q = contiguous(q_in), kt = contiguous(k_in), v = contiguous(v_in);
   const paddle::Tensor out = contiguous(out_in), lse = contiguous(lse_in), dout = contiguous(dout_in);

@@ -51,6 +51,11 @@ class Case:
     dtype: str = "bf16"
     deterministic: bool = False
     q_gain: float = 1.0       # > 1 sharpens the softmax
+    q_offset: int | None = None      # key position of query 0 (a ring-attention block); None: sk - sq
+
+    @property
+    def off(self) -> int:
+        return self.seq_k - self.seq_q if self.q_offset is None else self.q_offset
 
     @property
     def scale(self) -> float:
@@ -67,6 +72,8 @@ class Case:
             parts.append("det")
         if self.q_gain != 1.0:
             parts.append(f"gain{self.q_gain:g}")
+        if self.q_offset is not None:
+            parts.append(f"off{self.q_offset}")
         return " ".join(parts)
 
 
@@ -112,9 +119,9 @@ def make_inputs(case: Case, seed: int = 0) -> dict:
     return x
 
 
-def visible_mask(sq: int, sk: int, causal: bool, window: int) -> np.ndarray:
-    """[sq, sk] bool: query i (at key position i + sk - sq) sees key j."""
-    pos = np.arange(sq)[:, None] + (sk - sq)
+def visible_mask(sq: int, sk: int, causal: bool, window: int, off: int | None = None) -> np.ndarray:
+    """[sq, sk] bool: query i (at key position i + off, default sk - sq) sees key j."""
+    pos = np.arange(sq)[:, None] + (sk - sq if off is None else off)
     j = np.arange(sk)[None, :]
     vis = np.ones((sq, sk), dtype=bool)
     if causal:
@@ -127,9 +134,9 @@ def visible_mask(sq: int, sk: int, causal: bool, window: int) -> np.ndarray:
 def _bias(case: Case, alibi) -> np.ndarray:
     """Additive [h or 1, sq, sk] float64 bias: -inf where hidden, plus ALiBi slope * (j - pos)."""
     sq, sk = case.seq_q, case.seq_k
-    bias = np.where(visible_mask(sq, sk, case.causal, case.window), 0.0, -np.inf)[None]
+    bias = np.where(visible_mask(sq, sk, case.causal, case.window, case.off), 0.0, -np.inf)[None]
     if alibi is not None:
-        dist = (np.arange(sk)[None, :] - (np.arange(sq)[:, None] + sk - sq)).astype(np.float64)
+        dist = (np.arange(sk)[None, :] - (np.arange(sq)[:, None] + case.off)).astype(np.float64)
         bias = bias + np.asarray(alibi, np.float64)[:, None, None] * dist[None]
     return bias
 

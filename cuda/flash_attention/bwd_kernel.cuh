@@ -95,7 +95,7 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(BwdCfg<D>::NW * 32, 1) flash_bwd_dkdv_kernel(con
   const int g = lane >> 2, t = lane & 3;
   const int n_block = block_x(), b = block_z();
   const int n0 = n_block * BN;
-  const int off = a.seq_k - a.seq_q;
+  const int off = a.off;
   const int64_t q_stride = int64_t(a.heads) * D, k_stride = int64_t(a.kv_heads) * D;
   const BwdWalk walk = bwd_walk<Causal>(a, block_y(), n0, BN, BM);
   const int hk = walk.hk, split = walk.split, steps = walk.steps;
@@ -268,7 +268,7 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(DqCfg<D>::NW * 32, 1) flash_bwd_dq_kernel(const 
   const int m_block = grid_x() - 1 - block_x();
   const int h = block_y(), b = block_z(), hk = h / a.group;
   const int m0 = m_block * BM;
-  const int off = a.seq_k - a.seq_q;
+  const int off = a.off;
   const int64_t q_stride = int64_t(a.heads) * D, k_stride = int64_t(a.kv_heads) * D;
   const int64_t qo = (int64_t(b) * a.seq_q + m0) * q_stride + int64_t(h) * D;
   const uint16_t* gK = a.k + int64_t(b) * a.seq_k * k_stride + int64_t(hk) * D;

@@ -54,7 +54,7 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_bwd_sm90_kernel(const FA_GRID_CONS
   const int wg = tid / 128;
   const int b = block_z();
   const int n0 = block_x() * BN;
-  const int off = a.seq_k - a.seq_q;
+  const int off = a.off;
   const BwdWalk walk = bwd_walk<Causal>(a, block_y(), n0, BN, BM);
   const int hk = walk.hk, split = walk.split, steps = walk.steps;
 

@@ -164,8 +164,10 @@ FaArgs make_args(const FlashAttentionFwdParams& p) {
   a.heads = p.heads;
   a.kv_heads = p.kv_heads;
   a.group = p.heads / p.kv_heads;
-  // A window of seq_k keys or more hides nothing (pos_i <= seq_k - 1).
-  a.window = p.window > 0 && p.window < p.seq_k ? p.window : -1;
+  a.off = p.q_offset == kDefaultQOffset ? p.seq_k - p.seq_q : p.q_offset;
+  // A window longer than the last query position hides nothing (pos_i <= seq_q - 1 + off;
+  // with the default offset, seq_k - 1).
+  a.window = p.window > 0 && int64_t(p.window) < int64_t(p.seq_q) + a.off ? p.window : -1;
   a.seq_q_pad = (p.seq_q + fa::kRowPad - 1) / fa::kRowPad * fa::kRowPad;
   a.scale = p.scale;
   a.scale_log2 = p.scale * fa::kLog2e;

@@ -7,7 +7,9 @@
 // kernel cpp/kernels/flash_attention):
 //   out[b, i, h, :] = sum_j softmax_j(s_ij) * v[b, j, g, :],  g = h / (heads / kv_heads)
 //   s_ij = scale * <q[b, i, h, :], k[b, j, g, :]> + slope_h * (j - pos_i) + mask_ij
-// Query i sits at key position pos_i = i + seq_k - seq_q. Key j is visible to
+// Query i sits at key position pos_i = i + q_offset (default seq_k - seq_q: the
+// queries are the last seq_q keys; ring attention passes the distance between a
+// block's query and key chunks, see llmpre.parallel.context). Key j is visible to
 // query i when (!causal || j <= pos_i) && (window <= 0 || j > pos_i - window).
 // A query that sees no key gets out = 0 and lse = -inf.
 //
@@ -47,6 +49,8 @@ namespace cuda {
 
 enum class FlashAttentionKernel : int { kAuto = 0, kPortable = 1, kHopper = 2 };
 
+inline constexpr int kDefaultQOffset = INT32_MIN;   // q_offset: seq_k - seq_q
+
 struct FlashAttentionFwdParams {
   const void* q = nullptr;              // [batch, seq_q, heads, head_dim]
   const void* k = nullptr;              // [batch, seq_k, kv_heads, head_dim]
@@ -59,6 +63,7 @@ struct FlashAttentionFwdParams {
   bool causal = true;
   int window = -1;     // > 0: sliding window of this many keys; <= 0: none
   float scale = 0.f;   // > 0 (callers pass 1/sqrt(head_dim) for the default)
+  int q_offset = kDefaultQOffset;       // key position of query 0 (kDefaultQOffset: seq_k - seq_q)
   DType dtype = DType::kBFloat16;       // kBFloat16 or kFloat16
   // kHopper where unavailable: std::invalid_argument with the reason
   FlashAttentionKernel kernel = FlashAttentionKernel::kAuto;

@@ -35,7 +35,7 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(FwdCfg<D>::NW * 32, 1) flash_fwd_kernel(const Fa
   const int m_block = grid_x() - 1 - block_x();  // longest (causal) blocks first
   const int h = block_y(), b = block_z(), hk = h / a.group;
   const int m0 = m_block * BM;
-  const int off = a.seq_k - a.seq_q;
+  const int off = a.off;
   const int64_t q_stride = int64_t(a.heads) * D, k_stride = int64_t(a.kv_heads) * D;
   const uint16_t* gQ = a.q + (int64_t(b) * a.seq_q + m0) * q_stride + int64_t(h) * D;
   const uint16_t* gK = a.k + int64_t(b) * a.seq_k * k_stride + int64_t(hk) * D;

@@ -59,7 +59,7 @@ FA_GLOBAL void FA_LAUNCH_BOUNDS(384, 1) flash_fwd_sm90_kernel(const FA_GRID_CONS
   const int m_block = grid_x() - 1 - block_x();  // longest (causal) blocks first
   const int h = block_y(), b = block_z(), hk = h / a.group;
   const int m0 = m_block * BM;
-  const int off = a.seq_k - a.seq_q;
+  const int off = a.off;
 
   int key_begin, key_end;
   key_range<Causal>(m0, BM, off, a.seq_k, a.window, key_begin, key_end);

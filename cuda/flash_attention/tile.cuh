@@ -42,6 +42,7 @@ struct FaArgs {
 
   int batch = 0, seq_q = 0, seq_k = 0, heads = 0, kv_heads = 0, group = 1;
   int window = -1, seq_q_pad = 0, splits = 1, heads_per_split = 1;
+  int off = 0;                // key position of query 0 (seq_k - seq_q unless a block sets it)
   float scale = 0.f, scale_log2 = 0.f;
 };
 
@@ -233,7 +234,7 @@ FA_DEV bool visible(int j, int pos, int seq_k, int window) {
 }
 
 // Whether a tile of queries [m0, m0 + bm) x keys [n0, n0 + bn) needs the
-// per-element mask (some pair is invisible); off = seq_k - seq_q. Rows past
+// per-element mask (some pair is invisible); off = FaArgs::off. Rows past
 // seq_q never matter: the forward does not store them and the backward gives
 // them zero probability through lse2 = +inf.
 template <bool Causal>
@@ -286,7 +287,7 @@ FA_DEV BwdWalk bwd_walk(const FaArgs& a, int block_y, int n0, int bn, int bm) {
   const int group_end = (w.hk + 1) * a.group;
   const int h_stop = w.h_first + a.heads_per_split < group_end ? w.h_first + a.heads_per_split : group_end;
   int q_begin, q_end;
-  query_range<Causal>(n0, bn, a.seq_k - a.seq_q, a.seq_q, a.window, q_begin, q_end);
+  query_range<Causal>(n0, bn, a.off, a.seq_q, a.window, q_begin, q_end);
   w.m_begin = q_begin < a.seq_q ? q_begin / bm : 0;
   w.nm = (q_begin < a.seq_q && q_end > q_begin) ? (q_end + bm - 1) / bm - w.m_begin : 0;
   w.steps = h_stop > w.h_first ? (h_stop - w.h_first) * w.nm : 0;

@@ -68,6 +68,14 @@ llmpre::cuda::FlashAttentionFwdParams shape_params(const paddle::Tensor& q, cons
   return p;
 }
 
+// A block of ring attention: query 0 at key position q_offset (INT64_MIN: seq_k - seq_q).
+void set_offset(llmpre::cuda::FlashAttentionFwdParams& p, int64_t q_offset) {
+  if (q_offset == INT64_MIN) return;
+  PD_CHECK(q_offset > INT32_MIN && q_offset <= (int64_t(1) << 30), kOp, ": `q_offset` must fit the kernels' "
+           "32-bit positions, got ", q_offset);
+  p.q_offset = static_cast<int>(q_offset);
+}
+
 bool deterministic_requested() {
   for (const char* name : {"LLMPRE_FLASH_ATTENTION_DETERMINISTIC", "FLAGS_cudnn_deterministic"}) {
     const char* v = std::getenv(name);
@@ -80,11 +88,13 @@ bool deterministic_requested() {
 
 std::vector<paddle::Tensor> FlashAttentionForwardCuda(
     const paddle::Tensor& q_in, const paddle::Tensor& k_in, const paddle::Tensor& v_in,
-    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale, int kernel) {
+    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale, int kernel,
+    int64_t q_offset) {
   check_same_gpu(q_in, "q", k_in, "k", kOp);
   check_same_gpu(q_in, "q", v_in, "v", kOp);
   if (alibi_slopes) check_same_gpu(q_in, "q", *alibi_slopes, "alibi_slopes", kOp);
   llmpre::cuda::FlashAttentionFwdParams p = shape_params(q_in, k_in, v_in, causal, window, scale, kernel);
+  set_offset(p, q_offset);
   DeviceGuard guard(q_in, kOp);
   const paddle::Tensor q = dense(q_in), kt = dense(k_in), v = dense(v_in);
   paddle::Tensor slopes;
@@ -107,7 +117,7 @@ std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
     const paddle::Tensor& q_in, const paddle::Tensor& k_in, const paddle::Tensor& v_in,
     const paddle::optional<paddle::Tensor>& alibi_slopes, const paddle::Tensor& out_in,
     const paddle::Tensor& lse_in, const paddle::Tensor& dout_in, bool causal, int window, float scale,
-    int kernel) {
+    int kernel, int64_t q_offset) {
   check_same_gpu(q_in, "q", k_in, "k", kOp);
   check_same_gpu(q_in, "q", v_in, "v", kOp);
   check_same_gpu(q_in, "q", out_in, "out", kOp);
@@ -116,6 +126,7 @@ std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
   if (alibi_slopes) check_same_gpu(q_in, "q", *alibi_slopes, "alibi_slopes", kOp);
   llmpre::cuda::FlashAttentionBwdParams p;
   static_cast<llmpre::cuda::FlashAttentionFwdParams&>(p) = shape_params(q_in, k_in, v_in, causal, window, scale, kernel);
+  set_offset(p, q_offset);
   DeviceGuard guard(q_in, kOp);
   const paddle::Tensor q = dense(q_in), kt = dense(k_in), v = dense(v_in);
   const paddle::Tensor out = dense(out_in), lse = dense(lse_in), dout = dense(dout_in);

@@ -192,6 +192,8 @@ def _run_emulator(exe: Path, case: C.Case, x: dict, workdir: Path, backward=True
                head_dim=case.head_dim, causal=int(case.causal), window=case.window, scale=repr(case.scale),
                dtype=case.dtype, alibi=int(case.alibi), backward=int(backward),
                deterministic=int(case.deterministic), **mode)
+    if case.q_offset is not None:      # a ring-attention block: query 0 at key position q_offset
+        cfg["q_offset"] = case.q_offset
     (workdir / "config.txt").write_text("".join(f"{k} {v}\n" for k, v in cfg.items()))
     for n in ("q", "k", "v", "dout"):
         C.to_storage(x[n], case.dtype).tofile(workdir / f"{n}.bin")
@@ -230,6 +232,10 @@ EMU_CASES = [
     (C.Case(1, 66, 190, 4, 2, 128, True, window=70, alibi=True, deterministic=True), dict(sms=4, order=1)),
     (C.Case(1, 97, 127, 2, 1, 256, True, window=40, alibi=True), dict()),
     (C.Case(1, 70, 70, 2, 2, 256, False, dtype="fp16"), dict(sms=1, order=2, lazy=0)),
+    # ring-attention blocks (llmpre.parallel.context): query chunk after the key chunk
+    (C.Case(1, 130, 130, 4, 2, 64, True, q_offset=130), dict()),            # every key visible
+    (C.Case(1, 100, 100, 2, 1, 64, True, window=150, alibi=True, q_offset=100), dict(order=1)),  # window inside
+    (C.Case(1, 96, 96, 2, 1, 128, True, window=60, q_offset=128, dtype="fp16"), dict()),  # rows see no key
 ]
 
 
@@ -261,6 +267,9 @@ HOPPER_CASES = [
     (C.Case(1, 66, 190, 4, 2, 128, True, window=70, alibi=True), dict(HOPPER, sms=4, order=1, tma_mode=1)),
     (C.Case(1, 97, 300, 2, 1, 256, True, window=40, alibi=True), dict(arch=90, tma_mode=2)),
     (C.Case(1, 70, 70, 2, 2, 256, False, dtype="fp16"), dict(arch=90, sms=1, order=2)),
+    # ring-attention blocks: every key visible; a window that cuts inside the block
+    (C.Case(1, 130, 130, 4, 2, 64, True, q_offset=130), dict(HOPPER, tma_mode=1)),
+    (C.Case(1, 100, 150, 2, 1, 128, True, window=120, alibi=True, q_offset=150), dict(HOPPER, order=1)),
 ]
 
 

@@ -4,7 +4,8 @@
 //   flash_attention_emu <dir>
 //
 // <dir>/config.txt holds "key value" lines: batch seq_q seq_k heads kv_heads
-// head_dim causal window scale dtype(bf16|fp16) alibi(0|1) backward(0|1)
+// head_dim causal window q_offset(key position of query 0; absent: seq_k - seq_q)
+// scale dtype(bf16|fp16) alibi(0|1) backward(0|1)
 // deterministic(0|1) sms order(0|1|2) lazy(0|1) arch(80|90: the reported
 // device) tma_mode(0|1|2) kernel(auto|portable|hopper). Inputs are raw little-endian
 // files: q.bin k.bin v.bin (16-bit floats), alibi.bin (fp32), dout.bin. The
@@ -92,6 +93,7 @@ int run(const std::string& dir) {
   p.head_dim = geti("head_dim", "64");
   p.causal = geti("causal", "1") != 0;
   p.window = geti("window", "-1");
+  if (get("q_offset", "default") != "default") p.q_offset = geti("q_offset", "0");
   p.scale = std::stof(get("scale", "0"));
   p.dtype = get("dtype", "bf16") == "fp16" ? llmpre::DType::kFloat16 : llmpre::DType::kBFloat16;
   p.deterministic = geti("deterministic", "0") != 0;

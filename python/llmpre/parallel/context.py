@@ -88,23 +88,28 @@ def wrap_loss(loss_fn, group: Group, ignore_index: int = -100):
 # ---- ring attention --------------------------------------------------------------------
 def block_functions(ops):
     """``(forward, backward)`` of one attention block (``reference.attention_block`` and
-    ``attention_block_grad``'s contract): the fused CPU kernel for CPU tensors when the
-    model's attention is the fused one and this build has the block ops, else the
-    reference (GPU tensors too: the CUDA kernels have no block entry points yet)."""
-    from llmpre.ops import fused
+    ``attention_block_grad``'s contract): the block ops when the model's attention is the
+    fused one and this build has them, for the tensors their kernels take (the op table's
+    row of flash attention: CPU fp32/bf16; on a GPU bf16/fp16 with a CUDA build), else the
+    reference."""
+    from llmpre.ops import _library, fused
 
     fused_attention = any(impl.startswith("llmpre_flash_attention") for op, impl in ops.names if op == "attention")
     if not (fused_attention and fused.available("llmpre_flash_attention_block")
             and fused.available("llmpre_flash_attention_block_bwd")):
         return reference.attention_block, reference.attention_block_grad
+    row = fused.TABLE["flash_attention"]
+    cuda = "flash_attention" in _library.load().cuda_ops
+
+    def takes(q) -> bool:
+        device = "cpu" if q.place.is_cpu_place() else "gpu" if q.place.is_gpu_place() and cuda else None
+        return device is not None and row.takes(device, q.dtype)
 
     def forward(q, *args, **kw):
-        fn = fused.flash_attention_block if q.place.is_cpu_place() else reference.attention_block
-        return fn(q, *args, **kw)
+        return (fused.flash_attention_block if takes(q) else reference.attention_block)(q, *args, **kw)
 
     def backward(q, *args, **kw):
-        fn = fused.flash_attention_block_grad if q.place.is_cpu_place() else reference.attention_block_grad
-        return fn(q, *args, **kw)
+        return (fused.flash_attention_block_grad if takes(q) else reference.attention_block_grad)(q, *args, **kw)
     return forward, backward
 
 
