@@ -97,16 +97,12 @@ void check_kernel_choice(int kernel) {
 }
 }  // namespace
 
-std::vector<paddle::Tensor> FlashAttentionForward(
-    const paddle::Tensor& q_in, const paddle::Tensor& k_in, const paddle::Tensor& v_in,
-    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale, int kernel) {
-  check_kernel_choice(kernel);
-  k::FlashAttentionFwdParams p = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
-#ifdef LLMPRE_CUDA_FLASH_ATTENTION
-  if (q_in.is_gpu())
-    return FlashAttentionForwardCuda(q_in, k_in, v_in, alibi_slopes, causal, window, scale, kernel);
-#endif
-  check_all_cpu(q_in, k_in, v_in, alibi_slopes);
+namespace {
+// The CPU kernel calls shared by llmpre_flash_attention and its ring-block entry points
+// (checks done by the caller): contiguous inputs, the outputs, the kernel's pointers.
+std::vector<paddle::Tensor> cpu_forward(k::FlashAttentionFwdParams p, const paddle::Tensor& q_in,
+                                        const paddle::Tensor& k_in, const paddle::Tensor& v_in,
+                                        const paddle::optional<paddle::Tensor>& alibi_slopes, const char* op) {
   const paddle::Tensor q = contiguous(q_in), kt = contiguous(k_in), v = contiguous(v_in);
   paddle::Tensor slopes;
   if (alibi_slopes) slopes = contiguous(*alibi_slopes);
@@ -118,8 +114,50 @@ std::vector<paddle::Tensor> FlashAttentionForward(
   p.alibi_slopes = alibi_slopes ? slopes.data<float>() : nullptr;
   p.out = out.data();
   p.lse = lse.data<float>();
-  run_kernel(kOp, [&] { k::flash_attention_forward(p); });
+  run_kernel(op, [&] { k::flash_attention_forward(p); });
   return {out, lse};
+}
+
+std::vector<paddle::Tensor> cpu_backward(const k::FlashAttentionFwdParams& fp, const paddle::Tensor& q_in,
+                                         const paddle::Tensor& k_in, const paddle::Tensor& v_in,
+                                         const paddle::optional<paddle::Tensor>& alibi_slopes,
+                                         const paddle::Tensor& out_in, const paddle::Tensor& lse_in,
+                                         const paddle::Tensor& dout_in, const char* op) {
+  const paddle::Tensor q = contiguous(q_in), kt = contiguous(k_in), v = contiguous(v_in);
+  const paddle::Tensor out = contiguous(out_in), lse = contiguous(lse_in), dout = contiguous(dout_in);
+  paddle::Tensor slopes;
+  if (alibi_slopes) slopes = contiguous(*alibi_slopes);
+  paddle::Tensor dq = paddle::empty(q.shape(), q.dtype(), q.place());
+  paddle::Tensor dk = paddle::empty(kt.shape(), kt.dtype(), kt.place());
+  paddle::Tensor dv = paddle::empty(v.shape(), v.dtype(), v.place());
+  k::FlashAttentionBwdParams p;
+  static_cast<k::FlashAttentionFwdParams&>(p) = fp;
+  p.q = q.data();
+  p.k = kt.data();
+  p.v = v.data();
+  p.alibi_slopes = alibi_slopes ? slopes.data<float>() : nullptr;
+  p.out = const_cast<void*>(out.data());  // read, not written, by the backward kernel
+  p.lse = const_cast<float*>(lse.data<float>());
+  p.dout = dout.data();
+  p.dq = dq.data();
+  p.dk = dk.data();
+  p.dv = dv.data();
+  run_kernel(op, [&] { k::flash_attention_backward(p); });
+  return {dq, dk, dv};
+}
+}  // namespace
+
+std::vector<paddle::Tensor> FlashAttentionForward(
+    const paddle::Tensor& q_in, const paddle::Tensor& k_in, const paddle::Tensor& v_in,
+    const paddle::optional<paddle::Tensor>& alibi_slopes, bool causal, int window, float scale, int kernel) {
+  check_kernel_choice(kernel);
+  k::FlashAttentionFwdParams p = params(q_in, k_in, v_in, alibi_slopes, causal, window, scale);
+#ifdef LLMPRE_CUDA_FLASH_ATTENTION
+  if (q_in.is_gpu())
+    return FlashAttentionForwardCuda(q_in, k_in, v_in, alibi_slopes, causal, window, scale, kernel);
+#endif
+  check_all_cpu(q_in, k_in, v_in, alibi_slopes);
+  return cpu_forward(p, q_in, k_in, v_in, alibi_slopes, kOp);
 }
 
 std::vector<paddle::Tensor> FlashAttentionBackward(
@@ -143,28 +181,7 @@ std::vector<paddle::Tensor> FlashAttentionBackward(
   check_cpu(out_in, kOp, "out");
   check_cpu(lse_in, kOp, "lse");
   check_cpu(dout_in, kOp, "grad of out");
-
-  const paddle::Tensor q = contiguous(q_in), kt = contiguous(k_in), v = contiguous(v_in);
-  const paddle::Tensor out = contiguous(out_in), lse = contiguous(lse_in), dout = contiguous(dout_in);
-  paddle::Tensor slopes;
-  if (alibi_slopes) slopes = contiguous(*alibi_slopes);
-  paddle::Tensor dq = paddle::empty(q.shape(), q.dtype(), q.place());
-  paddle::Tensor dk = paddle::empty(kt.shape(), kt.dtype(), kt.place());
-  paddle::Tensor dv = paddle::empty(v.shape(), v.dtype(), v.place());
-  k::FlashAttentionBwdParams p;
-  static_cast<k::FlashAttentionFwdParams&>(p) = fp;
-  p.q = q.data();
-  p.k = kt.data();
-  p.v = v.data();
-  p.alibi_slopes = alibi_slopes ? slopes.data<float>() : nullptr;
-  p.out = const_cast<void*>(out.data());  // read, not written, by the backward kernel
-  p.lse = const_cast<float*>(lse.data<float>());
-  p.dout = dout.data();
-  p.dq = dq.data();
-  p.dk = dk.data();
-  p.dv = dv.data();
-  run_kernel(kOp, [&] { k::flash_attention_backward(p); });
-  return {dq, dk, dv};
+  return cpu_backward(fp, q_in, k_in, v_in, alibi_slopes, out_in, lse_in, dout_in, kOp);
 }
 
 std::vector<std::vector<int64_t>> FlashAttentionInferShape(
@@ -224,19 +241,7 @@ std::vector<paddle::Tensor> FlashAttentionBlockForward(
 #endif
   check_block_cpu(q_in, k_in, v_in, alibi_slopes);
   p.q_offset = q_offset;
-  const paddle::Tensor q = contiguous(q_in), kt = contiguous(k_in), v = contiguous(v_in);
-  paddle::Tensor slopes;
-  if (alibi_slopes) slopes = contiguous(*alibi_slopes);
-  paddle::Tensor out = paddle::empty({p.batch, p.seq_q, p.heads, p.v_head_dim}, q.dtype(), q.place());
-  paddle::Tensor lse = paddle::empty({p.batch, p.heads, p.seq_q}, paddle::DataType::FLOAT32, q.place());
-  p.q = q.data();
-  p.k = kt.data();
-  p.v = v.data();
-  p.alibi_slopes = alibi_slopes ? slopes.data<float>() : nullptr;
-  p.out = out.data();
-  p.lse = lse.data<float>();
-  run_kernel(kBlockOp, [&] { k::flash_attention_forward(p); });
-  return {out, lse};
+  return cpu_forward(p, q_in, k_in, v_in, alibi_slopes, kBlockOp);
 }
 
 std::vector<paddle::Tensor> FlashAttentionBlockBackward(
@@ -254,28 +259,9 @@ std::vector<paddle::Tensor> FlashAttentionBlockBackward(
 #endif
   check_block_cpu(q_in, k_in, v_in, alibi_slopes, kBlockBwdOp);
   PD_CHECK(out_in.is_cpu() && lse_in.is_cpu() && dout_in.is_cpu(), kBlockBwdOp, ": CPU tensors only");
-  const paddle::Tensor q = contiguous(q_in), kt = contiguous(k_in), v = contiguous(v_in);
-  const paddle::Tensor out = contiguous(out_in), lse = contiguous(lse_in), dout = contiguous(dout_in);
-  paddle::Tensor slopes;
-  if (alibi_slopes) slopes = contiguous(*alibi_slopes);
-  paddle::Tensor dq = paddle::empty(q.shape(), q.dtype(), q.place());
-  paddle::Tensor dk = paddle::empty(kt.shape(), kt.dtype(), kt.place());
-  paddle::Tensor dv = paddle::empty(v.shape(), v.dtype(), v.place());
-  k::FlashAttentionBwdParams p;
-  static_cast<k::FlashAttentionFwdParams&>(p) = fp;
-  p.q_offset = q_offset;
-  p.q = q.data();
-  p.k = kt.data();
-  p.v = v.data();
-  p.alibi_slopes = alibi_slopes ? slopes.data<float>() : nullptr;
-  p.out = const_cast<void*>(out.data());  // read, not written, by the backward kernel
-  p.lse = const_cast<float*>(lse.data<float>());
-  p.dout = dout.data();
-  p.dq = dq.data();
-  p.dk = dk.data();
-  p.dv = dv.data();
-  run_kernel(kBlockBwdOp, [&] { k::flash_attention_backward(p); });
-  return {dq, dk, dv};
+  k::FlashAttentionFwdParams block = fp;
+  block.q_offset = q_offset;
+  return cpu_backward(block, q_in, k_in, v_in, alibi_slopes, out_in, lse_in, dout_in, kBlockBwdOp);
 }
 
 std::vector<std::vector<int64_t>> FlashAttentionBlockInferShape(
