@@ -55,6 +55,18 @@ def train(output_dir, nproc: int, *extra, steps: int = 5, data_ranks: int = 1):
     return proc
 
 
+def write_configs(root, configs: dict) -> dict:
+    """Each HF config of ``configs`` as ``<root>/<name>/config.json``, a model directory for
+    ``--model``; returns ``{name: directory}``."""
+    dirs = {}
+    for name, config in configs.items():
+        os.makedirs(os.path.join(str(root), name))
+        with open(os.path.join(str(root), name, "config.json"), "w") as f:
+            json.dump(config, f, indent=1)
+        dirs[name] = os.path.join(str(root), name)
+    return dirs
+
+
 def losses(output_dir) -> dict:
     from llmpre.train.monitor import read_metrics
 

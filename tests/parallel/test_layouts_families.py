@@ -7,11 +7,11 @@ five steps) and parameters (layout_runner.assert_same_weights) on gloo."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from layout_runner import assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train, weights
+from layout_runner import (assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train,
+                           weights, write_configs)
 
 VOCAB = 8192   # the bundled corpus's token ids reach 8191
 # HF config.json of each tiny model (4 layers, hidden 64, 4 heads); from-scratch runs need no weights
@@ -52,13 +52,7 @@ LAYOUTS = {"tp2": ["--tp", "2"], "tp2+sp": ["--tp", "2", "--sp", "true"], "pp2":
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    dirs = {}
-    for name, config in FAMILIES.items():
-        (root / name).mkdir()
-        (root / name / "config.json").write_text(json.dumps(config, indent=1))
-        dirs[name] = str(root / name)
-    return dirs
+    return write_configs(tmp_path_factory.mktemp("families"), FAMILIES)
 
 
 @pytest.fixture(scope="module")

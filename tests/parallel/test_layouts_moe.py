@@ -13,7 +13,8 @@ import json
 
 import pytest
 
-from layout_runner import assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train, weights
+from layout_runner import (assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train,
+                           weights, write_configs)
 
 VOCAB = 8192   # the bundled corpus's token ids reach 8191
 COMMON = {"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 64, "vocab_size": VOCAB,
@@ -67,13 +68,7 @@ CASES = [(f, layout) for f in FAMILIES for layout in LAYOUTS if (f, layout) not 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("moe")
-    dirs = {}
-    for name, config in FAMILIES.items():
-        (root / name).mkdir()
-        (root / name / "config.json").write_text(json.dumps(config, indent=1))
-        dirs[name] = str(root / name)
-    return dirs
+    return write_configs(tmp_path_factory.mktemp("moe"), FAMILIES)
 
 
 @pytest.fixture(scope="module")
