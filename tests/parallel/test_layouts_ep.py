@@ -42,20 +42,6 @@ LAYOUTS = [
     ("qwen2moe-ep2xtp2sp", "qwen2_moe", 4, 2, ["--ep", "2", "--tp", "2", "--sp", "true"]),
     ("mixtral-ep2xpp2", "mixtral", 4, 2, ["--ep", "2", "--pp", "2"]),
 ]
-FEATURES = {"--tp": "tensor_parallel", "--pp": "pipeline"}
-
-
-def _not_built(model_dir: str, flags: list) -> str:
-    """The layout feature this tree does not build for the model yet (its declaration), or ''."""
-    from llmpre.models import build_model
-
-    support = build_model(model_dir, seed=1, lazy=True).parallel_support()
-    for flag, feature in FEATURES.items():
-        if flag in flags and not getattr(support, feature):
-            return support.refuse(feature, "this model")
-    return ""
-
-
 def _model_dir(root: Path, name: str) -> str:
     path = root / name
     if not path.exists():
@@ -87,9 +73,6 @@ def references(tmp_path_factory):
 
 @pytest.mark.parametrize("name,model,nproc,data_ranks,flags", LAYOUTS, ids=[l[0] for l in LAYOUTS])
 def test_expert_parallel_matches_one_process(tmp_path, references, name, model, nproc, data_ranks, flags):
-    missing = _not_built(_model_dir(references.root, model), flags)
-    if missing:
-        pytest.skip(f"not built for this model yet: {missing}")
     ref_losses, ref_weights = references(model)
     _train(tmp_path, nproc, model, flags, references.root, data_ranks)
     got = losses(tmp_path)

@@ -91,31 +91,11 @@ MATERIALIZE = {
 }
 
 
-def _not_built(kw) -> str:
-    """The layout feature this tree does not build for MoE/MLA models yet, or ''."""
-    import dataclasses
-
-    from llmpre.models import build_model
-    from llmpre.parallel.dims import ParallelDims
-
-    if kw.get("ep", 1) > 1 and "ep" not in {f.name for f in dataclasses.fields(ParallelDims)}:
-        return "expert parallelism (ParallelDims.ep)"
-    support = build_model(_tiny_v3(), seed=1, lazy=True).parallel_support()
-    if kw.get("tp", 1) > 1 and not support.tensor_parallel:
-        return "tensor parallelism: " + support.why_not.get("tensor_parallel", "")
-    if kw.get("pp", 1) > 1 and not support.pipeline:
-        return "pipeline parallelism: " + support.why_not.get("pipeline", "")
-    return ""
-
-
 @pytest.mark.parametrize("name", list(MATERIALIZE))
 def test_materialized_moe_ranks_hold_the_planned_bytes(name):
     pytest.importorskip("paddle")
     from llmpre.plan.materialize import materialize
 
-    missing = _not_built(MATERIALIZE[name])
-    if missing:
-        pytest.skip(f"llmpre does not build this layout for MoE/MLA models yet: {missing}")
     s = PlanSettings(model=_tiny_v3(), seq_length=64, micro_batch=1, **MATERIALIZE[name])
     for rank in range(s.world_size):
         m = materialize(s, rank)
@@ -189,9 +169,6 @@ def test_materialized_mtp_layouts_hold_the_planned_bytes(kw):
     pytest.importorskip("paddle")
     from llmpre.plan.materialize import materialize
 
-    missing = _not_built(kw)
-    if missing:
-        pytest.skip(f"llmpre does not build this layout for MoE/MLA models yet: {missing}")
     s = PlanSettings(model=_tiny_v3(num_nextn_predict_layers=1), seq_length=64, micro_batch=1, **kw)
     for rank in range(s.world_size):
         m = materialize(s, rank)
