@@ -26,7 +26,7 @@ from llmpre.errors import ConfigError
 from llmpre.models.config import ModelConfig
 from llmpre.models.hf_config import from_hf_dict
 from llmpre.models.hf_names import IGNORABLE_SUFFIXES, checkpoint_rules, from_hf, hf_shapes, to_hf
-from llmpre.models.hf_stream import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, save_streamed
+from llmpre.models.hf_stream import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, index_shards, save_streamed
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 PathLike = Union[str, os.PathLike]
@@ -105,16 +105,7 @@ def _weight_files(path: Path) -> List[Path]:
         return [path / WEIGHTS_NAME]
     index = path / INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{index}: not a safetensors index with a 'weight_map' ({e})") from None
-        files = [path / f for f in sorted(set(weight_map.values()))]
-        absent = [str(f) for f in files if not f.is_file()]
-        if absent:
-            raise ConfigError(f"{index} lists shard(s) that are missing: {', '.join(absent)}; "
-                              "download the complete checkpoint")
-        return files
+        return index_shards(path, index, "safetensors index", "download the complete checkpoint")
     others = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pdparams"))
     hint = (f" (found {', '.join(others)}: PyTorch .bin files and .pdparams other than PaddleNLP's "
             "model_state.pdparams / its index are not read; convert them to safetensors)") if others else ""

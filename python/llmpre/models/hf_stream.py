@@ -55,6 +55,21 @@ Entry = Tuple[str, List[int], int]     # (HF tensor name, shape, bytes)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
+def index_shards(path: Path, index: Path, what: str, fix: str) -> List[Path]:
+    """The shard files an index (``{"weight_map": {tensor: file}}``) in directory ``path`` lists,
+    each once, sorted; one ConfigError for an unreadable index (``what`` names its kind) or
+    missing shards (``fix`` says what to do)."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{index}: not a {what} with a 'weight_map' ({e})") from None
+    files = [path / f for f in sorted(set(weight_map.values()))]
+    absent = [str(f) for f in files if not f.is_file()]
+    if absent:
+        raise ConfigError(f"{index} lists shard(s) that are missing: {', '.join(absent)}; {fix}")
+    return files
+
+
 def parse_size(text: str) -> int:
     """'5GB', '500MB', '2GiB' or a byte count -> bytes."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", str(text), re.IGNORECASE)

@@ -40,7 +40,7 @@ import numpy as np
 
 from llmpre.errors import ConfigError
 from llmpre.models.config import ModelConfig
-from llmpre.models.hf_stream import INDEX_NAME, WEIGHTS_NAME, publish, shard_files, shards
+from llmpre.models.hf_stream import INDEX_NAME, WEIGHTS_NAME, index_shards, publish, shard_files, shards
 from llmpre.models.paddlenlp_names import (FAMILIES, IGNORABLE, buffers, config_to_paddlenlp, fused_columns,
                                            layer_index, rules)
 
@@ -53,16 +53,7 @@ _PREFIXES = tuple(sorted({f[2] for f in FAMILIES.values()}))
 
 
 def _index_files(path: Path, index: Path) -> List[Path]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{index}: not a weights index with a 'weight_map' ({e})") from None
-    files = [path / f for f in sorted(set(weight_map.values()))]
-    absent = [str(f) for f in files if not f.is_file()]
-    if absent:
-        raise ConfigError(f"{index} lists shard(s) that are missing: {', '.join(absent)}; copy the complete "
-                          "checkpoint")
-    return files
+    return index_shards(path, index, "weights index", "copy the complete checkpoint")
 
 
 def safetensors_files(path: Path) -> List[Path]:
