@@ -34,7 +34,7 @@ train: setup
 	$(VENV)/bin/llmpre train --model llama-tiny
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 # Compile-only build of the CUDA kernels (needs nvcc; no GPU needed).
 cuda-build: setup
