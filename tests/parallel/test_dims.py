@@ -39,7 +39,7 @@ def cfg(**kw):
     (ParallelDims(tp=3), 3, cfg(), "8 attention heads do not divide over tp 3"),
     (ParallelDims(tp=4), 4, cfg(num_key_value_heads=3, num_attention_heads=12), "KV heads"),
     (ParallelDims(tp=2), 2, cfg(vocab_size=1001), "vocab_size 1001"),
-    (ParallelDims(pp=3), 3, cfg(), "4 layers do not split evenly"),
+    (ParallelDims(pp=3, pipeline_layers=(2, 2)), 3, cfg(), "pipeline_layers 2,2 lists 2 layer counts"),
     (ParallelDims(pp=2, vpp=4), 2, cfg(), "pp 2 x virtual pp 4"),
     (ParallelDims(sequence_parallel=True), 1, cfg(), "sequence_parallel needs"),
     (ParallelDims(pp=2, sharding=2, sharding_stage=2), 4, cfg(), "only with sharding stage 1"),

@@ -188,7 +188,8 @@ def test_peak_is_the_largest_phase_and_reserved_adds_the_allocator():
 
 @pytest.mark.parametrize("kw,match", [
     (dict(tp=3), "must divide num_attention_heads"),
-    (dict(pp=3), "must divide num_hidden_layers"),
+    (dict(pp=3, pipeline_layers=(10, 10, 10)), "pipeline_layers 10,10,10 add up to 30 layers"),
+    (dict(pp=8, vpp=8, grad_accum=8), "32 layers cannot fill pp 8 x virtual pp 8 = 64"),
     (dict(sequence_parallel=True), "needs tensor parallelism"),
     (dict(pp=2, sharding=2, stage=2), "only with sharding stage 1"),
     (dict(sharding=4), "needs a sharding stage"),

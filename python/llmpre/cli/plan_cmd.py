@@ -24,6 +24,8 @@ Options (flags override an argument file; PaddleNLP spellings also work):
   --micro-batch B              per_device_train_batch_size
   --gradient-accumulation-steps N   (micro-batches in flight with pp)
   --tp N --pp N --vpp N        tensor / pipeline / virtual pipeline degrees
+  --pipeline-layers 3,4,...,3  layers of every pipeline chunk (forward order);
+                               default: even, else floor/ceil shares
   --sharding N --stage K       sharding degree and stage 1/2/3
                                (--sharding stage2 = PaddleNLP's stage word)
   --dp N                       data-parallel degree

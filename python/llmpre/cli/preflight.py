@@ -59,6 +59,7 @@ def plan_settings(args, dims, config):
         model=config, model_name=str(args.model_name_or_path), seq_length=args.max_seq_length,
         micro_batch=args.per_device_train_batch_size, grad_accum=args.gradient_accumulation_steps,
         tp=dims.tp, pp=dims.pp, vpp=dims.vpp, dp=dims.dp, sharding=dims.sharding, ep=dims.ep,
+        pipeline_layers=dims.pipeline_layers,
         sep=dims.sep, cp=dims.cp,
         stage=dims.sharding_stage if dims.sharding > 1 else 0, sequence_parallel=dims.sequence_parallel,
         recompute=dims.recompute, granularity=dims.recompute_granularity,

@@ -26,6 +26,21 @@ The ranks holding the same experts (every ep-th data rank, "expert_data") reduce
 those experts' gradients among themselves. PaddleNLP 2.8.1's ``use_expert_parallel``
 sets ep to the dp degree (its expert groups are the dp groups; llmpre's groups of consecutive
 data ranks give each rank as many experts and the same results).
+
+Pipeline chunks: ``pp x vpp`` of them, numbered in forward order; chunk ``g = c * pp + p``
+is the ``c``-th chunk of pipeline rank ``p``. :func:`pipeline_split` gives each its run of
+consecutive decoder layers, the one place this is computed (the trainer and the planner
+both ask it). When the layers divide evenly every chunk gets ``L / (pp vpp)``. When they
+do not, every chunk gets ``floor`` or ``ceil`` of it, and the shorter shares go first to
+the last chunk (it also holds the final norm, the LM head, the logits and any
+multi-token-prediction depths), then to the first (the embedding and the token ids),
+then to chunks 1, 2, ... (under 1F1B rank ``p`` keeps ``pp - p`` micro-batches in flight,
+so the early ranks hold the most activations). Megatron-LM likewise gives the first and
+last stages fewer layers (``--decoder-first/last-pipeline-num-layers``); Paddle's
+``SegmentLayers`` "uniform" method, which PaddleNLP 2.8.1 uses when the layers do not
+divide, splits the embedding, layer, norm and head items alike and gives the extra items
+to the last parts. ``pipeline_layers`` (``--pipeline_layers 3,4,...``, one count per
+chunk in forward order) overrides the default.
 """
 
 from __future__ import annotations
@@ -53,6 +68,7 @@ class ParallelDims:
     recompute: bool = False
     recompute_granularity: str = "full"
     no_recompute_layers: tuple = ()
+    pipeline_layers: tuple = ()   # layers of each pipeline chunk, forward order (): pipeline_split's default
 
     @property
     def world_size(self) -> int:
@@ -130,6 +146,15 @@ class ParallelDims:
         """Which experts' block this rank holds (0 .. ep-1)."""
         return self.data_rank(rank) % self.ep
 
+    def chunk_layers(self, num_layers: int) -> tuple[range, ...]:
+        """The decoder layers of every pipeline chunk, in forward order (:func:`pipeline_split`)."""
+        return pipeline_split(num_layers, self.pp, self.vpp, self.pipeline_layers)
+
+    def stage_chunks(self, num_layers: int, stage: int) -> list[tuple[int, range]]:
+        """``(global chunk, its layers)`` of pipeline rank ``stage``'s chunks, in its order."""
+        ranges = self.chunk_layers(num_layers)
+        return [(c * self.pp + stage, ranges[c * self.pp + stage]) for c in range(self.vpp)]
+
     def describe(self) -> str:
         parts = [f"dp {self.dp}", f"sharding {self.sharding} (stage {self.sharding_stage})",
                  f"tp {self.tp}" + (" + sp" if self.sequence_parallel else ""),
@@ -198,12 +223,7 @@ class ParallelDims:
             if width % self.tp:
                 raise ConfigError(f"{key} {width} does not divide over tp {self.tp} (each expert is split "
                                   f"over the tensor-parallel ranks); choose a tp that divides {width}")
-        layers = config.num_hidden_layers
-        chunks = self.pp * self.vpp
-        if layers < chunks or layers % chunks:
-            raise ConfigError(
-                f"{layers} layers do not split evenly into pp {self.pp} x virtual pp {self.vpp} = "
-                f"{chunks} pipeline chunks; choose degrees whose product divides {layers}")
+        self.chunk_layers(config.num_hidden_layers)     # refuses too few layers, a wrong pipeline_layers
 
     def _validate_ep(self, config) -> None:
         """expert_parallel_degree against the data ranks, the experts and what is built."""
@@ -254,6 +274,62 @@ class ParallelDims:
                     f"sep_parallel_degree {self.sep} splits the attention heads of each rank "
                     f"({heads} heads, {kv} KV heads after tp {self.tp}) over its ranks, and they do "
                     f"not divide by {self.sep}; choose a sep degree that divides both")
+
+
+def pipeline_counts(num_layers: int, pp: int, vpp: int = 1, explicit=()) -> tuple[int, ...]:
+    """Decoder layers of each of the ``pp x vpp`` pipeline chunks, in forward order (module
+    doc): ``explicit`` when given (checked: one positive count per chunk, summing to
+    ``num_layers``), else the default split. Errors name ``pipeline_layers`` and the fix."""
+    chunks = pp * vpp
+    shape = (f"pp {pp} x virtual pp {vpp} = {chunks} pipeline chunks" if vpp > 1
+             else f"the {pp} pipeline stage{'s' if pp > 1 else ''} (pp {pp})")
+    if explicit:
+        given = ",".join(str(n) for n in explicit)
+        if len(explicit) != chunks:
+            raise ConfigError(
+                f"pipeline_layers {given} lists {len(explicit)} layer counts but {shape} need"
+                f"{'s' if chunks == 1 else ''} one each "
+                f"(in forward order: rank p's c-th chunk is entry c x pp + p); give {chunks} numbers "
+                f"that add up to {num_layers}, or leave pipeline_layers unset for the default split")
+        empty = [i for i, n in enumerate(explicit) if n < 1]
+        if empty:
+            raise ConfigError(
+                f"pipeline_layers {given}: chunk {empty[0]} has {explicit[empty[0]]} layers; every pipeline "
+                "chunk needs at least one layer; move a layer into it or lower the pipeline degrees")
+        if sum(explicit) != num_layers:
+            raise ConfigError(
+                f"pipeline_layers {given} add up to {sum(explicit)} layers but the model has {num_layers} "
+                f"(num_hidden_layers); change the counts so they sum to {num_layers}")
+        return tuple(int(n) for n in explicit)
+    if num_layers < chunks:
+        raise ConfigError(
+            f"{num_layers} layers cannot fill {shape}: each needs at least one layer; choose "
+            f"degrees whose product pp x virtual pp is at most {num_layers}")
+    per, extra = divmod(num_layers, chunks)
+    short = ([chunks - 1] + list(range(chunks - 1)))[:chunks - extra]   # last, first, then 1, 2, ...
+    return tuple(per if g in short else per + 1 for g in range(chunks)) if extra else (per,) * chunks
+
+
+def pipeline_split(num_layers: int, pp: int, vpp: int = 1, explicit=()) -> tuple[range, ...]:
+    """The decoder layers of every pipeline chunk, in forward order: consecutive runs of
+    :func:`pipeline_counts` layers (chunk ``c * pp + p`` is rank ``p``'s ``c``-th chunk)."""
+    out, start = [], 0
+    for n in pipeline_counts(num_layers, pp, vpp, explicit):
+        out.append(range(start, start + n))
+        start += n
+    return tuple(out)
+
+
+def parse_pipeline_layers(value, where: str = "pipeline_layers") -> tuple[int, ...]:
+    """``"3,4,4"`` (or a list, or space-separated) as a tuple of ints; () when unset."""
+    if value is None or value == "" or value == ():
+        return ()
+    items = value if isinstance(value, (list, tuple)) else str(value).replace(" ", ",").split(",")
+    try:
+        return tuple(int(str(x).strip()) for x in items if str(x).strip())
+    except ValueError:
+        raise ConfigError(f"{where}: `pipeline_layers` must list the layer count of every pipeline chunk, "
+                          f"like 3,4,4,3; got {value!r}") from None
 
 
 def split_world(world_size: int | None, tp: int, pp: int, sharding: int, sharded: bool,
@@ -341,4 +417,5 @@ def dims_from_args(args, world_size: int) -> ParallelDims:
                         ep=ep_degree(args, dp),
                         vpp=max(1, args.virtual_pp_degree), sequence_parallel=bool(args.sequence_parallel),
                         recompute=bool(args.recompute), recompute_granularity=args.recompute_granularity,
-                        no_recompute_layers=no_recompute)
+                        no_recompute_layers=no_recompute,
+                        pipeline_layers=parse_pipeline_layers(getattr(args, "pipeline_layers", None)))

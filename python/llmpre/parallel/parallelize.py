@@ -213,11 +213,8 @@ def _pipeline(model, env) -> tuple[list[Chunk], bool]:
     dims, stage = env.dims, env.coords["pp"]
     layers = model.config.num_hidden_layers
     total = dims.pp * dims.vpp
-    per = layers // total
     chunks, keep = [], set()
-    for c in range(dims.vpp):
-        g = c * dims.pp + stage
-        rng = range(g * per, (g + 1) * per)
+    for g, rng in dims.stage_chunks(layers, stage):   # the one split (dims.pipeline_split), even or not
         chunks.append(Chunk(g, rng, g == 0, g == total - 1))
         keep.update(rng)
     if dims.pp == 1:

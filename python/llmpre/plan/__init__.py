@@ -15,7 +15,10 @@ Parameters (per device)
     biases are replicated.  KV heads are split when tp divides them, otherwise
     every rank keeps the one KV head its query heads read.  Embedding and output
     layer are split by vocabulary rows when tp divides the vocabulary, else
-    replicated.  Pipeline rank p holds layers of virtual stages p, p+pp, ...;
+    replicated.  Pipeline rank p holds layers of virtual stages p, p+pp, ...,
+    split as the trainer splits them (``llmpre.parallel.dims.pipeline_split``: L / (pp vpp)
+    each when that divides, else floor or ceil with the shorter shares on the last
+    chunk, then the first, then chunks 1, 2, ...; or ``--pipeline-layers``);
     the embedding sits on the first rank, final norm and output layer on the
     last (tied embeddings: both ends keep a copy when pp > 1).  With tp = pp = 1
     the count equals ``ModelConfig.num_parameters()`` (checked on every plan).
@@ -69,8 +72,10 @@ Micro-batches in flight
     1 without pipeline parallelism (accumulation runs one micro-batch at a time).
     1F1B: rank p holds min(pp - p, accumulation) micro-batches; the first rank
     most.  Interleaved (vpp > 1): rank p holds (pp - p - 1) * 2 + (vpp - 1) * pp + 1
-    chunk forwards (capped by accumulation * vpp), each of L / (pp vpp) layers.
-    The planner reports the rank with the highest peak.
+    chunk forwards (capped by accumulation * vpp); the planner replays the rank's
+    schedule, each chunk forward keeping its own chunk's layers, so uneven chunks
+    count as they are.  Every rank is planned with its own layers; the planner
+    reports the rank with the highest peak.
 
 Loss
     The output layer's logits (A bytes), their fp32 copy (4) and the fp32 softmax

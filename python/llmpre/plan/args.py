@@ -21,6 +21,7 @@ import json
 from typing import Any, Dict, Optional, Tuple
 
 from llmpre.errors import ConfigError
+from llmpre.parallel.dims import parse_pipeline_layers
 from llmpre.plan.settings import PlanSettings
 
 # Short flags of the planner -> the PaddleNLP key they stand for.
@@ -45,7 +46,7 @@ _INT = ("max_seq_length", "per_device_train_batch_size", "gradient_accumulation_
         "sharding_parallel_degree", "num_hidden_layers", "stage", "dp", "gpus", "expert_parallel_degree",
         "sep_parallel_degree", "context_parallel_degree")
 _STR = ("model_name_or_path", "recompute_granularity", "fp16_opt_level")
-READ_KEYS = set(_BOOL + _INT + _STR) | {"sharding", "no_recompute_layers", "gpu_memory"}
+READ_KEYS = set(_BOOL + _INT + _STR) | {"sharding", "no_recompute_layers", "pipeline_layers", "gpu_memory"}
 
 
 def training_keys() -> Dict[str, str]:
@@ -95,6 +96,8 @@ def _coerce(key: str, value: Any, where: str):
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: `no_recompute_layers` must be a list of layer indices, "
                               f"got {value!r}") from None
+    if key == "pipeline_layers":
+        return parse_pipeline_layers(value, where)
     if not isinstance(value, str):
         raise ConfigError(f"{where}: `{key}` must be a string, got {value!r}")
     return value
@@ -227,7 +230,7 @@ def parse_plan_arguments(json_file: Optional[str], flags: Dict[str, str]) -> Tup
         seq_length=get("max_seq_length", defaults.max_seq_length),
         micro_batch=get("per_device_train_batch_size", defaults.per_device_train_batch_size),
         grad_accum=get("gradient_accumulation_steps", defaults.gradient_accumulation_steps),
-        tp=tp, pp=pp, vpp=vpp, dp=dp, sharding=degree, stage=stage,
+        tp=tp, pp=pp, vpp=vpp, pipeline_layers=get("pipeline_layers", ()), dp=dp, sharding=degree, stage=stage,
         ep=_positive_or_off(get("expert_parallel_degree", -1)), sep=sep, cp=cp,
         sequence_parallel=get("sequence_parallel", False),
         recompute=get("recompute", False), granularity=get("recompute_granularity", "full"),

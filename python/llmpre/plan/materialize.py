@@ -69,6 +69,7 @@ def materialize(settings, rank: int, seed: int = 42) -> Materialized:
     dims = ParallelDims(dp=s.dp, sharding=s.sharding, sharding_stage=max(s.stage, 1), tp=s.tp, pp=s.pp,
                         sep=s.sep, cp=s.cp, vpp=s.vpp, sequence_parallel=s.sequence_parallel, recompute=s.recompute,
                         recompute_granularity=s.granularity, no_recompute_layers=tuple(s.no_recompute_layers),
+                        pipeline_layers=tuple(s.pipeline_layers),
                         **experts)
     dims.validate(dims.world_size, s.model, s.grad_accum)
     env = detached_env(dims, rank)        # refuses a rank outside the world

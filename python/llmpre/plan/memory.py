@@ -176,15 +176,17 @@ def param_counts(s: PlanSettings) -> ParamCounts:
     return ParamCounts(layer=layer, embedding=embedding, head=head, layer_replicated=replicated)
 
 
+def rank_chunks(s: PlanSettings, rank: int) -> List[range]:
+    """The decoder layers of each chunk pipeline rank ``rank`` holds, in its order: chunk
+    ``c`` is virtual stage ``c * pp + rank`` of the trainer's split
+    (:func:`llmpre.parallel.dims.pipeline_split`: even, or floor/ceil shares, or ``pipeline_layers``)."""
+    ranges = s.chunk_layers()
+    return [ranges[c * s.pp + rank] for c in range(s.vpp)]
+
+
 def stage_layers(s: PlanSettings, rank: int) -> List[int]:
-    """Global indices of the decoder layers pipeline rank ``rank`` holds (chunk
-    ``c`` of rank ``p`` is virtual stage ``c * pp + p``)."""
-    per_chunk = s.model.num_hidden_layers // (s.pp * s.vpp)
-    out = []
-    for c in range(s.vpp):
-        first = (c * s.pp + rank) * per_chunk
-        out.extend(range(first, first + per_chunk))
-    return out
+    """Global indices of the decoder layers pipeline rank ``rank`` holds (:func:`rank_chunks`)."""
+    return [i for chunk in rank_chunks(s, rank) for i in chunk]
 
 
 def held_layers(s: PlanSettings, rank: int) -> List[int]:
@@ -415,6 +417,23 @@ def head_bytes(s: PlanSettings) -> float:
     return b
 
 
+def activations_in_flight(s: PlanSettings, rank: int, chunk_bytes: List[float]) -> float:
+    """The most activation bytes pipeline rank ``rank`` keeps at once, ``chunk_bytes[c]`` being
+    what one micro-batch's forward through its chunk ``c`` keeps: 1F1B holds
+    :func:`in_flight` micro-batches of its one chunk; the interleaved schedule is replayed
+    (:func:`llmpre.parallel.schedule.pipeline_schedule`, each forward adding its chunk's bytes,
+    each backward freeing them), so chunks of different sizes count as they are."""
+    if s.vpp == 1:
+        return chunk_bytes[0] * in_flight(s, rank)
+    from llmpre.parallel.schedule import pipeline_schedule
+
+    held = peak = 0.0
+    for op, _, chunk in pipeline_schedule("interleaved", s.pp, s.grad_accum, rank, s.vpp):
+        held += chunk_bytes[chunk] if op == "F" else -chunk_bytes[chunk]
+        peak = max(peak, held)
+    return peak
+
+
 def in_flight(s: PlanSettings, rank: int) -> float:
     """Micro-batches whose activations pipeline rank ``rank`` holds at its peak
     (fractional with virtual stages: chunk-forwards / chunks per rank)."""
@@ -487,7 +506,7 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
     m, dt = s.model, dtypes(s)
     counts = param_counts(s)
     total = m.num_parameters()
-    single = s.replace(tp=1, pp=1, vpp=1, ep=1, sequence_parallel=False, sources={})
+    single = s.replace(tp=1, pp=1, vpp=1, pipeline_layers=(), ep=1, sequence_parallel=False, sources={})
     n1 = stage_params(single, 0)
     if n1 != total:
         raise ConfigError(f"plan: the planner counts {n1:,} parameters for this model but its config says "
@@ -519,10 +538,13 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
         keep = set(s.no_recompute_layers)
         # MTP blocks are not recomputed; each also keeps its two norms' and eh_proj's inputs
         mtp_in = (2 * _norm_saved(s, dt, m.hidden_size) + dt.act * 2 * m.hidden_size) * s.micro_batch * s.local_seq
-        per_mb = sum(layer_bytes(s, recomputed=i not in keep and i < m.num_hidden_layers, layer=i)
-                     + (mtp_in if i >= m.num_hidden_layers else 0) for i in layers)
+        def kept(i):
+            return (layer_bytes(s, recomputed=i not in keep and i < m.num_hidden_layers, layer=i)
+                    + (mtp_in if i >= m.num_hidden_layers else 0))
+        chunks = [list(c) for c in rank_chunks(s, rank)]
+        chunks[-1] += layers[len(stage_layers(s, rank)):]       # MTP depths run with the last chunk
         mb = in_flight(s, rank)
-        acts = per_mb * mb
+        acts = activations_in_flight(s, rank, [sum(kept(i) for i in c) for c in chunks])
         if rank == 0:
             acts += INDEX_BYTES * s.micro_batch * s.local_seq * mb
         last = rank == s.pp - 1

@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 
 from llmpre.errors import ConfigError
 from llmpre.parallel.dims import GRANULARITIES  # the one list of recompute granularities
+from llmpre.parallel.dims import pipeline_split  # the one pipeline split (even or not)
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -33,6 +34,7 @@ class PlanSettings:
     tp: int = 1
     pp: int = 1
     vpp: int = 1
+    pipeline_layers: Tuple[int, ...] = ()  # layers of each pipeline chunk (forward order); (): the default split
     dp: int = 1
     sharding: int = 1
     ep: int = 1                        # expert parallelism: drawn from the dp x sharding ranks
@@ -54,8 +56,9 @@ class PlanSettings:
     sources: dict = field(default_factory=dict, compare=False, hash=False)  # setting -> where it came from
 
     def __post_init__(self):
-        if isinstance(self.no_recompute_layers, list):
-            object.__setattr__(self, "no_recompute_layers", tuple(self.no_recompute_layers))
+        for name in ("no_recompute_layers", "pipeline_layers"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         self._validate()
 
     # ------------------------------------------------------------ derived
@@ -67,6 +70,10 @@ class PlanSettings:
     def local_seq(self) -> int:
         """Tokens of each sequence one rank holds (seq_length / (sep x cp))."""
         return self.seq_length // (self.sep * self.cp)
+
+    def chunk_layers(self) -> tuple:
+        """The decoder layers of every pipeline chunk, forward order (llmpre.parallel.dims.pipeline_split)."""
+        return pipeline_split(self.model.num_hidden_layers, self.pp, self.vpp, self.pipeline_layers)
 
     @property
     def low_precision(self) -> bool:
@@ -133,8 +140,10 @@ class PlanSettings:
         self._validate_seq()
         if m.intermediate_size % self.tp:
             raise ConfigError(f"plan: tp={self.tp} must divide intermediate_size={m.intermediate_size}")
-        if layers % (self.pp * self.vpp):
-            raise ConfigError(f"plan: pp*vpp={self.pp * self.vpp} must divide num_hidden_layers={layers}")
+        try:
+            self.chunk_layers()
+        except ConfigError as e:
+            raise ConfigError(f"plan: {e}") from None
         bad = [i for i in self.no_recompute_layers if not 0 <= i < layers]
         if bad:
             raise ConfigError(f"plan: no_recompute_layers {bad} are outside 0..{layers - 1}")

@@ -30,7 +30,7 @@ import typing
 from dataclasses import dataclass, field, fields
 
 from llmpre.errors import ConfigError
-from llmpre.parallel.dims import GRANULARITIES
+from llmpre.parallel.dims import GRANULARITIES, parse_pipeline_layers
 from llmpre.train import paddlenlp_keys as pk
 
 __all__ = ["TrainingArguments", "QUICKSTART", "UNSUPPORTED", "ALIASES", "parse_arguments",
@@ -192,6 +192,12 @@ class TrainingArguments:
                                    "(expert_parallel_degree = dp degree when that is not given).")
     virtual_pp_degree: int = _f(1, "Virtual pipeline stages per rank: the interleaved 1F1B "
                                 "schedule (--vpp).")
+    pipeline_layers: typing.Optional[str] = _f(None, "Decoder layers of every pipeline chunk, in forward "
+                                               "order (pp x vpp numbers summing to num_hidden_layers, "
+                                               "like 3,4,4,3; rank p's c-th chunk is entry c*pp+p). "
+                                               "Unset: an even split, or when the layers do not divide, "
+                                               "one layer fewer on the last, then the first chunks "
+                                               "(docs/parallel.md).")
     sharding_parallel_degree: int = _f(-1, "Sharding group size (default: all ranks left after "
                                        "tp and pp when sharding is set).")
     sharding: str = _f("", "Sharding stage: stage1 (optimizer state), stage2 (+ gradients), stage3 "
@@ -357,7 +363,7 @@ def _apply(values: dict, raw: dict, where: str, notices: list | None = None) -> 
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             problems.append(f"unknown argument `{key}`{hint}")
             continue
-        if name == "no_recompute_layers" and isinstance(value, (list, tuple)):
+        if name in ("no_recompute_layers", "pipeline_layers") and isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
         if name in _LIST_KEYS and isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
@@ -438,6 +444,8 @@ def _validate(args: TrainingArguments, where: str, notices: list | None = None) 
             raise ConfigError(f"{where}: `no_recompute_layers` must list layer indices, like 0,1,2") from None
         args.no_recompute_layers = ",".join(x for x in str(args.no_recompute_layers).replace(" ", ",")
                                             .split(",") if x.strip())
+    if args.pipeline_layers:       # the counts are checked against the model with the layout (dims)
+        args.pipeline_layers = ",".join(str(n) for n in parse_pipeline_layers(args.pipeline_layers, where))
     if args.max_nonfinite_skips < 0:
         raise ConfigError(f"{where}: `max_nonfinite_skips` must be >= 0")
     if not 0 <= args.moe_bias_update_rate < float("inf"):

@@ -1,0 +1,54 @@
+"""Uneven pipeline splits (llmpre.parallel.dims.pipeline_split) train exactly like one
+process: layers that do not divide over pp (x vpp) and an explicit ``--pipeline_layers``
+give the single-process losses and parameters on gloo, and a checkpoint written by an
+uneven pipeline resumes in one process."""
+
+from __future__ import annotations
+
+import pytest
+
+from layout_runner import assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train, weights
+
+CASES = {   # name: (layers, flags); 2 processes, one data rank
+    "3 layers on pp2 (2 + 1)": (3, ["--pp", "2"]),
+    "5 layers on pp2 x vpp2 (chunks 1,1,2,1)": (5, ["--pp", "2", "--vpp", "2"]),
+    "4 layers on pp2, --pipeline_layers 1,3": (4, ["--pp", "2", "--pipeline_layers", "1,3"]),
+}
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """One-process losses and weights of each depth, trained on first use."""
+    cache = {}
+
+    def get(layers):
+        if layers not in cache:
+            out = tmp_path_factory.mktemp(f"single{layers}")
+            train(out, 1, "--num_hidden_layers", str(layers), steps=STEPS)
+            cache[layers] = losses(out), weights(out)
+        return cache[layers]
+    return get
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_uneven_pipeline_matches_one_process(tmp_path, references, name):
+    layers, flags = CASES[name]
+    ref_losses, ref_weights = references(layers)
+    save = ["--save_steps", "3"] if layers == 3 else []
+    run = tmp_path / "run"
+    train(run, 2, "--num_hidden_layers", str(layers), *flags, *save, steps=STEPS)
+    got = losses(run)
+    assert_same_losses(got, ref_losses)
+    assert_same_weights(weights(run), ref_weights)
+    record(f"pp uneven: {name}", run, 2, loss_deviation=max_loss_deviation(got, ref_losses))
+    if layers == 3:
+        # the uneven pp2 checkpoint of step 3 resumes in one process: steps 4..6 and the final
+        # weights are the single-process run's
+        resumed = tmp_path / "resumed"
+        train(resumed, 1, "--num_hidden_layers", "3", "--resume_from_checkpoint", str(run / "checkpoint-3"),
+              steps=STEPS)
+        after = losses(resumed)
+        assert sorted(after) == [4, 5, 6]
+        assert_same_losses(after, {s: ref_losses[s] for s in after})
+        assert_same_weights(weights(resumed), ref_weights)
