@@ -89,3 +89,16 @@ def test_materialized_ranks_of_an_uneven_layout_equal_the_plan(kw):
             assert getattr(m, key) == m.planned[key], (kw, rank, key)
         # the optimizer's flat layout pads buckets to a multiple of the sharding degree
         assert m.optimizer - m.optimizer_padding == pytest.approx(m.planned["optimizer"], abs=12 * s.sharding)
+
+
+def test_deepseek_v3_on_pp16_is_planned_with_its_uneven_split():
+    flags = {"model": "deepseek-v3", "seq-length": "4096", "micro-batch": "1", "pp": "16", "ep": "64",
+             "sharding": "64", "stage": "1", "bf16": "true", "fp16-opt-level": "O2", "recompute": "true"}
+    s, _ = parse_plan_arguments(None, flags)
+    plan = plan_memory(s)
+    mtp = s.model.num_nextn_predict_layers          # MTP depths are held by the last stage (the preset: 0)
+    assert [st.layers for st in plan.stages] == [3, 3] + [4] * 13 + [3 + mtp]
+    from llmpre.plan.report import render, to_dict
+
+    assert "layers per chunk 3, 3, 4 x13, 3 (uneven" in render(plan)
+    assert to_dict(plan)["pipeline_layers"] == [3, 3] + [4] * 13 + [3]

@@ -32,6 +32,21 @@ def _layout(p: MemoryPlan) -> str:
     return f"{s.world_size} GPUs = " + " x ".join(parts) + ep
 
 
+def _split(p: MemoryPlan) -> str:
+    """Layers of each pipeline chunk in forward order, runs shortened: ``3, 3, 4 x13, 3``."""
+    counts = [len(r) for r in p.settings.chunk_layers()]
+    runs: List[list] = []
+    for n in counts:
+        if runs and runs[-1][0] == n:
+            runs[-1][1] += 1
+        else:
+            runs.append([n, 1])
+    text = ", ".join(f"{n} x{k}" if k > 2 else ", ".join([str(n)] * k) for n, k in runs)
+    how = "given (--pipeline-layers)" if p.settings.pipeline_layers else (
+        "even" if len(set(counts)) == 1 else "uneven: the short shares on the last, then the first chunks")
+    return f"{text} ({how})"
+
+
 def _kernels(p: MemoryPlan) -> str:
     s = p.settings
     ks = [name for name, on in (("flash attention", s.flash_attention), ("fused rms_norm", s.fused_rms_norm),
@@ -58,6 +73,7 @@ def render(p: MemoryPlan, gpu_gib: Optional[float] = None, suggestions: Optional
         + (f" ({_count(p.activated_params)} activated per token)" if p.activated_params != p.total_params else "")
         + f", {s.model.num_hidden_layers} layers, hidden {s.model.hidden_size}, vocab {s.model.vocab_size}",
         f"layout     {_layout(p)}",
+        *([f"pipeline   layers per chunk {_split(p)}"] if s.pp > 1 else []),
         f"batch      micro-batch {s.micro_batch} x seq {s.seq_length}, gradient accumulation {s.grad_accum}",
         f"precision  {s.describe_precision()}",
         f"kernels    {_kernels(p)}; {_recompute(p)}",
@@ -126,6 +142,8 @@ def to_dict(p: MemoryPlan, gpu_gib: Optional[float] = None,
                   "device_total": p.device_total},
         "peak_phase": st.peak_phase,
         "phases": {f"stage{x.rank}": x.phases for x in p.stages},
+        "pipeline_layers": [len(r) for r in p.settings.chunk_layers()],
+        "layers_per_stage": [x.layers for x in p.stages],
     }
     if gpu_gib is not None:
         out["gpu_memory_gib"] = gpu_gib
