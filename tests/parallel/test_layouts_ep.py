@@ -1,8 +1,9 @@
 """Expert parallelism (expert_parallel_degree) trains exactly like one process: five
 dropless steps on gloo give the single-process losses (relative 1e-5) and parameters
 (layout_runner.assert_same_weights) for tiny Mixtral, Qwen2-MoE (shared expert, a dense
-first layer) and DeepSeek-V3 (MLA, sigmoid routing with groups; the fixtures' configs
-with their auxiliary losses off, which are not additive over data ranks in any layout),
+first layer) and DeepSeek-V3 (MLA, sigmoid routing with groups, one multi-token-prediction
+depth; the fixtures' configs with their auxiliary losses off, which are not additive over
+data ranks in any layout),
 each expert held by one rank of its ep group, alone and with sharding (stages 2 and 3),
 tensor (+ sequence) and pipeline parallelism (these where the model family declares them). Checkpoints move between ep layouts.
 Bad layouts fail before any worker starts."""
@@ -40,6 +41,7 @@ LAYOUTS = [
     # the local experts split over tp (parallel.expert_tp); rows exchanged per tp index
     ("mixtral-ep2xtp2", "mixtral", 4, 2, ["--ep", "2", "--tp", "2"]),
     ("qwen2moe-ep2xtp2sp", "qwen2_moe", 4, 2, ["--ep", "2", "--tp", "2", "--sp", "true"]),
+    ("deepseekv3-ep2xtp2", "deepseek_v3", 4, 2, ["--ep", "2", "--tp", "2"]),   # MLA, the MTP depth's experts too
     ("mixtral-ep2xpp2", "mixtral", 4, 2, ["--ep", "2", "--pp", "2"]),
 ]
 def _model_dir(root: Path, name: str) -> str:
@@ -66,6 +68,8 @@ def references(tmp_path_factory):
             out = tmp_path_factory.mktemp(f"single-{model}")
             _train(out, 1, model, [], root, 1)
             done[model] = (losses(out), weights(out))
+            if model == "deepseek_v3":    # the fixture's MTP depth (layer 2, DeepSeek's name) is trained
+                assert "model.layers.2.eh_proj.weight" in done[model][1], "the MTP depth was not trained and saved"
         return done[model]
     get.root = root
     return get

@@ -2,14 +2,13 @@
 latent-attention families: tiny Mixtral (softmax router, switch auxiliary loss),
 Qwen2-MoE (shared expert with its sigmoid gate) and DeepSeek-V3-like (MLA with a
 query bottleneck, sigmoid router with grouped bias-corrected choice (noaux_tc),
-sequence-wise auxiliary loss, a dense first layer) give the single-process losses
+sequence-wise auxiliary loss, a dense first layer, one multi-token-prediction depth on
+every layout) give the single-process losses
 (relative 1e-5 over five steps, auxiliary loss included) and parameters
 (layout_runner.assert_same_weights) on gloo. Auxiliary-loss coefficients are raised
 above the families' defaults so a wrong router gradient would show."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 
@@ -37,7 +36,7 @@ FAMILIES = {
         "kv_lora_rank": 24, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 12,
         "moe_intermediate_size": 32, "n_routed_experts": 4, "n_shared_experts": 1, "num_experts_per_tok": 2,
         "n_group": 2, "topk_group": 1, "norm_topk_prob": True, "routed_scaling_factor": 2.5,
-        "aux_loss_alpha": 0.1, "seq_aux": True, "num_nextn_predict_layers": 0, "rope_interleave": True,
+        "aux_loss_alpha": 0.1, "seq_aux": True, "num_nextn_predict_layers": 1, "rope_interleave": True,
         "rms_norm_eps": 1e-6, "rope_theta": 10000.0},
 }
 # The auxiliary losses are not additive over data ranks (each rank balances its own tokens, as in
@@ -55,11 +54,18 @@ LAYOUTS = {   # name: (processes, data-parallel ranks, flags, reference)
     "recompute-full_attn": (1, 1, ["--recompute", "true", "--recompute_granularity", "full_attn"], "one process"),
     "recompute-core_attn": (1, 1, ["--recompute", "true", "--recompute_granularity", "core_attn"], "one process"),
 }
-# Every family on every layout but these (kept to about six minutes on two busy cores): tp2 without
-# the sequence split runs on DeepSeek-V3 (MLA and experts), the others run tp2+sp; stage 3 is the
-# same code for every family, and DeepSeek-V3's case is the hardest (MLA, a dense first layer, an
-# untrained routing bias). Measured by hand besides: tp2 x pp2 on Qwen2-MoE, sharding stage 2
-# against dp2 on Mixtral, tp2+sp with full recompute on DeepSeek-V3 (all 0.0 deviation).
+# Every family on every layout but these (kept to about six minutes on two busy cores). Plain tp2
+# differs from tp2+sp only where a tensor-parallel region is entered and left (parallel.
+# tensor_parallel, expert_tp: copy_to / reduce_from instead of all-gather / reduce-scatter along the
+# sequence; no gradient sums for replicated norms); what lies between (the experts' split, the router
+# on the whole sequence with its auxiliary loss, the shared expert and Qwen2-MoE's shared gate, the
+# qkv bias) is the same code in both. Mixtral's and Qwen2-MoE's tp2 entries and exits are run here
+# by DeepSeek-V3 tp2 (the experts' region: expert_tp's non-sp branch, a shared expert, an auxiliary
+# loss) and by test_layouts.py tp2 on llama-tiny (the same Attention class with 4 query / 2 KV
+# heads, vocab-split embedding and head). Stage 3 is the same code for every family, and
+# DeepSeek-V3's case is the hardest (MLA, a dense first layer, an untrained routing bias, MTP).
+# Measured by hand besides: tp2 x pp2 on Qwen2-MoE, sharding stage 2 against dp2 on Mixtral,
+# tp2+sp with full recompute on DeepSeek-V3 (all 0.0 deviation).
 SKIPPED = {("mixtral", "tp2"), ("qwen2_moe", "tp2"), ("mixtral", "sharding2-stage3"), ("qwen2_moe", "sharding2-stage3"),
            *((f, layout) for f in ("mixtral", "qwen2_moe")
              for layout in ("pp2-interleaved", "tp2xpp2", "recompute-full_attn", "recompute-core_attn"))}
@@ -83,6 +89,10 @@ def references(tmp_path_factory, model_dirs):
             train(out, nproc, "--model", model_dirs[family], *flags, data_ranks=data_ranks)
             record(f"{family} {reference}", out, nproc)
             cache[family, reference] = losses(out), weights(out)
+            config = FAMILIES[family]
+            if config.get("num_nextn_predict_layers"):    # DeepSeek's name of the first MTP depth
+                depth = f"model.layers.{config['num_hidden_layers']}.eh_proj.weight"
+                assert depth in cache[family, reference][1], "the MTP depth was not trained and saved"
         return cache[family, reference]
     return get
 
@@ -117,8 +127,8 @@ def test_expert_widths_that_do_not_split_over_tp_are_refused_before_training():
 
 
 def test_a_tp2_sp_checkpoint_resumes_on_pp2_as_one_process(tmp_path, model_dirs):
-    """DeepSeek-V3-like (MLA, experts, routing bias): three steps on tp2+sp save a checkpoint
-    (experts and heads gathered from their slices), three more on pp2 read it back; the six
+    """DeepSeek-V3-like (MLA, experts, routing bias, an MTP depth): three steps on tp2+sp save a
+    checkpoint (experts and heads gathered from their slices), three more on pp2 read it back; the six
     steps equal six steps in one process."""
     import shutil
 
@@ -131,23 +141,3 @@ def test_a_tp2_sp_checkpoint_resumes_on_pp2_as_one_process(tmp_path, model_dirs)
     train(run, 2, *model, "--pp", "2", "--save_steps", "3", steps=6)
     assert_same_losses(losses(run), losses(single))
     assert_same_weights(weights(run), weights(single))
-
-
-def test_deepseek_v3_with_mtp_on_tp2_and_pp2_as_one_process(tmp_path):
-    """DeepSeek-V3's multi-token prediction (one depth) equals one process on tp2 (its decoder
-    block split like the layers, its loss on the vocabulary-split logits of the shared head)
-    and on pp2 (the depth and a second copy of the embedding on the last stage, their
-    gradients summed with the first stage's, as for a tied embedding)."""
-    config = {**FAMILIES["deepseek_v3"], "num_nextn_predict_layers": 1}
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text(json.dumps(config, indent=1))
-    model = ["--model", str(tmp_path / "model")]
-    train(tmp_path / "single", 1, *model)
-    want, w = losses(tmp_path / "single"), weights(tmp_path / "single")
-    assert any(".layers.4." in k for k in w), "the MTP depth was not trained and saved"
-    for layout, flags in (("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2"])):
-        train(tmp_path / layout, 2, *model, *flags)
-        got = losses(tmp_path / layout)
-        assert_same_losses(got, want)
-        assert_same_weights(weights(tmp_path / layout), w)
-        record(f"deepseek_v3 + MTP {layout}", tmp_path / layout, 2, loss_deviation=max_loss_deviation(got, want))

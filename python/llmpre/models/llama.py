@@ -95,11 +95,7 @@ class LlamaForCausalLM(nn.Layer):
     def parallel_support(self) -> ParallelSupport:
         c = self.config
         plan = (MLA_PLAN if c.mla else ATTENTION_PLAN) + MLP_PLAN + MOE_PLAN
-        if c.num_nextn_predict_layers:   # MTP blocks split like the layers, on the last pipeline stage
-            return ParallelSupport(tensor_parallel=plan, sequence_parallel=False, why_not={
-                "sequence_parallel": "multi-token prediction shifts the whole sequence's last hidden states, "
-                                     "which are not gathered from sequence-parallel ranks yet"})
-        if c.moe is not None or c.mla:
+        if c.moe is not None or c.mla:   # (MTP blocks: split like the layers, on the last pipeline stage)
             return ParallelSupport(tensor_parallel=plan)
         if c.localized_filtering:
             return ParallelSupport(sequence_parallel=False, why_not={

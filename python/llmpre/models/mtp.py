@@ -51,19 +51,28 @@ class MTPModule(nn.Layer):
 
 def mtp_loss(model, hidden, input_ids, labels):
     """``L_MTP`` (module doc) of a :class:`~llmpre.models.llama.LlamaForCausalLM` with MTP
-    modules: hidden ``[b, n, h]`` before the final norm, input_ids and labels ``[b, n]``."""
+    modules: hidden ``[b, n, h]`` before the final norm, input_ids and labels ``[b, n]``.
+
+    The tokens are embedded once (all ``n``; depth ``k`` reads positions ``k ..``). Under
+    sequence parallelism ``hidden`` and the embedding hold this rank's part of the sequence,
+    which the shift by ``k`` cannot use: ``model.mtp_whole_sequence`` (set by
+    :mod:`llmpre.parallel.parallelize`, absent otherwise) puts them together and gives the
+    head for whole-sequence input, and the depths run on every position."""
     b, n = input_ids.shape
     depths = len(model.mtp)
+    whole = getattr(model, "mtp_whole_sequence", None)
+    emb = model.embed(input_ids, model.context(b, n))                              # [b, n, h] of every t_i
+    head = model.lm_head
+    if whole is not None:
+        hidden, emb, head = whole.gather(hidden), whole.gather(emb), whole.head   # [b, n, h]
     total = 0.0
     h = hidden
     for k, module in enumerate(model.mtp, start=1):
         m = n - k
         if m <= 0:
             break
-        position_ids = None
-        ctx = model.context(b, m, position_ids)
-        emb = model.embed(input_ids[:, k:], ctx)                                    # [b, m, h] of t_{i+k}
-        h = module(h[:, :m], emb, ctx)                                             # [b, m, h]
-        logits = model.lm_head(module.norm(h))                                     # [b, m, vocab]
+        ctx = model.context(b, m)
+        h = module(h[:, :m], emb[:, k:], ctx)                                      # [b, m, h]; emb of t_{i+k}
+        logits = head(module.norm(h))                                              # [b, m, vocab]
         total = total + model.ops.cross_entropy(logits, labels[:, k:], ignore_index=-100)
     return model.config.num_nextn_predict_lambda / depths * total

@@ -91,6 +91,7 @@ def _tensor_parallel(model, env, support):
         if not hasattr(layer, "self_attn"):     # another pipeline stage's layer
             continue
         attn = layer.self_attn
+        seq = sp and not any(layer is blk for blk in mtp_blocks)   # MTP depths: whole sequence (WholeSequence)
         heads = attn.num_heads
         kv, d = getattr(attn, "num_kv_heads", heads), getattr(attn, "head_dim", None)   # MLA: neither
         local = list(range(r * heads // tp, (r + 1) * heads // tp))
@@ -107,29 +108,29 @@ def _tensor_parallel(model, env, support):
                 continue
             if style == "experts":      # a MoE block (dense layers of a MoE model have none)
                 if hasattr(linear, "experts"):
-                    expert_tp.expert_tensor_parallel(linear, group, sp)
+                    expert_tp.expert_tensor_parallel(linear, group, seq)
                 continue
             if style == "latent_norm":  # inside the region, replicated: partial gradients
                 for p in linear.parameters():
                     setattr(p, tpl.TP_GRAD_SUM, True)
                 continue
             if style == "heads":
-                new = tpl.ColumnParallelLinear(linear, head_cols(linear.weight.shape[1] // heads), group, sp)
+                new = tpl.ColumnParallelLinear(linear, head_cols(linear.weight.shape[1] // heads), group, seq)
             elif style == "heads_local":
-                new = tpl.ColumnParallelLinear(linear, head_cols(linear.weight.shape[1] // heads), group, sp,
+                new = tpl.ColumnParallelLinear(linear, head_cols(linear.weight.shape[1] // heads), group, seq,
                                                enter_region=False)
             elif style == "latent":
-                new = tpl.ReplicatedLinear(linear, group, sp)
+                new = tpl.ReplicatedLinear(linear, group, seq)
             elif style == "heads_row":
-                new = tpl.RowParallelLinear(linear, head_cols(linear.weight.shape[0] // heads), group, sp)
+                new = tpl.RowParallelLinear(linear, head_cols(linear.weight.shape[0] // heads), group, seq)
             elif style == "kv_heads":
-                new = (tpl.ColumnParallelLinear(linear, kv_cols, group, sp) if kv_split else
-                       tpl.ReplicatedKVProjection(linear, kv_local, d, group, sp))
+                new = (tpl.ColumnParallelLinear(linear, kv_cols, group, seq) if kv_split else
+                       tpl.ReplicatedKVProjection(linear, kv_local, d, group, seq))
             else:
                 inter = linear.weight.shape[1 if style == "column" else 0]
                 mcols = list(range(r * inter // tp, (r + 1) * inter // tp))
                 new = (tpl.ColumnParallelLinear if style == "column" else tpl.RowParallelLinear)(
-                    linear, mcols, group, sp)
+                    linear, mcols, group, seq)
             _put(layer, path, new)
         attn.num_heads = heads // tp
         if hasattr(attn, "num_kv_heads"):
@@ -149,6 +150,8 @@ def _tensor_parallel(model, env, support):
     if mtp_blocks:   # the MTP loss reads the vocabulary-split logits of the shared head
         model.ops = dataclasses.replace(model.ops, cross_entropy=lambda logits, labels, ignore_index=-100:
                                         tpl.vocab_parallel_cross_entropy(logits, labels, group, ignore_index))
+        if sp:       # they shift the sequence: its parts are joined for them
+            model.mtp_whole_sequence = tpl.WholeSequence(group, model.lm_head)
     if sp:
         _split_sequence(model, group, support.whole_sequence)
 
@@ -162,6 +165,8 @@ def _split_sequence(model, group, whole_sequence: tuple) -> None:
     summed over the group. Layers learn which chunk they hold from ``ctx["sequence_chunk"]``."""
     whole = {id(p) for name in whole_sequence if isinstance(getattr(model, name, None), nn.Layer)
              for p in getattr(model, name).parameters()}
+    if isinstance(getattr(model, "mtp", None), nn.LayerList):   # they run on the whole sequence
+        whole.update(id(p) for p in model.mtp.parameters())
     for p in model.parameters():   # (set False: replicated work on the whole sequence, e.g. a MoE router)
         if not hasattr(p, tpl.TP_SPLIT) and not hasattr(p, tpl.TP_GRAD_SUM) and id(p) not in whole:
             setattr(p, tpl.TP_GRAD_SUM, True)

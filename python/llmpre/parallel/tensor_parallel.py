@@ -191,12 +191,32 @@ class ParallelLMHead(nn.Layer):
             self.weight = _param(_slice(linear.weight, 1, range(group.index * per, (group.index + 1) * per)),
                                  split=(1, vocab))
 
-    def forward(self, x):
-        x = comm.all_gather_seq(x, self.group) if self.sp else comm.copy_to(x, self.group)
+    def forward(self, x, whole_sequence: bool = False):
+        """``whole_sequence``: ``x`` holds every position although sequence parallelism is on
+        (:class:`WholeSequence`): copied to the group, not gathered."""
+        x = comm.all_gather_seq(x, self.group) if self.sp and not whole_sequence else comm.copy_to(x, self.group)
         if self.tied_to is not None:
             return paddle.matmul(x, self.tied_to[0].weight, transpose_y=True)
         w = F.normalize(self.weight, axis=0) if self.normalize else self.weight
         return paddle.matmul(x, w)
+
+
+class WholeSequence:
+    """Under sequence parallelism, for what needs every position at once (DeepSeek-V3's MTP
+    depths shift the sequence by ``k``; :func:`llmpre.models.mtp.mtp_loss`): ``gather`` joins
+    the ranks' parts (backward keeps this rank's part of the gradient, which is whole and the
+    same on every rank outside the tensor-parallel regions), ``head`` is the vocabulary-split
+    LM head on whole-sequence input. The layers run on the whole sequence are built without
+    the sequence split (plain tensor parallelism)."""
+
+    def __init__(self, group: Group, head: ParallelLMHead):
+        self.group, self.lm_head = group, head
+
+    def gather(self, x):
+        return comm.gather_seq(x, self.group)      # [b, s / tp, ...] -> [b, s, ...]
+
+    def head(self, x):
+        return self.lm_head(x, whole_sequence=True)
 
 
 class _VocabParallelCE(PyLayer):
