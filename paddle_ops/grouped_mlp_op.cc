@@ -2,9 +2,12 @@
 // (kernel: cpp/kernels/grouped_mlp). No host synchronisation: the offsets are
 // read by the kernel itself. The experts' weights come as lists of their own
 // parameters (no stacked copy); their gradients go to one tensor per expert.
-//   inputs  X [rows, hidden] fp32, Offsets [experts + 1] int64 (CPU),
-//           WGate, WUp: experts x [hidden, inter]; WDown: experts x [inter, hidden] (X's dtype)
+//   inputs  X [tokens, hidden] fp32, Offsets [experts + 1] int64 (CPU),
+//           WGate, WUp: experts x [hidden, inter]; WDown: experts x [inter, hidden] (X's dtype),
+//           Index (optional) [rows] int64|int32: row r is X[Index[r]] (gathered inside the
+//           kernel; without it the rows are X's own, rows = tokens)
 //   outputs Out [rows, hidden]; Gate, Up [rows, inter] (pre-activations, kept for the backward)
+//   grads   X [tokens, hidden]: each token's rows summed token-major (no atomics)
 #include "grouped_mlp/grouped_mlp.h"
 #include "op_common.h"
 
@@ -25,12 +28,19 @@ void check_weights(const std::vector<paddle::Tensor>& ws, const char* name, cons
 
 k::GroupedMlpParams params(const paddle::Tensor& x, const paddle::Tensor& offsets,
                            const std::vector<paddle::Tensor>& wg, const std::vector<paddle::Tensor>& wu,
-                           const std::vector<paddle::Tensor>& wd) {
-  PD_CHECK(x.shape().size() == 2, kOp, ": `x` must be [rows, hidden], got ", shape_str(x.shape()));
+                           const std::vector<paddle::Tensor>& wd, const paddle::optional<paddle::Tensor>& index) {
+  PD_CHECK(x.shape().size() == 2, kOp, ": `x` must be [tokens, hidden], got ", shape_str(x.shape()));
   PD_CHECK(!wg.empty() && wg[0].shape().size() == 2, kOp,
            ": `w_gate` must be a non-empty list of [hidden, inter] expert weights");
   k::GroupedMlpParams p;
-  p.rows = x.shape()[0];
+  p.tokens = x.shape()[0];
+  p.rows = p.tokens;
+  if (index) {
+    PD_CHECK(index->shape().size() == 1, kOp, ": `index` must be [rows] (the row of x each row reads), got ",
+             shape_str(index->shape()));
+    check_cpu(*index, kOp, "index");
+    p.rows = index->shape()[0];
+  }
   p.hidden = x.shape()[1];
   p.experts = static_cast<int64_t>(wg.size());
   p.inter = wg[0].shape()[1];
@@ -78,19 +88,27 @@ std::vector<paddle::Tensor> new_like(const std::vector<paddle::Tensor>& ts) {
 }
 }  // namespace
 
+const int64_t* index_data(const paddle::optional<paddle::Tensor>& index, paddle::Tensor& holder) {
+  if (!index) return nullptr;
+  holder = as_int64(*index, kOp, "index");
+  return holder.data<int64_t>();
+}
+
 std::vector<paddle::Tensor> GroupedMlpForward(const paddle::Tensor& x_in, const paddle::Tensor& offsets_in,
                                               const std::vector<paddle::Tensor>& wg_in,
                                               const std::vector<paddle::Tensor>& wu_in,
-                                              const std::vector<paddle::Tensor>& wd_in) {
-  const k::GroupedMlpParams p = params(x_in, offsets_in, wg_in, wu_in, wd_in);
-  paddle::Tensor x = contiguous(x_in), offsets = contiguous(offsets_in);
+                                              const std::vector<paddle::Tensor>& wd_in,
+                                              const paddle::optional<paddle::Tensor>& index_in) {
+  const k::GroupedMlpParams p = params(x_in, offsets_in, wg_in, wu_in, wd_in, index_in);
+  paddle::Tensor x = contiguous(x_in), offsets = contiguous(offsets_in), index;
+  const int64_t* idx = index_data(index_in, index);
   const auto wg = contiguous_all(wg_in), wu = contiguous_all(wu_in), wd = contiguous_all(wd_in);
   paddle::Tensor out = new_output({p.rows, p.hidden}, x.dtype(), x.place());
   paddle::Tensor gate = new_output({p.rows, p.inter}, x.dtype(), x.place());
   paddle::Tensor up = new_output({p.rows, p.inter}, x.dtype(), x.place());
   const auto pg = pointers(wg), pu = pointers(wu), pd = pointers(wd);
   run_kernel(kOp, [&] {
-    k::grouped_mlp_forward(p, x.data(), offsets.data<int64_t>(), pg.data(), pu.data(), pd.data(), out.data(),
+    k::grouped_mlp_forward(p, x.data(), idx, offsets.data<int64_t>(), pg.data(), pu.data(), pd.data(), out.data(),
                            gate.data(), up.data());
   });
   return {out, gate, up};
@@ -100,10 +118,12 @@ std::vector<paddle::Tensor> GroupedMlpBackward(const paddle::Tensor& x_in, const
                                                const std::vector<paddle::Tensor>& wg_in,
                                                const std::vector<paddle::Tensor>& wu_in,
                                                const std::vector<paddle::Tensor>& wd_in,
+                                               const paddle::optional<paddle::Tensor>& index_in,
                                                const paddle::Tensor& gate_in, const paddle::Tensor& up_in,
                                                const paddle::Tensor& dout_in) {
-  const k::GroupedMlpParams p = params(x_in, offsets_in, wg_in, wu_in, wd_in);
-  paddle::Tensor x = contiguous(x_in), offsets = contiguous(offsets_in);
+  const k::GroupedMlpParams p = params(x_in, offsets_in, wg_in, wu_in, wd_in, index_in);
+  paddle::Tensor x = contiguous(x_in), offsets = contiguous(offsets_in), index;
+  const int64_t* idx = index_data(index_in, index);
   const auto wg = contiguous_all(wg_in), wu = contiguous_all(wu_in), wd = contiguous_all(wd_in);
   std::vector<paddle::Tensor> grads;   // dx, then dwg..., dwu..., dwd... (one per expert each)
   if (!has_grad(dout_in)) {
@@ -112,7 +132,9 @@ std::vector<paddle::Tensor> GroupedMlpBackward(const paddle::Tensor& x_in, const
       for (const auto& w : *ws) grads.push_back(paddle::zeros(w.shape(), w.dtype(), w.place()));
     return grads;
   }
-  check_same_shape(x, "x", dout_in, "grad of out", kOp);
+  const std::vector<int64_t> out_shape = {p.rows, p.hidden};
+  PD_CHECK(dout_in.shape() == out_shape, kOp, ": `grad of out` must be ", shape_str(out_shape), ", got ",
+           shape_str(dout_in.shape()));
   check_same_dtype(x, "x", dout_in, "grad of out", kOp);
   paddle::Tensor gate = contiguous(gate_in), up = contiguous(up_in), dout = contiguous(dout_in);
   paddle::Tensor dx = new_output(x.shape(), x.dtype(), x.place());
@@ -120,7 +142,7 @@ std::vector<paddle::Tensor> GroupedMlpBackward(const paddle::Tensor& x_in, const
   const auto pg = pointers(wg), pu = pointers(wu), pd = pointers(wd);
   const auto qg = mutable_pointers(dwg), qu = mutable_pointers(dwu), qd = mutable_pointers(dwd);
   run_kernel(kOp, [&] {
-    k::grouped_mlp_backward(p, x.data(), offsets.data<int64_t>(), pg.data(), pu.data(), pd.data(), gate.data(),
+    k::grouped_mlp_backward(p, x.data(), idx, offsets.data<int64_t>(), pg.data(), pu.data(), pd.data(), gate.data(),
                             up.data(), dout.data(), dx.data(), qg.data(), qu.data(), qd.data());
   });
   grads.push_back(dx);
@@ -132,27 +154,31 @@ std::vector<std::vector<int64_t>> GroupedMlpInferShape(const std::vector<int64_t
                                                        const std::vector<int64_t>& offsets,
                                                        const std::vector<std::vector<int64_t>>& wg,
                                                        const std::vector<std::vector<int64_t>>& wu,
-                                                       const std::vector<std::vector<int64_t>>& wd) {
-  return {x, {x[0], wg[0][1]}, {x[0], wg[0][1]}};
+                                                       const std::vector<std::vector<int64_t>>& wd,
+                                                       const paddle::optional<std::vector<int64_t>>& index) {
+  const int64_t rows = index ? (*index)[0] : x[0];
+  return {{rows, x[1]}, {rows, wg[0][1]}, {rows, wg[0][1]}};
 }
 
 std::vector<paddle::DataType> GroupedMlpInferDtype(const paddle::DataType& x, const paddle::DataType& offsets,
                                                    const std::vector<paddle::DataType>& wg,
                                                    const std::vector<paddle::DataType>& wu,
-                                                   const std::vector<paddle::DataType>& wd) {
+                                                   const std::vector<paddle::DataType>& wd,
+                                                   const paddle::optional<paddle::DataType>& index) {
   return {x, x, x};
 }
 
 PD_BUILD_OP(llmpre_grouped_mlp)
-    .Inputs({"X", "Offsets", paddle::Vec("WGate"), paddle::Vec("WUp"), paddle::Vec("WDown")})
+    .Inputs({"X", "Offsets", paddle::Vec("WGate"), paddle::Vec("WUp"), paddle::Vec("WDown"),
+             paddle::Optional("Index")})
     .Outputs({"Out", "Gate", "Up"})
     .SetKernelFn(PD_KERNEL(GroupedMlpForward))
     .SetInferShapeFn(PD_INFER_SHAPE(GroupedMlpInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(GroupedMlpInferDtype));
 
 PD_BUILD_GRAD_OP(llmpre_grouped_mlp)
-    .Inputs({"X", "Offsets", paddle::Vec("WGate"), paddle::Vec("WUp"), paddle::Vec("WDown"), "Gate", "Up",
-             paddle::Grad("Out")})
+    .Inputs({"X", "Offsets", paddle::Vec("WGate"), paddle::Vec("WUp"), paddle::Vec("WDown"),
+             paddle::Optional("Index"), "Gate", "Up", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X"), paddle::Grad(paddle::Vec("WGate")), paddle::Grad(paddle::Vec("WUp")),
               paddle::Grad(paddle::Vec("WDown"))})
     .SetKernelFn(PD_KERNEL(GroupedMlpBackward));

@@ -18,8 +18,9 @@ from llmpre.models.moe import MoE
 from llmpre.ops import reference as R
 from tests.ops import fused_checks as C
 
-BUILT = ops.available("llmpre_grouped_mlp")
-needs_kernel = pytest.mark.skipif(not BUILT, reason=f"llmpre_grouped_mlp not built: {ops.status()['unavailable']}")
+BUILT = ops.available("llmpre_grouped_mlp") and ops.available("llmpre_moe_combine")
+needs_kernel = pytest.mark.skipif(not BUILT, reason=f"llmpre_grouped_mlp or llmpre_moe_combine not built: "
+                                                    f"{ops.status()['unavailable']}")
 
 
 def _config(experts=8, k=2, inter=24, capacity=0.0, **moe):
@@ -31,7 +32,7 @@ def _config(experts=8, k=2, inter=24, capacity=0.0, **moe):
 
 def _block(config, fused):
     paddle.seed(3)
-    block = MoE(config, ops.select_ops(use_fused_grouped_mlp=fused))
+    block = MoE(config, ops.select_ops(use_fused_grouped_mlp=fused, use_fused_moe_combine=fused))
     for p in block.parameters():   # weights large enough that the experts' outputs are O(1)
         if p.ndim == 2 and not p.stop_gradient:
             p.set_value(p * 8.0)

@@ -35,23 +35,42 @@ LLMPRE_END_AVX2
 
 namespace {
 
-// C[m x n] = (accumulate ? C : 0) + A[m x k] B[k x n]; A(r, c) = a[r * rsa + c * csa] and
-// B(r, c) = b[r * rsb + c * csb] (either may be a transposed view), C row r at c + r * ldc.
-using GemmFn = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
-                        const float* b, int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate);
+// A[m x k] of a GEMM: A(r, c) = a[R(r) * rs + C(c) * cs], R(r) = rows ? rows[r] : r and
+// C(c) = cols ? cols[c] : c. A transposed operand is a strided view; an index gathers rows of
+// a matrix (forward: the rows of x, index on R; weight gradients: x^T, index on C) while the
+// GEMM packs its A operand, so no gathered copy is made.
+struct AView {
+  const float* a;
+  int64_t rs, cs;
+  const int64_t* rows = nullptr;
+  const int64_t* cols = nullptr;
+
+  const float* row(int64_t r) const { return a + (rows ? rows[r] : r) * rs; }
+  int64_t col(int64_t c) const { return (cols ? cols[c] : c) * cs; }
+  AView from_col(int64_t c0) const {   // the view of columns c0.. of this one
+    AView v = *this;
+    if (cols) v.cols += c0; else v.a += c0 * cs;
+    return v;
+  }
+};
+
+// C[m x n] = (accumulate ? C : 0) + A[m x k] B[k x n]; B(r, c) = b[r * rsb + c * csb] (may be a
+// transposed view), C row r at c + r * ldc.
+using GemmFn = void (*)(int64_t m, int64_t n, int64_t k, const AView& a, const float* b, int64_t rsb,
+                        int64_t csb, float* c, int64_t ldc, bool accumulate);
 
 constexpr int64_t kKc = 256;  // k-block: a 16-column B panel of kKc rows is 16 KiB
 
 // ---- portable ---------------------------------------------------------------------
 
-void gemm_cols_baseline(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t rsa,
-                        int64_t csa, const float* b, int64_t rsb, int64_t csb, float* c, int64_t ldc,
-                        bool accumulate) {
+void gemm_cols_baseline(int64_t m, int64_t j0, int64_t j1, int64_t k, const AView& a, const float* b,
+                        int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate) {
   for (int64_t i = 0; i < m; ++i) {
     float* __restrict crow = c + i * ldc;
+    const float* arow = a.row(i);
     if (!accumulate) std::fill(crow + j0, crow + j1, 0.f);
     for (int64_t kk = 0; kk < k; ++kk) {
-      const float av = a[i * rsa + kk * csa];
+      const float av = arow[a.col(kk)];
       const float* __restrict brow = b + kk * rsb;
       if (csb == 1)
         for (int64_t j = j0; j < j1; ++j) crow[j] += av * brow[j];
@@ -61,9 +80,9 @@ void gemm_cols_baseline(int64_t m, int64_t j0, int64_t j1, int64_t k, const floa
   }
 }
 
-void gemm_baseline(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
-                   int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate) {
-  gemm_cols_baseline(m, 0, n, k, a, rsa, csa, b, rsb, csb, c, ldc, accumulate);
+void gemm_baseline(int64_t m, int64_t n, int64_t k, const AView& a, const float* b, int64_t rsb, int64_t csb,
+                   float* c, int64_t ldc, bool accumulate) {
+  gemm_cols_baseline(m, 0, n, k, a, b, rsb, csb, c, ldc, accumulate);
 }
 
 #if LLMPRE_HAVE_AVX2_PATH
@@ -76,25 +95,28 @@ using micro::micro_avx2;   // common/micro_gemm.h
 
 // Both operands are packed per k-block (the BLIS layout): A into 6-row slivers
 // (apack[(i / 6) * 6 kc + kk * 6 + r]), B into kc x 16 panels, so the micro-kernel streams
-// two contiguous buffers whatever the strides (a transposed A or B costs one packing pass,
-// no separate transpose and no new cache line per k step).
-LLMPRE_AVX2 void gemm_avx2(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
-                           const float* b, int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate) {
+// two contiguous buffers whatever the strides and indices (a transposed or gathered A, or a
+// transposed B, costs one packing pass: no separate transpose or gathered copy).
+LLMPRE_AVX2 void gemm_avx2(int64_t m, int64_t n, int64_t k, const AView& a, const float* b, int64_t rsb,
+                           int64_t csb, float* c, int64_t ldc, bool accumulate) {
   const int64_t n16 = n / 16 * 16, m6 = (m + 5) / 6 * 6;
   thread_local std::vector<float> apack;
   if (n16 > 0 && apack.size() < size_t(m6 * std::min(kKc, k))) apack.resize(size_t(m6 * std::min(kKc, k)));
   for (int64_t k0 = 0; k0 < k; k0 += kKc) {
     const int64_t kc = std::min(kKc, k - k0);
     const bool acc = accumulate || k0 > 0;
-    const float* ak = a + k0 * csa;
+    const AView ak = a.from_col(k0);
     const float* bk = b + k0 * rsb;
     if (n16 > 0) {
       for (int64_t i = 0; i < m6; i += 6) {
         float* dst = apack.data() + i * kc;
         for (int64_t r = 0; r < 6; ++r) {
           if (i + r < m) {
-            const float* src = ak + (i + r) * rsa;
-            for (int64_t kk = 0; kk < kc; ++kk) dst[kk * 6 + r] = src[kk * csa];
+            const float* src = ak.row(i + r);
+            if (ak.cols)
+              for (int64_t kk = 0; kk < kc; ++kk) dst[kk * 6 + r] = src[ak.cols[kk] * ak.cs];
+            else
+              for (int64_t kk = 0; kk < kc; ++kk) dst[kk * 6 + r] = src[kk * ak.cs];
           } else {
             for (int64_t kk = 0; kk < kc; ++kk) dst[kk * 6 + r] = 0.f;
           }
@@ -118,7 +140,7 @@ LLMPRE_AVX2 void gemm_avx2(int64_t m, int64_t n, int64_t k, const float* a, int6
         micro_avx2(kc, static_cast<int>(std::min<int64_t>(6, m - i)), apack.data() + i * kc, 1, 6, panel, 16,
                    c + i * ldc + j, ldc, acc);
     }
-    if (n16 < n) gemm_cols_baseline(m, n16, n, kc, ak, rsa, csa, bk, rsb, csb, c, ldc, acc);
+    if (n16 < n) gemm_cols_baseline(m, n16, n, kc, ak, bk, rsb, csb, c, ldc, acc);
   }
   if (k == 0 && !accumulate)
     for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
@@ -151,16 +173,20 @@ void swiglu_grad(const float* g, const float* u, float* da, float* du, int64_t n
 // Scratch that is written before it is read (no zero fill).
 std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[size_t(n)]); }
 
-void check(const GroupedMlpParams& p, const int64_t* offsets, const char* fn,
+void check(const GroupedMlpParams& p, const int64_t* index, const int64_t* offsets, const char* fn,
            std::initializer_list<const void*> buffers) {
   const std::string f(fn);
   if (p.dtype != DType::kFloat32)
     throw std::invalid_argument(f + ": dtype must be float32 (bf16 grouped MLPs take the reference op), got " +
                                 dtype_name(p.dtype));
-  if (p.rows < 0 || p.hidden <= 0 || p.inter <= 0 || p.experts <= 0)
-    throw std::invalid_argument(f + ": need rows >= 0 and hidden, inter, experts > 0, got rows " +
-                                std::to_string(p.rows) + ", hidden " + std::to_string(p.hidden) + ", inter " +
-                                std::to_string(p.inter) + ", experts " + std::to_string(p.experts));
+  if (p.rows < 0 || p.tokens < 0 || p.hidden <= 0 || p.inter <= 0 || p.experts <= 0)
+    throw std::invalid_argument(f + ": need rows, tokens >= 0 and hidden, inter, experts > 0, got rows " +
+                                std::to_string(p.rows) + ", tokens " + std::to_string(p.tokens) + ", hidden " +
+                                std::to_string(p.hidden) + ", inter " + std::to_string(p.inter) + ", experts " +
+                                std::to_string(p.experts));
+  if (index == nullptr && p.tokens != p.rows)
+    throw std::invalid_argument(f + ": without an index x must have the " + std::to_string(p.rows) +
+                                " rows, got " + std::to_string(p.tokens));
   if (offsets == nullptr) throw std::invalid_argument(f + ": offsets is null");
   for (const void* b : buffers)
     if (b == nullptr && p.rows > 0) throw std::invalid_argument(f + ": a buffer pointer is null");
@@ -174,6 +200,39 @@ void check(const GroupedMlpParams& p, const int64_t* offsets, const char* fn,
   if (offsets[p.experts] > p.rows)
     throw std::invalid_argument(f + ": offsets[experts] = " + std::to_string(offsets[p.experts]) +
                                 " exceeds the " + std::to_string(p.rows) + " rows");
+  if (index != nullptr)
+    for (int64_t r = 0; r < p.rows; ++r)
+      if (index[r] < 0 || index[r] >= p.tokens)
+        throw std::invalid_argument(f + ": index[" + std::to_string(r) + "] = " + std::to_string(index[r]) +
+                                    " is outside the " + std::to_string(p.tokens) + " rows of x");
+}
+
+// dx[t] = the sum of drows[r] over the rows r < kept with index[r] = t, in row order: each
+// token's rows are listed first (a counting sort), then every token sums its own (no atomics,
+// the same result for any thread count); tokens without rows get 0.
+void gather_grad(const int64_t* index, int64_t kept, int64_t tokens, int64_t h, const float* drows, float* dx) {
+  std::vector<int64_t> start(static_cast<size_t>(tokens + 1), 0);
+  std::vector<int64_t> list(static_cast<size_t>(kept));
+  for (int64_t r = 0; r < kept; ++r) ++start[size_t(index[r] + 1)];
+  for (int64_t t = 0; t < tokens; ++t) start[size_t(t + 1)] += start[size_t(t)];
+  std::vector<int64_t> next(start.begin(), start.end() - 1);
+  for (int64_t r = 0; r < kept; ++r) list[size_t(next[size_t(index[r])]++)] = r;
+  const int64_t per_token = std::max<int64_t>(1, kept / std::max<int64_t>(1, tokens));
+  parallel_for(tokens, grain_for(h * per_token), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* __restrict d = dx + t * h;
+      const int64_t b = start[size_t(t)], e = start[size_t(t + 1)];
+      if (b == e) {
+        std::fill(d, d + h, 0.f);
+        continue;
+      }
+      std::copy(drows + list[size_t(b)] * h, drows + list[size_t(b)] * h + h, d);
+      for (int64_t i = b + 1; i < e; ++i) {
+        const float* __restrict src = drows + list[size_t(i)] * h;
+        for (int64_t j = 0; j < h; ++j) d[j] += src[j];
+      }
+    }
+  });
 }
 
 // Every expert's weight (or gradient) buffer pointer is set.
@@ -210,11 +269,11 @@ void for_each_expert(const GroupedMlpParams& p, const F& f) {
 }  // namespace
 }  // namespace grouped_mlp_impl
 
-void grouped_mlp_forward(const GroupedMlpParams& p, const void* x_, const int64_t* offsets,
+void grouped_mlp_forward(const GroupedMlpParams& p, const void* x_, const int64_t* index, const int64_t* offsets,
                          const void* const* wg_, const void* const* wu_, const void* const* wd_, void* out_,
                          void* gate_, void* up_) {
   using namespace grouped_mlp_impl;
-  check(p, offsets, "grouped_mlp_forward", {x_, wg_, wu_, wd_, out_, gate_, up_});
+  check(p, index, offsets, "grouped_mlp_forward", {x_, wg_, wu_, wd_, out_, gate_, up_});
   check_experts(p, "grouped_mlp_forward", {wg_, wu_, wd_});
   const int64_t h = p.hidden, n_i = p.inter;
   const float* x = static_cast<const float*>(x_);
@@ -228,33 +287,35 @@ void grouped_mlp_forward(const GroupedMlpParams& p, const void* x_, const int64_
   for_each_expert(p, [&](int64_t e, int) {
     const int64_t r0 = offsets[e], ne = offsets[e + 1] - r0;
     if (ne == 0) return;
-    const float* xe = x + r0 * h;
+    const AView xe = index ? AView{x, h, 1, index + r0} : AView{x + r0 * h, h, 1};   // the expert's rows [ne, h]
     float *ge = gate + r0 * n_i, *ue = up + r0 * n_i;
-    gemm(ne, n_i, h, xe, h, 1, weight(wg_, e), n_i, 1, ge, n_i, false);   // [ne, I]
-    gemm(ne, n_i, h, xe, h, 1, weight(wu_, e), n_i, 1, ue, n_i, false);   // [ne, I]
+    gemm(ne, n_i, h, xe, weight(wg_, e), n_i, 1, ge, n_i, false);   // [ne, I]
+    gemm(ne, n_i, h, xe, weight(wu_, e), n_i, 1, ue, n_i, false);   // [ne, I]
     auto act = scratch(ne * n_i);
     swiglu(ge, ue, act.get(), ne * n_i);
-    gemm(ne, h, n_i, act.get(), n_i, 1, weight(wd_, e), h, 1, out + r0 * h, h, false);  // [ne, h]
+    gemm(ne, h, n_i, AView{act.get(), n_i, 1}, weight(wd_, e), h, 1, out + r0 * h, h, false);  // [ne, h]
   });
 }
 
-void grouped_mlp_backward(const GroupedMlpParams& p, const void* x_, const int64_t* offsets,
+void grouped_mlp_backward(const GroupedMlpParams& p, const void* x_, const int64_t* index, const int64_t* offsets,
                           const void* const* wg_, const void* const* wu_, const void* const* wd_, const void* gate_,
                           const void* up_, const void* dout_, void* dx_, void* const* dwg_, void* const* dwu_,
                           void* const* dwd_) {
   using namespace grouped_mlp_impl;
-  check(p, offsets, "grouped_mlp_backward", {x_, wg_, wu_, wd_, gate_, up_, dout_, dx_, dwg_, dwu_, dwd_});
+  check(p, index, offsets, "grouped_mlp_backward", {x_, wg_, wu_, wd_, gate_, up_, dout_, dx_, dwg_, dwu_, dwd_});
   check_experts(p, "grouped_mlp_backward", {wg_, wu_, wd_, dwg_, dwu_, dwd_});
   const int64_t h = p.hidden, n_i = p.inter;
   const float* x = static_cast<const float*>(x_);
   const float *gate = static_cast<const float*>(gate_), *up = static_cast<const float*>(up_);
   const float* dout = static_cast<const float*>(dout_);
-  float* dx = static_cast<float*>(dx_);
   auto weight = [](const void* const* w, int64_t e) { return static_cast<const float*>(w[e]); };
   auto grad = [](void* const* g, int64_t e) { return static_cast<float*>(g[e]); };
   const GemmFn gemm = gemm_fn();
   const int64_t kept = offsets[p.experts];
-  std::fill(dx + kept * h, dx + p.rows * h, 0.f);
+  // the rows' input gradients: dx itself without an index, else scratch summed per token below
+  std::unique_ptr<float[]> rows_grad = index ? scratch(kept * h) : nullptr;
+  float* drows = index ? rows_grad.get() : static_cast<float*>(dx_);
+  if (!index) std::fill(drows + kept * h, drows + p.rows * h, 0.f);
   for_each_expert(p, [&](int64_t e, int) {
     const int64_t r0 = offsets[e], ne = offsets[e + 1] - r0;
     float *dwg_e = grad(dwg_, e), *dwu_e = grad(dwu_, e), *dwd_e = grad(dwd_, e);
@@ -264,19 +325,22 @@ void grouped_mlp_backward(const GroupedMlpParams& p, const void* x_, const int64
       std::fill(dwd_e, dwd_e + n_i * h, 0.f);
       return;
     }
-    const float *xe = x + r0 * h, *ge = gate + r0 * n_i, *ue = up + r0 * n_i, *dye = dout + r0 * h;
+    const float *ge = gate + r0 * n_i, *ue = up + r0 * n_i, *dye = dout + r0 * h;
+    // X^T [h, ne] of the expert's rows: a strided (and, with an index, gathered) view
+    const AView xt = index ? AView{x, 1, h, nullptr, index + r0} : AView{x + r0 * h, 1, h};
     // Transposed operands are strided views; the GEMM's packing reads them once per k-block.
     auto act = scratch(ne * n_i), dg = scratch(ne * n_i), du = scratch(ne * n_i);
     const float *wg_e = weight(wg_, e), *wu_e = weight(wu_, e), *wd_e = weight(wd_, e);
     swiglu(ge, ue, act.get(), ne * n_i);
-    gemm(n_i, h, ne, act.get(), 1, n_i, dye, h, 1, dwd_e, h, false);        // dWd = act^T dY  [I, h]
-    gemm(ne, n_i, h, dye, h, 1, wd_e, 1, h, dg.get(), n_i, false);          // d act = dY Wd^T [ne, I]
+    gemm(n_i, h, ne, AView{act.get(), 1, n_i}, dye, h, 1, dwd_e, h, false);      // dWd = act^T dY  [I, h]
+    gemm(ne, n_i, h, AView{dye, h, 1}, wd_e, 1, h, dg.get(), n_i, false);        // d act = dY Wd^T [ne, I]
     swiglu_grad(ge, ue, dg.get(), du.get(), ne * n_i);
-    gemm(h, n_i, ne, xe, 1, h, dg.get(), n_i, 1, dwg_e, n_i, false);        // dWg = X^T dG [h, I]
-    gemm(h, n_i, ne, xe, 1, h, du.get(), n_i, 1, dwu_e, n_i, false);        // dWu = X^T dU [h, I]
-    gemm(ne, h, n_i, dg.get(), n_i, 1, wg_e, 1, n_i, dx + r0 * h, h, false);  // dX = dG Wg^T
-    gemm(ne, h, n_i, du.get(), n_i, 1, wu_e, 1, n_i, dx + r0 * h, h, true);   //    + dU Wu^T
+    gemm(h, n_i, ne, xt, dg.get(), n_i, 1, dwg_e, n_i, false);                   // dWg = X^T dG [h, I]
+    gemm(h, n_i, ne, xt, du.get(), n_i, 1, dwu_e, n_i, false);                   // dWu = X^T dU [h, I]
+    gemm(ne, h, n_i, AView{dg.get(), n_i, 1}, wg_e, 1, n_i, drows + r0 * h, h, false);  // dX = dG Wg^T
+    gemm(ne, h, n_i, AView{du.get(), n_i, 1}, wu_e, 1, n_i, drows + r0 * h, h, true);   //    + dU Wu^T
   });
+  if (index) gather_grad(index, kept, p.tokens, h, drows, static_cast<float*>(dx_));
 }
 
 }  // namespace llmpre::kernels

@@ -13,10 +13,10 @@ into the auxiliary loss (see :func:`switch_aux_loss`, :func:`seq_aux_loss`).
 
 Expert compute is grouped, with no host synchronisation: the ``n k`` (token, slot)
 pairs are sorted by expert once per layer (a stable sort, so each expert's rows stay
-in token order), the rows are gathered into that order, per-expert row offsets are
-found on the device (``searchsorted``), all experts run as one ``ops.grouped_mlp``
-call, and each pair's output, times its routing weight, is gathered back and summed
-over the ``k`` slots.  Dropless by default; with ``moe_capacity_factor`` ``c > 0``
+in token order), per-expert row offsets are found on the device (``searchsorted``),
+all experts run as one ``ops.grouped_mlp`` call over the tokens' rows in that order
+(the fused op gathers them while packing its GEMM operands), and ``ops.moe_combine``
+sums each token's ``k`` outputs times their routing weights.  Dropless by default; with ``moe_capacity_factor`` ``c > 0``
 each expert keeps at most ``ceil(c n k / E)`` pairs, the earliest tokens first, and
 the later pairs contribute nothing (their rows sort past every expert).
 """
@@ -117,12 +117,13 @@ class MoE(nn.Layer):
         (and HF/PaddleNLP names); the grouped op reads them in place."""
         return [getattr(expert, proj).weight for expert in self.experts]
 
-    def run_experts(self, rows, offsets):
-        """rows ``[m, h]`` sorted by expert, offsets ``[E + 1]`` -> each row through its expert
-        (rows past ``offsets[E]``: 0). Expert parallelism replaces it on each rank
-        (:mod:`llmpre.parallel.expert`: the rows travel to the rank holding their expert)."""
-        return self.ops.grouped_mlp(rows, offsets, self.weights("gate_proj"), self.weights("up_proj"),
-                                    self.weights("down_proj"))
+    def run_experts(self, x, offsets, index):
+        """Rows ``x[index]`` ``[m, h]``, sorted by expert, offsets ``[E + 1]`` -> each row
+        through its expert (rows past ``offsets[E]``: 0). The grouped op gathers the rows
+        itself. Expert parallelism replaces it on each rank (:mod:`llmpre.parallel.expert`:
+        the rows travel to the rank holding their expert)."""
+        return self.ops.grouped_mlp(x, offsets, self.weights("gate_proj"), self.weights("up_proj"),
+                                    self.weights("down_proj"), index)
 
     def routed(self, flat, weights, experts):
         """flat ``[n, h]``, weights ``[n, k]`` fp32, experts ``[n, k]`` -> ``sum_k w E(x)`` ``[n, h]``."""
@@ -134,14 +135,12 @@ class MoE(nn.Layer):
             hot = F.one_hot(key, num)                                                    # [n k, E]
             rank = (hot.cumsum(0) * hot).sum(-1) - 1                                     # earlier pairs of its expert
             key = paddle.where(rank < capacity, key, paddle.full_like(key, num))        # num: dropped
-        order = paddle.argsort(key, stable=True)                                         # [n k] grouped by expert
+        order = paddle.argsort(key, stable=True)                                         # [n k] row -> pair
         offsets = paddle.searchsorted(paddle.gather(key, order),
                                       paddle.arange(num + 1, dtype=key.dtype))           # [E + 1]
-        rows = paddle.gather(flat, order // k)                                           # [n k, h]
-        y = self.run_experts(rows, offsets)                                             # [n k, h]
-        back = paddle.gather(y, paddle.argsort(order)).reshape([n, k, -1])              # [n, k, h] (token, slot)
-        # sum_k w y as one batched [1, k] x [k, h] product (a multiply and a sum cost ~1.6x more)
-        return paddle.bmm(weights.astype(y.dtype).unsqueeze(1), back).squeeze(1)       # [n, h]
+        y = self.run_experts(flat, offsets, order // k)                                  # [n k, h] by expert
+        pos = paddle.argsort(order).reshape([n, k])                                      # [n, k] pair -> row
+        return self.ops.moe_combine(y, pos, weights)                                     # [n, h]
 
 
 def switch_aux_loss(stats, num_experts: int) -> paddle.Tensor:

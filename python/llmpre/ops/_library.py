@@ -38,7 +38,9 @@ SIGNATURES = {
                                      ["causal", "window", "scale", "q_offset"], ["out", "lse"]),
     "llmpre_flash_attention_block_bwd": (["q", "k", "v", "alibi_slopes@OPTIONAL", "out", "lse", "dout"],
                                          ["causal", "window", "scale", "q_offset"], ["dq", "dk", "dv"]),
-    "llmpre_grouped_mlp": (["X", "Offsets", "WGate@VECTOR", "WUp@VECTOR", "WDown@VECTOR"], [], ["Out", "Gate", "Up"]),
+    "llmpre_grouped_mlp": (["X", "Offsets", "WGate@VECTOR", "WUp@VECTOR", "WDown@VECTOR", "Index@OPTIONAL"], [],
+                           ["Out", "Gate", "Up"]),
+    "llmpre_moe_combine": (["Y", "Pos", "Weights"], [], ["Out"]),
 }
 
 REBUILD = ("reinstall llmpre with paddlepaddle importable by the build "

@@ -31,7 +31,7 @@ from llmpre.errors import LlmpreError
 from llmpre.ops import _library
 
 __all__ = ["FusedOpUnavailable", "rms_norm", "rotary", "flash_attention", "swiglu", "cross_entropy",
-           "grouped_mlp", "available", "TABLE", "FusedOp", "FLASH_ATTENTION_KERNELS"]
+           "grouped_mlp", "moe_combine", "available", "TABLE", "FusedOp", "FLASH_ATTENTION_KERNELS"]
 
 _run_custom_op = paddle._C_ops._run_custom_op
 _SOURCE_SUFFIX = re.compile(r"\s*\[[^\[\]]*:\d+\]\s*$")  # Paddle's "  [file.cc:12]"
@@ -218,21 +218,40 @@ def cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, ignore_index: in
 _declare(cross_entropy, "cross_entropy", "use_fused_cross_entropy", gpu=GPU)
 
 
-def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate, w_up, w_down) -> paddle.Tensor:
-    """All experts' SwiGLU MLPs in one call over rows grouped by expert: rows
-    ``offsets[e]:offsets[e+1]`` of x get ``down(silu(x W_gate[e]) * x W_up[e])``,
-    rows from ``offsets[E]`` on (dropped by a capacity limit) get 0.
+def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate, w_up, w_down,
+                index: paddle.Tensor | None = None) -> paddle.Tensor:
+    """All experts' SwiGLU MLPs in one call over rows grouped by expert: row ``r`` is
+    ``x[index[r]]`` (x's own rows without an index), rows ``offsets[e]:offsets[e+1]``
+    get ``down(silu(row W_gate[e]) * row W_up[e])``, rows from ``offsets[E]`` on
+    (dropped by a capacity limit) get 0.
 
-    x: ``[m, hidden]`` float32; offsets: ``[E + 1]`` int64 (read inside the kernel:
-    no host synchronisation); w_gate, w_up: lists of E ``[hidden, inter]`` tensors;
-    w_down: E ``[inter, hidden]`` (the experts' own parameters, never copied into a
-    stack), x's dtype. Returns ``[m, hidden]``; gradients flow to x and every
-    expert's weights (an expert's weight gradient sums its rows in row order:
-    bitwise reproducible for any thread count). Reference:
-    :func:`llmpre.ops.reference.grouped_mlp`.
+    x: ``[tokens, hidden]`` float32; index: ``[m]`` int64 in ``[0, tokens)`` or None
+    (the kernel gathers the rows while packing its GEMM operands: no gathered copy);
+    offsets: ``[E + 1]`` int64 (read inside the kernel: no host synchronisation);
+    w_gate, w_up: lists of E ``[hidden, inter]`` tensors; w_down: E ``[inter, hidden]``
+    (the experts' own parameters, never copied into a stack), x's dtype. Returns
+    ``[m, hidden]``; gradients flow to x (each token sums its rows' gradients in row
+    order, token by token: no atomics) and every expert's weights (an expert's weight
+    gradient sums its rows in row order). Bitwise reproducible for any thread count.
+    Reference: :func:`llmpre.ops.reference.grouped_mlp`.
     """
-    return _run("llmpre_grouped_mlp", x, offsets, list(w_gate), list(w_up), list(w_down))[0]
+    return _run("llmpre_grouped_mlp", x, offsets, list(w_gate), list(w_up), list(w_down), index)[0]
 
 
 # fp32 only for now: other dtypes take the reference (Paddle's matmuls in that dtype, where it has them)
 _declare(grouped_mlp, "grouped_mlp", "use_fused_grouped_mlp", cpu=("float32",))
+
+
+def moe_combine(y: paddle.Tensor, pos: paddle.Tensor, weights: paddle.Tensor) -> paddle.Tensor:
+    """The MoE combine ``out[t] = sum_j weights[t, j] * y[pos[t, j]]``, token-major.
+
+    y: ``[rows, hidden]`` float32 (the grouped MLP's output, rows sorted by expert);
+    pos: ``[n, k]`` int64, the row of each (token, slot) pair, distinct and in
+    ``[0, rows)``; weights: ``[n, k]`` float32. Returns ``[n, hidden]``; gradients flow
+    to y (each row is one pair's: written once, no atomics) and weights (a dot product
+    per pair, accumulated in float64). Reference: :func:`llmpre.ops.reference.moe_combine`.
+    """
+    return _run("llmpre_moe_combine", y, pos, weights if weights.dtype == paddle.float32 else weights.astype("float32"))[0]
+
+
+_declare(moe_combine, "moe_combine", "use_fused_moe_combine", cpu=("float32",))

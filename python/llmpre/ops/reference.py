@@ -241,20 +241,25 @@ def cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, ignore_index: in
     return (per_token.reshape([-1]) * keep).sum() / keep.sum().clip(min=1.0)
 
 
-def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate, w_up, w_down) -> paddle.Tensor:
+def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate, w_up, w_down,
+                index: paddle.Tensor | None = None) -> paddle.Tensor:
     """SwiGLU expert MLPs over rows grouped by expert: rows ``offsets[e]:offsets[e+1]``
-    of x go through expert ``e``, ``down(silu(x W_gate[e]) * x W_up[e])``.
+    go through expert ``e``, ``down(silu(row W_gate[e]) * row W_up[e])``.
 
-    x: ``[m, hidden]`` rows sorted by expert; offsets: ``[E + 1]`` int64, non-decreasing,
-    ``offsets[0] = 0``; rows ``offsets[E]:`` (tokens dropped by a capacity limit) get 0.
-    w_gate, w_up: E tensors ``[hidden, inter]`` each; w_down: E ``[inter, hidden]``
-    (Paddle's ``[in, out]`` Linear layout, one per expert). Returns ``[m, hidden]`` in
-    x's dtype.
+    x: ``[tokens, hidden]``; index: ``[m]`` int64, row ``r`` is ``x[index[r]]`` (None:
+    the rows are x's own, ``m = tokens``); the rows are sorted by expert. offsets:
+    ``[E + 1]`` int64, non-decreasing, ``offsets[0] = 0``; rows ``offsets[E]:`` (tokens
+    dropped by a capacity limit) get 0. w_gate, w_up: E tensors ``[hidden, inter]`` each;
+    w_down: E ``[inter, hidden]`` (Paddle's ``[in, out]`` Linear layout, one per expert).
+    Returns ``[m, hidden]`` in x's dtype; x's gradient sums each token's rows.
 
-    This reference reads the E + 1 offsets to the host once per call (a Python loop
-    over experts with static slices); :func:`llmpre.ops.fused.grouped_mlp` reads
-    them inside its kernel and never synchronises.
+    This reference gathers the rows (``paddle.gather``) and reads the E + 1 offsets to
+    the host once per call (a Python loop over experts with static slices);
+    :func:`llmpre.ops.fused.grouped_mlp` gathers while it packs its GEMM operands,
+    reads the offsets inside its kernel and never synchronises.
     """
+    if index is not None:
+        x = paddle.gather(x, index)                                              # [m, h]
     bounds = [int(v) for v in offsets.tolist()]
     counts = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
     used = [e for e, c in enumerate(counts) if c > 0]
@@ -269,6 +274,19 @@ def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate, w_up, w_down) 
     if dropped:
         parts.append(paddle.zeros([dropped, x.shape[1]], dtype=x.dtype))
     return paddle.concat(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+def moe_combine(y: paddle.Tensor, pos: paddle.Tensor, weights: paddle.Tensor) -> paddle.Tensor:
+    """The MoE combine: ``out[t] = sum_j weights[t, j] * y[pos[t, j]]``.
+
+    y: ``[rows, hidden]`` (the experts' outputs, rows sorted by expert); pos: ``[n, k]``
+    int64, the row of each (token, slot) pair, distinct; weights: ``[n, k]`` routing
+    weights (cast to y's dtype). Returns ``[n, hidden]``; gradients flow to y and weights.
+    """
+    n, k = pos.shape
+    back = paddle.gather(y, pos.reshape([-1])).reshape([n, k, -1])                 # [n, k, h] (token, slot)
+    # sum_k w y as one batched [1, k] x [k, h] product (a multiply and a sum cost ~1.6x more)
+    return paddle.bmm(weights.astype(y.dtype).unsqueeze(1), back).squeeze(1)      # [n, h]
 
 
 def moe_expert_loop(x: paddle.Tensor, weights: paddle.Tensor, experts: paddle.Tensor, expert_fns) -> paddle.Tensor:

@@ -15,6 +15,8 @@ use_fused_swiglu           ``swiglu``         :func:`llmpre.ops.fused.swiglu` (l
 use_fused_cross_entropy    ``cross_entropy``  :func:`llmpre.ops.fused.cross_entropy` (llmpre's flag)
 use_fused_grouped_mlp      ``grouped_mlp``    :func:`llmpre.ops.fused.grouped_mlp` (llmpre's flag;
                                               the MoE experts, one call per layer)
+use_fused_moe_combine      ``moe_combine``    :func:`llmpre.ops.fused.moe_combine` (llmpre's flag;
+                                              the MoE's weighted sum of each token's rows)
 =========================  =================  ================================================
 
 The rows come from the op table, :data:`llmpre.ops.fused.TABLE`, declared beside
@@ -64,6 +66,7 @@ class Ops:
     swiglu: Callable
     cross_entropy: Callable
     grouped_mlp: Callable
+    moe_combine: Callable
     names: tuple = ()  # (op, implementation) pairs, for logs
 
 
@@ -74,8 +77,10 @@ REFERENCE = Ops(
     swiglu=reference.swiglu,
     cross_entropy=reference.cross_entropy,
     grouped_mlp=reference.grouped_mlp,
+    moe_combine=reference.moe_combine,
     names=(("rms_norm", "reference"), ("rotary", "reference"), ("attention", "reference"),
-           ("swiglu", "reference"), ("cross_entropy", "reference"), ("grouped_mlp", "reference")),
+           ("swiglu", "reference"), ("cross_entropy", "reference"), ("grouped_mlp", "reference"),
+           ("moe_combine", "reference")),
 )
 
 # flag -> (Ops field, custom op name, fused function), from the op table
@@ -184,14 +189,16 @@ def _select(flags: tuple, allow_reference_fallback: bool, device: str, kernel: s
 def select_ops(use_flash_attention: Optional[bool] = None, use_fused_rms_norm: Optional[bool] = None,
                use_fused_rope: Optional[bool] = None, use_fused_swiglu: Optional[bool] = None,
                use_fused_cross_entropy: Optional[bool] = None, use_fused_grouped_mlp: Optional[bool] = None,
-               allow_reference_fallback: bool = False, flash_attention_kernel: Optional[str] = None) -> Ops:
+               use_fused_moe_combine: Optional[bool] = None, allow_reference_fallback: bool = False,
+               flash_attention_kernel: Optional[str] = None) -> Ops:
     """Return the :class:`Ops` namespace for these switches (module docstring:
     None = fused where available, True = fused required, False = reference) and
     the CUDA flash-attention kernel set. Cached per combination and device
     (``paddle.get_device()``)."""
     flags = (("use_flash_attention", use_flash_attention), ("use_fused_rms_norm", use_fused_rms_norm),
              ("use_fused_rope", use_fused_rope), ("use_fused_swiglu", use_fused_swiglu),
-             ("use_fused_cross_entropy", use_fused_cross_entropy), ("use_fused_grouped_mlp", use_fused_grouped_mlp))
+             ("use_fused_cross_entropy", use_fused_cross_entropy), ("use_fused_grouped_mlp", use_fused_grouped_mlp),
+             ("use_fused_moe_combine", use_fused_moe_combine))
     for flag, value in flags:
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"select_ops: `{flag}` must be True, False or None, got {value!r}")

@@ -46,10 +46,11 @@ class ExpertDispatch:
     def weights(self, proj: str) -> list:
         return [getattr(self.moe.experts[e], proj).weight for e in self.local]
 
-    def __call__(self, rows, offsets):
-        """rows ``[m, h]`` sorted by expert, offsets ``[E + 1]`` -> ``[m, h]`` (rows past
-        ``offsets[E]``, dropped by a capacity limit: 0)."""
+    def __call__(self, x, offsets, index):
+        """Rows ``x[index]`` ``[m, h]`` sorted by expert, offsets ``[E + 1]`` -> ``[m, h]``
+        (rows past ``offsets[E]``, dropped by a capacity limit: 0)."""
         ep, me, per = self.group.size, self.group.index, len(self.local)
+        rows = paddle.gather(x, index)                            # [m, h]: they travel, so they are gathered
         counts = np.array(self.group.exchange_counts(offsets[1:] - offsets[:-1]))     # [ep, E] rows per expert
         blocks = counts.reshape([ep, ep, per])                    # [source, owner, local expert]
         send = blocks.sum(-1).tolist()                            # send[s][d]: rows from s to d
@@ -64,10 +65,9 @@ class ExpertDispatch:
                                for e in range(per) for s in range(ep)]).astype(np.int64)
         local_offsets = np.concatenate([[0], np.cumsum(mine.sum(0))]).astype(np.int64)   # [per + 1]
         if perm.size:
-            index = paddle.to_tensor(perm)
-            y = self.moe.ops.grouped_mlp(paddle.gather(got, index), paddle.to_tensor(local_offsets),
-                                         self.weights("gate_proj"), self.weights("up_proj"),
-                                         self.weights("down_proj"))                        # [r, h] by expert
+            y = self.moe.ops.grouped_mlp(got, paddle.to_tensor(local_offsets), self.weights("gate_proj"),
+                                         self.weights("up_proj"), self.weights("down_proj"),
+                                         paddle.to_tensor(perm))                           # [r, h] by expert
             y = paddle.gather(y, paddle.to_tensor(np.argsort(perm)))                      # [r, h] by source
         else:
             y = got * 0.0

@@ -166,6 +166,9 @@ class TrainingArguments:
     use_fused_grouped_mlp: typing.Optional[bool] = _f(None, "Fused grouped expert MLP kernel for MoE layers "
                                                       "(llmpre; unset: fused where built; false: the "
                                                       "pure-Paddle reference, one host read per layer).")
+    use_fused_moe_combine: typing.Optional[bool] = _f(None, "Fused MoE combine kernel (each token's routing-"
+                                                      "weighted sum of its expert rows; llmpre; unset: fused "
+                                                      "where built).")
     allow_reference_fallback: bool = _f(False, "If a fused op set to true is unavailable, warn and use "
                                         "the reference op instead of stopping.")
     flash_attention_kernel: str = _f("auto", "CUDA flash-attention kernels on a GPU: auto (Hopper on "
