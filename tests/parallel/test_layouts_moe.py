@@ -2,11 +2,10 @@
 latent-attention families: tiny Mixtral (softmax router, switch auxiliary loss),
 Qwen2-MoE (shared expert with its sigmoid gate) and DeepSeek-V3-like (MLA with a
 query bottleneck, sigmoid router with grouped bias-corrected choice (noaux_tc),
-sequence-wise auxiliary loss, a dense first layer, one multi-token-prediction depth on
-every layout) give the single-process losses
-(relative 1e-5 over five steps, auxiliary loss included) and parameters
-(layout_runner.assert_same_weights) on gloo. Auxiliary-loss coefficients are raised
-above the families' defaults so a wrong router gradient would show."""
+sequence-wise auxiliary loss, a dense first layer, one multi-token-prediction depth)
+give the single-process losses (relative 1e-5 over five steps, auxiliary and MTP losses
+included) and parameters (layout_runner.assert_same_weights) on gloo. Auxiliary-loss
+coefficients are raised above the families' defaults so a wrong router gradient would show."""
 
 from __future__ import annotations
 
@@ -55,17 +54,18 @@ LAYOUTS = {   # name: (processes, data-parallel ranks, flags, reference)
     "recompute-core_attn": (1, 1, ["--recompute", "true", "--recompute_granularity", "core_attn"], "one process"),
 }
 # Every family on every layout but these (kept to about six minutes on two busy cores). Plain tp2
-# differs from tp2+sp only where a tensor-parallel region is entered and left (parallel.
-# tensor_parallel, expert_tp: copy_to / reduce_from instead of all-gather / reduce-scatter along the
-# sequence; no gradient sums for replicated norms); what lies between (the experts' split, the router
-# on the whole sequence with its auxiliary loss, the shared expert and Qwen2-MoE's shared gate, the
-# qkv bias) is the same code in both. Mixtral's and Qwen2-MoE's tp2 entries and exits are run here
-# by DeepSeek-V3 tp2 (the experts' region: expert_tp's non-sp branch, a shared expert, an auxiliary
-# loss) and by test_layouts.py tp2 on llama-tiny (the same Attention class with 4 query / 2 KV
-# heads, vocab-split embedding and head). Stage 3 is the same code for every family, and
-# DeepSeek-V3's case is the hardest (MLA, a dense first layer, an untrained routing bias, MTP).
-# Measured by hand besides: tp2 x pp2 on Qwen2-MoE, sharding stage 2 against dp2 on Mixtral,
-# tp2+sp with full recompute on DeepSeek-V3 (all 0.0 deviation).
+# differs from tp2+sp only where a tensor-parallel region is entered and left (copy_to / reduce_from
+# instead of all-gather / reduce-scatter along the sequence in parallel.tensor_parallel and
+# parallel.expert_tp; no gradient sums for replicated norms); what lies between (the experts'
+# split, the router on the whole sequence with its auxiliary loss, the shared expert and Qwen2-MoE's
+# shared gate, the qkv bias) is the same code in both. Mixtral's and Qwen2-MoE's tp2 entries and
+# exits run here in DeepSeek-V3 tp2 (expert_tp's non-sp branch, a shared expert, an auxiliary loss)
+# and in test_layouts.py tp2 on llama-tiny (the same Attention class with 4 query / 2 KV heads, the
+# vocab-split embedding and head). Stage 3 is the same code for every family, and DeepSeek-V3's case
+# is the hardest (MLA, a dense first layer, an untrained routing bias, MTP). Measured by hand
+# besides: tp2 on Mixtral (1.0e-7) and Qwen2-MoE (0.0), tp2 x pp2 on Qwen2-MoE and sharding stage
+# 2 against dp2 on Mixtral (0.0 each), and on DeepSeek-V3 with MTP tp2+sp with full recompute
+# (8.0e-8) and tp2+sp x pp2 (7.9e-8).
 SKIPPED = {("mixtral", "tp2"), ("qwen2_moe", "tp2"), ("mixtral", "sharding2-stage3"), ("qwen2_moe", "sharding2-stage3"),
            *((f, layout) for f in ("mixtral", "qwen2_moe")
              for layout in ("pp2-interleaved", "tp2xpp2", "recompute-full_attn", "recompute-core_attn"))}
