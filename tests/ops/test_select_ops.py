@@ -175,10 +175,10 @@ def test_without_cuda_kernels_gpu_tensors_take_the_reference():
 
 def test_every_fused_function_is_in_the_table():
     assert set(fused.TABLE) == {"rms_norm", "rotary", "flash_attention", "swiglu", "cross_entropy", "grouped_mlp",
-                                "moe_combine"}
+                                "moe_combine", "adamw_"}
     for name, row in fused.TABLE.items():
         assert row.fn is getattr(fused, name) and row.custom_op == f"llmpre_{name}"
-        assert set(row.dtypes["cpu"]) == ({"float32"} if name in ("grouped_mlp", "moe_combine")
+        assert set(row.dtypes["cpu"]) == ({"float32"} if name in ("grouped_mlp", "moe_combine", "adamw_")
                                           else {"float32", "bfloat16"})
     assert set(fused.TABLE["flash_attention"].dtypes["gpu"]) == {"bfloat16", "float16"}
 
@@ -235,6 +235,6 @@ def test_training_arguments_carry_the_flags():
     flags = flags_from_args(args)
     assert flags == {"use_flash_attention": True, "use_fused_rms_norm": False, "use_fused_rope": None,
                      "use_fused_swiglu": None, "use_fused_cross_entropy": None, "use_fused_grouped_mlp": None,
-                     "use_fused_moe_combine": None, "allow_reference_fallback": True, "flash_attention_kernel": "auto"}
+                     "use_fused_moe_combine": None, "use_fused_adamw": None, "allow_reference_fallback": True, "flash_attention_kernel": "auto"}
     defaults = flags_from_args(parse_arguments(None, {}))
     assert all(defaults[f] is None for f in FLAGS) and defaults["allow_reference_fallback"] is False

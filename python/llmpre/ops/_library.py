@@ -41,6 +41,9 @@ SIGNATURES = {
     "llmpre_grouped_mlp": (["X", "Offsets", "WGate@VECTOR", "WUp@VECTOR", "WDown@VECTOR", "Index@OPTIONAL"], [],
                            ["Out", "Gate", "Up"]),
     "llmpre_moe_combine": (["Y", "Pos", "Weights"], [], ["Out"]),
+    "llmpre_adamw_": (["Param", "Grad", "Moment1", "Moment2"],
+                      ["grad_scale", "beta1", "beta2", "one_minus_beta1", "one_minus_beta2", "decay", "inv_bias2",
+                       "eps", "step_size", "decayed_runs"], ["ParamOut", "Moment1Out", "Moment2Out"]),
 }
 
 REBUILD = ("reinstall llmpre with paddlepaddle importable by the build "

@@ -21,6 +21,7 @@ tensor is sent to a kernel that cannot take it.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,7 +32,7 @@ from llmpre.errors import LlmpreError
 from llmpre.ops import _library
 
 __all__ = ["FusedOpUnavailable", "rms_norm", "rotary", "flash_attention", "swiglu", "cross_entropy",
-           "grouped_mlp", "moe_combine", "available", "TABLE", "FusedOp", "FLASH_ATTENTION_KERNELS"]
+           "grouped_mlp", "moe_combine", "adamw_", "available", "TABLE", "FusedOp", "FLASH_ATTENTION_KERNELS"]
 
 _run_custom_op = paddle._C_ops._run_custom_op
 _SOURCE_SUFFIX = re.compile(r"\s*\[[^\[\]]*:\d+\]\s*$")  # Paddle's "  [file.cc:12]"
@@ -255,3 +256,22 @@ def moe_combine(y: paddle.Tensor, pos: paddle.Tensor, weights: paddle.Tensor) ->
 
 
 _declare(moe_combine, "moe_combine", "use_fused_moe_combine", cpu=("float32",))
+
+
+def adamw_(param: paddle.Tensor, grad: paddle.Tensor, exp_avg: paddle.Tensor, exp_avg_sq: paddle.Tensor, *,
+           lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
+           grad_scale: float = 1.0, decayed_runs=()) -> None:
+    """One AdamW step in place on flat fp32 buffers ``[n]`` in a single pass over the
+    elements (the reference makes ~20): the contract, scalars and rounding steps of
+    :func:`llmpre.ops.reference.adamw_` (each scalar rounded to fp32 as the reference's
+    ops round it). param, exp_avg, exp_avg_sq: contiguous float32 ``[n]``, updated in
+    place; grad: float32 ``[n]``, only read. No gradient (an optimizer step).
+    """
+    decay = lr * weight_decay if weight_decay else 0.0
+    runs = [int(v) for run in decayed_runs for v in run] if weight_decay else []
+    _run("llmpre_adamw_", param, grad, exp_avg, exp_avg_sq, float(grad_scale), float(beta1), float(beta2),
+         float(1.0 - beta1), float(1.0 - beta2), float(decay), float(1.0 / math.sqrt(1.0 - beta2 ** step)),
+         float(eps), float(lr / (1.0 - beta1 ** step)), runs)
+
+
+_declare(adamw_, "adamw", "use_fused_adamw", cpu=("float32",))

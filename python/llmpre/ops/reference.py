@@ -276,6 +276,40 @@ def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate, w_up, w_down,
     return paddle.concat(parts, axis=0) if len(parts) > 1 else parts[0]
 
 
+def adamw_(param: paddle.Tensor, grad: paddle.Tensor, exp_avg: paddle.Tensor, exp_avg_sq: paddle.Tensor, *,
+           lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
+           grad_scale: float = 1.0, decayed_runs=()) -> None:
+    """One AdamW step (decoupled weight decay, bias-corrected moments, as PyTorch's AdamW)
+    in place on flat fp32 buffers ``[n]``: with ``g = grad * grad_scale``,
+
+        m <- b1 m + (1 - b1) g ;  v <- b2 v + (1 - b2) g^2
+        p <- p - (lr wd) p                       (elements in ``decayed_runs``, [begin, end) pairs)
+        p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    param, exp_avg, exp_avg_sq are updated; grad's values are spent (it is scratch here).
+    The update touches only these buffers and one scratch buffer (a new large tensor costs a
+    fresh allocation, which on a CPU means page faults, every step); about 20 elementwise
+    passes, which :func:`llmpre.ops.fused.adamw_` does in one.
+    """
+    g = grad
+    if grad_scale != 1.0:
+        g.scale_(grad_scale)
+    s = paddle.empty_like(g)                                   # scratch
+    paddle.assign(g, output=s)
+    s.multiply_(g).scale_(1.0 - beta2)                         # (1 - b2) g^2
+    exp_avg_sq.scale_(beta2).add_(s)
+    exp_avg.scale_(beta1).add_(g.scale_(1.0 - beta1))          # g is spent from here on
+    if weight_decay:                                           # p -= (lr wd) p where decayed:
+        s.fill_(0.0)                                           # not p *= fl(1 - lr wd), whose
+        for a, b in decayed_runs:                              # factor rounds to steps of 2^-24
+            s[a:b] = lr * weight_decay                         # (1% of lr wd = 2e-6)
+        param.subtract_(s.multiply_(param))
+    paddle.assign(exp_avg_sq, output=s)                        # denominator
+    s.sqrt_().scale_(1.0 / math.sqrt(1.0 - beta2 ** step), bias=eps)
+    paddle.assign(exp_avg, output=g)
+    param.subtract_(g.divide_(s).scale_(lr / (1.0 - beta1 ** step)))
+
+
 def moe_combine(y: paddle.Tensor, pos: paddle.Tensor, weights: paddle.Tensor) -> paddle.Tensor:
     """The MoE combine: ``out[t] = sum_j weights[t, j] * y[pos[t, j]]``.
 

@@ -17,6 +17,8 @@ use_fused_grouped_mlp      ``grouped_mlp``    :func:`llmpre.ops.fused.grouped_ml
                                               the MoE experts, one call per layer)
 use_fused_moe_combine      ``moe_combine``    :func:`llmpre.ops.fused.moe_combine` (llmpre's flag;
                                               the MoE's weighted sum of each token's rows)
+use_fused_adamw            ``adamw``          :func:`llmpre.ops.fused.adamw_` (llmpre's flag; the
+                                              optimizer's update, one pass over its flat buffers)
 =========================  =================  ================================================
 
 The rows come from the op table, :data:`llmpre.ops.fused.TABLE`, declared beside
@@ -67,6 +69,7 @@ class Ops:
     cross_entropy: Callable
     grouped_mlp: Callable
     moe_combine: Callable
+    adamw: Callable
     names: tuple = ()  # (op, implementation) pairs, for logs
 
 
@@ -78,9 +81,10 @@ REFERENCE = Ops(
     cross_entropy=reference.cross_entropy,
     grouped_mlp=reference.grouped_mlp,
     moe_combine=reference.moe_combine,
+    adamw=reference.adamw_,
     names=(("rms_norm", "reference"), ("rotary", "reference"), ("attention", "reference"),
            ("swiglu", "reference"), ("cross_entropy", "reference"), ("grouped_mlp", "reference"),
-           ("moe_combine", "reference")),
+           ("moe_combine", "reference"), ("adamw", "reference")),
 )
 
 # flag -> (Ops field, custom op name, fused function), from the op table
@@ -189,7 +193,8 @@ def _select(flags: tuple, allow_reference_fallback: bool, device: str, kernel: s
 def select_ops(use_flash_attention: Optional[bool] = None, use_fused_rms_norm: Optional[bool] = None,
                use_fused_rope: Optional[bool] = None, use_fused_swiglu: Optional[bool] = None,
                use_fused_cross_entropy: Optional[bool] = None, use_fused_grouped_mlp: Optional[bool] = None,
-               use_fused_moe_combine: Optional[bool] = None, allow_reference_fallback: bool = False,
+               use_fused_moe_combine: Optional[bool] = None, use_fused_adamw: Optional[bool] = None,
+               allow_reference_fallback: bool = False,
                flash_attention_kernel: Optional[str] = None) -> Ops:
     """Return the :class:`Ops` namespace for these switches (module docstring:
     None = fused where available, True = fused required, False = reference) and
@@ -198,7 +203,7 @@ def select_ops(use_flash_attention: Optional[bool] = None, use_fused_rms_norm: O
     flags = (("use_flash_attention", use_flash_attention), ("use_fused_rms_norm", use_fused_rms_norm),
              ("use_fused_rope", use_fused_rope), ("use_fused_swiglu", use_fused_swiglu),
              ("use_fused_cross_entropy", use_fused_cross_entropy), ("use_fused_grouped_mlp", use_fused_grouped_mlp),
-             ("use_fused_moe_combine", use_fused_moe_combine))
+             ("use_fused_moe_combine", use_fused_moe_combine), ("use_fused_adamw", use_fused_adamw))
     for flag, value in flags:
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"select_ops: `{flag}` must be True, False or None, got {value!r}")

@@ -34,12 +34,11 @@ over tp, replicated ones on tp rank 0 only, over pipeline stages and shards.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import paddle
 
 from llmpre.models import init
+from llmpre.ops.select import select_ops
 from llmpre.parallel.flat import flat_layout
 from llmpre.parallel.tensor_parallel import NORM_SKIP, TP_GRAD_SUM, TP_SPLIT
 
@@ -77,8 +76,10 @@ def _add_run(runs: list, a: int, b: int) -> None:
 
 class ShardedAdamW:
     def __init__(self, named_parameters, env, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 bucket_numel: int | None = None, boundaries=()):
+                 bucket_numel: int | None = None, boundaries=(), update=None):
         self.env = env
+        # the update's arithmetic: llmpre.ops' adamw (fused where built, unless the caller chose)
+        self.update = update if update is not None else select_ops().adamw
         self.params = [(n, p) for n, p in named_parameters if not p.stop_gradient]
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay = eps, weight_decay
@@ -220,30 +221,14 @@ class ShardedAdamW:
     # ---- update ----------------------------------------------------------------
     @paddle.no_grad()
     def step(self, lr: float, grad_scale: float = 1.0) -> None:
-        """The update of the module docstring, in place on the flat buffers: the
-        gradient shard (ours after :meth:`reduce_gradients`) and one scratch buffer
-        are the only memory it touches besides the state (a large new tensor costs
-        a fresh allocation, which on a CPU means page faults, every step)."""
+        """The update of the module docstring, in place on the flat buffers
+        (:func:`llmpre.ops.reference.adamw_`, or its one-pass kernel
+        :func:`llmpre.ops.fused.adamw_`): the gradient shard (ours after
+        :meth:`reduce_gradients`) is spent."""
         self.step_count += 1
-        t = self.step_count
-        b1, b2 = self.beta1, self.beta2
-        g = self.grad_shard
-        if grad_scale != 1.0:
-            g.scale_(grad_scale)
-        s = paddle.empty_like(g)                                   # scratch
-        paddle.assign(g, output=s)
-        s.multiply_(g).scale_(1.0 - b2)                            # (1 - b2) g^2
-        self.exp_avg_sq.scale_(b2).add_(s)
-        self.exp_avg.scale_(b1).add_(g.scale_(1.0 - b1))           # g is spent from here on
-        if self.weight_decay:                                      # p -= (lr wd) p where decayed:
-            s.fill_(0.0)                                           # not p *= fl(1 - lr wd), whose
-            for a, b in self.decayed_runs:                         # factor rounds to steps of 2^-24
-                s[a:b] = lr * self.weight_decay                    # (1% of lr wd = 2e-6)
-            self.master.subtract_(s.multiply_(self.master))
-        paddle.assign(self.exp_avg_sq, output=s)                   # denominator
-        s.sqrt_().scale_(1.0 / math.sqrt(1.0 - b2 ** t), bias=self.eps)
-        paddle.assign(self.exp_avg, output=g)
-        self.master.subtract_(g.divide_(s).scale_(lr / (1.0 - b1 ** t)))
+        self.update(self.master, self.grad_shard, self.exp_avg, self.exp_avg_sq, lr=lr, beta1=self.beta1,
+                    beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay, step=self.step_count,
+                    grad_scale=grad_scale, decayed_runs=self.decayed_runs)   # g is spent
         self.grad_shard = None
         if self.aliased:
             self._check_aliases()   # the update already changed the parameters

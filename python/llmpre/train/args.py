@@ -169,6 +169,8 @@ class TrainingArguments:
     use_fused_moe_combine: typing.Optional[bool] = _f(None, "Fused MoE combine kernel (each token's routing-"
                                                       "weighted sum of its expert rows; llmpre; unset: fused "
                                                       "where built).")
+    use_fused_adamw: typing.Optional[bool] = _f(None, "Fused AdamW update (one pass over the optimizer's "
+                                                "flat buffers; llmpre; unset: fused where built).")
     allow_reference_fallback: bool = _f(False, "If a fused op set to true is unavailable, warn and use "
                                         "the reference op instead of stopping.")
     flash_attention_kernel: str = _f("auto", "CUDA flash-attention kernels on a GPU: auto (Hopper on "

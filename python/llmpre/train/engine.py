@@ -37,6 +37,7 @@ from llmpre.parallel import ckpt as pckpt
 from llmpre.parallel import context
 from llmpre.parallel import stage3
 from llmpre.parallel.expert import EXPERT_PARAM, make_optimizer
+from llmpre.ops.select import flags_from_args, select_ops
 from llmpre.parallel.parallelize import parallelize
 from llmpre.parallel.pipeline import PipelineRunner
 from llmpre.parallel.tensor_parallel import TP_SPLIT
@@ -77,6 +78,7 @@ class Engine:
         self.params = [(n, p) for n, p in self.model.named_parameters() if not p.stop_gradient]
         self.optimizer = make_optimizer(self.params, env, betas=(args.adam_beta1, args.adam_beta2),
                                         eps=args.adam_epsilon, weight_decay=args.weight_decay,
+                                        update=select_ops(**flags_from_args(args)).adamw,
                                         boundaries=stage3.unit_boundaries(self.params) if self.stage3 else ())
         if self.stage3:
             stage3.shard_parameters(self.model, self.params, self.optimizer)
