@@ -1,23 +1,32 @@
-"""MoE expert compute: the grouped path (one sort per layer, one llmpre_grouped_mlp call)
-against the per-expert loop it replaced (a ``nonzero`` host synchronisation per expert).
+"""MoE expert compute: the grouped path (one sort per layer, one llmpre_grouped_mlp call that
+gathers its rows itself, one llmpre_moe_combine) against the per-expert loop it replaced (a
+``nonzero`` host synchronisation per expert).
 
     python bench/moe/bench_grouped.py                 # layer + end to end, OMP_NUM_THREADS=2
     python bench/moe/bench_grouped.py --skip-e2e --reps 7
+    python bench/moe/bench_grouped.py --skip-layer --baseline-commit none   # no "today" runs
 
 1. Layer: one MoE block's routed experts, forward + backward (``paddle.grad`` of the
    output, the input and every expert weight, with a fixed upstream gradient), 64
    experts top-8, hidden 512, moe_intermediate_size 352 (1408/4), 2048 tokens, fp32.
    Verified first: outputs and gradients of the three implementations agree. Then the
    per-expert loop (``reference.moe_expert_loop``), the grouped path with the
-   pure-Paddle reference op (``use_fused_grouped_mlp=False``: one host read per
-   layer) and with the fused op are timed in alternation (background load hits all
-   alike); medians (and minima, and process CPU time, which other jobs' load moves less)
-   and their ratios to the loop, measured in the same run.
+   pure-Paddle reference ops (``use_fused_grouped_mlp=False, use_fused_moe_combine=False``:
+   gather, one host read per layer, gather back and a batched product) and with the
+   fused ops (the rows gathered inside the grouped kernel, the token-major combine) are
+   timed in alternation (background load hits all alike); medians (and minima, and
+   process CPU time, which other jobs' load moves less) and their ratios to the loop,
+   measured in the same run.
 2. End to end: ``llmpre train`` of a tiny DeepSeek-V3 (hidden 256, 4 layers of which 3
    MoE, MLA, 64 routed experts top-8 of width 128 in 8 groups, a shared expert, vocab
    8192; the bundled corpus, quickstart batch) for --steps steps, in subprocesses
-   alternating "loop" (this script patches ``MoE.routed`` back to the per-expert loop)
-   and "grouped" (the code as it is); median step time of the steps after the first two.
+   alternating "today" (llmpre built from --baseline-commit, 5d4e287 by default, the
+   commit of the issue's first numbers, with ``MoE.routed`` patched back to the
+   per-expert loop: the code as it was before this work), "loop" (the code as it is,
+   ``MoE.routed`` patched to the loop: what the grouped experts alone change) and
+   "grouped" (the code as it is); median step time of the steps after the first two.
+   The baseline commit is built once as a wheel (CPU ops, ~2-4 minutes) and cached in
+   the temp folder.
 """
 
 from __future__ import annotations
@@ -43,6 +52,9 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=2, help="end-to-end runs of each variant, alternating")
     p.add_argument("--skip-layer", action="store_true")
     p.add_argument("--skip-e2e", action="store_true")
+    p.add_argument("--baseline-commit", default="5d4e287",
+                   help='the "today" variant: llmpre built from this commit, experts as the per-expert loop '
+                        '("none": skip it)')
     p.add_argument("--json", help="also write the results here")
     return p.parse_args()
 
@@ -69,7 +81,7 @@ def bench_layer(args) -> dict:
                          moe=dict(num_experts=experts, num_experts_per_tok=k, moe_intermediate_size=inter))
     paddle.seed(0)
     block = MoE(config, ops.select_ops(use_fused_grouped_mlp=True))
-    reference_block = MoE(config, ops.select_ops(use_fused_grouped_mlp=False))
+    reference_block = MoE(config, ops.select_ops(use_fused_grouped_mlp=False, use_fused_moe_combine=False))
     reference_block.set_state_dict(block.state_dict())
     x = paddle.randn([args.tokens, hidden])
     x.stop_gradient = False
@@ -146,12 +158,39 @@ def tiny_deepseek_v3(directory: str) -> None:
         json.dump(to_hf_dict(c), fh)
 
 
-def train_steps(args, workdir: str, variant: str, run: int) -> list:
+def baseline_env(commit: str) -> dict:
+    """Environment variables that make a child process import llmpre built from ``commit``
+    (a wheel of ``git archive commit``, CPU ops, cached in the temp folder) instead of this
+    checkout's editable install (whose finder steps aside for SKBUILD_EDITABLE_SKIP)."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{commit}^{{commit}}"], cwd=root,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    base = Path(tempfile.gettempdir()) / f"llmpre-bench-{sha[:12]}"
+    site = base / "site"
+    if not (site / "llmpre" / "__init__.py").exists():
+        src, wheels = base / "src", base / "wheel"
+        for d in (src, wheels):
+            d.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha], cwd=root, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+        print(f"  building llmpre {sha[:12]} (CPU ops) in {base} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "--no-deps",
+                        str(src), "-w", str(wheels)], check=True, env={**os.environ, "LLMPRE_CUDA": "OFF"})
+        zipfile.ZipFile(next(wheels.glob("llmpre-*.whl"))).extractall(site)
+    builds = [getattr(f, "path", None) for f in sys.meta_path if "llmpre" in getattr(f, "known_source_files", {})]
+    return {"SKBUILD_EDITABLE_SKIP": os.pathsep.join(b for b in builds if b),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
+def train_steps(args, workdir: str, variant: str, run: int, extra_env: dict) -> list:
     out = os.path.join(workdir, f"out-{variant}-{run}")
-    cmd = [sys.executable, "-c", PATCH_LOOP if variant == "loop" else PLAIN, "train", "--model",
+    cmd = [sys.executable, "-c", PLAIN if variant == "grouped" else PATCH_LOOP, "train", "--model",
            os.path.join(workdir, "model"), "--max_steps", str(args.steps), "--logging_steps", "1",
            "--output_dir", out, "--save_steps", "100000", "--eval_steps", "100000"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **extra_env)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=workdir)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -164,25 +203,30 @@ def train_steps(args, workdir: str, variant: str, run: int) -> list:
 
 
 def bench_e2e(args) -> dict:
+    envs = {"loop": {}, "grouped": {}}
+    if args.baseline_commit != "none":
+        envs = {"today": baseline_env(args.baseline_commit), **envs}
     with tempfile.TemporaryDirectory() as workdir:
         os.makedirs(os.path.join(workdir, "model"))
         tiny_deepseek_v3(os.path.join(workdir, "model"))
-        times = {"loop": [], "grouped": []}
+        times = {v: [] for v in envs}
         losses = {}
         for r in range(args.rounds):
-            for variant in ("loop", "grouped"):
-                steps, loss = train_steps(args, workdir, variant, r)
+            for variant, env in envs.items():
+                steps, loss = train_steps(args, workdir, variant, r, env)
                 times[variant] += steps[2:]
                 losses.setdefault(variant, loss)
                 print(f"  {variant:8s} run {r}: step times {', '.join(f'{s:.2f}' for s in steps)} s "
                       f"(load {load_average()})", flush=True)
-    first = [abs(a - b) for a, b in zip(losses["loop"][:3], losses["grouped"][:3])]
-    print(f"  first losses: loop {losses['loop'][:3]}, grouped {losses['grouped'][:3]}")
+    print("  first losses: " + ", ".join(f"{v} {losses[v][:3]}" for v in envs))
+    first = {v: max(abs(a - b) / abs(b) for a, b in zip(losses[v][:3], losses["grouped"][:3])) for v in envs}
     med = {v: statistics.median(t) for v, t in times.items()}
-    print(f"  median step: loop {med['loop']:.3f} s, grouped {med['grouped']:.3f} s  "
-          f"-> x{med['loop'] / med['grouped']:.2f} steps/s")
-    return {"median_step_s": med, "steps_per_s": {v: 1 / m for v, m in med.items()},
-            "speedup": med["loop"] / med["grouped"], "first_loss_diff": first}
+    print("  median step: " + ", ".join(f"{v} {m:.3f} s" for v, m in med.items()) +
+          f"  -> grouped x{med['loop'] / med['grouped']:.2f} steps/s vs loop" +
+          (f", x{med['today'] / med['grouped']:.2f} vs today ({args.baseline_commit})" if "today" in med else ""))
+    speedups = {f"vs_{v}": med[v] / med["grouped"] for v in envs if v != "grouped"}
+    return {"median_step_s": med, "steps_per_s": {v: 1 / m for v, m in med.items()}, "speedup": speedups,
+            "first_loss_rel_diff_vs_grouped": first, "baseline_commit": args.baseline_commit}
 
 
 def main():
