@@ -22,3 +22,8 @@ run qwen-72b-rank0     --model qwen-72b   --tp 8 --pp 8 $common --rank 0
 run qwen-72b-rank63    --model qwen-72b   --tp 8 --pp 8 $common --rank 63
 run gpt3-175b-rank0    --model gpt3-175b-en --tp 8 --pp 16 --sharding 4 --stage 1 $common --rank 0
 run gpt3-175b-rank511  --model gpt3-175b-en --tp 8 --pp 16 --sharding 4 --stage 1 $common --rank 511
+# issue 14: DeepSeek-V3's 61 layers on pp16 (uneven split 3,3,4x13,3), experts over ep 64 of the
+# 64 sharding ranks (1024 ranks); rank 0 holds the embedding and the three dense layers, rank 1023
+# (the plan's peak stage) MoE layers 58-60, the final norm and the LM head
+run deepseek-v3-pp16-rank0    --model deepseek-v3 --pp 16 --expert_parallel_degree 64 --sharding 64 --stage 1 $common --rank 0
+run deepseek-v3-pp16-rank1023 --model deepseek-v3 --pp 16 --expert_parallel_degree 64 --sharding 64 --stage 1 $common --rank 1023
