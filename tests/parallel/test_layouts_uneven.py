@@ -5,6 +5,9 @@ uneven pipeline resumes in one process."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from layout_runner import assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train, weights
@@ -52,3 +55,19 @@ def test_uneven_pipeline_matches_one_process(tmp_path, references, name):
         assert sorted(after) == [4, 5, 6]
         assert_same_losses(after, {s: ref_losses[s] for s in after})
         assert_same_weights(weights(resumed), ref_weights)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--pipeline_layers", "1,2"], "pipeline_layers 1,2 add up to 3 layers but the model has 4 (num_hidden_layers)"),
+    (["--pipeline_layers", "0,4"], "pipeline_layers 0,4: chunk 0 has 0 layers"),
+    (["--pipeline_layers", "1,1,2"], "pipeline_layers 1,1,2 lists 3 layer counts but the 2 pipeline stages (pp 2)"),
+    (["--num_hidden_layers", "1"], "1 layer cannot fill the 2 pipeline stages (pp 2)"),
+], ids=["sum", "zero", "count", "too-few-layers"])
+def test_bad_splits_fail_before_workers_start(tmp_path, flags, message):
+    proc = subprocess.run([sys.executable, "-m", "llmpre.cli", "train", "--model", "llama-tiny", "--num_hidden_layers",
+                           "4", "--max_steps", "1", "--output_dir", str(tmp_path), "--nproc-per-node", "2", "--pp", "2",
+                           *flags], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert message in out and "Traceback" not in out, out[-2000:]
+    assert not (tmp_path / "launch_logs").exists()      # no worker was started

@@ -75,8 +75,8 @@ def test_plan_arguments_read_the_counts_and_refuse_bad_ones():
         parse_plan_arguments(None, {**flags, "pp": "8"})
 
 
-@pytest.mark.parametrize("kw", [dict(pp=2), dict(pp=2, pipeline_layers=(1, 2)), dict(pp=2, tp=2, sharding=2, stage=1,
-                                                                                       dtype="bfloat16", opt_level="O2")])
+@pytest.mark.parametrize("kw", [dict(pp=2), dict(pp=2, pipeline_layers=(1, 2)),
+                                dict(pp=2, tp=2, sharding=2, stage=1, dtype="bfloat16", opt_level="O2")])
 def test_materialized_ranks_of_an_uneven_layout_equal_the_plan(kw):
     pytest.importorskip("paddle")
     from llmpre.plan.materialize import materialize

@@ -303,8 +303,8 @@ def pipeline_counts(num_layers: int, pp: int, vpp: int = 1, explicit=()) -> tupl
         return tuple(int(n) for n in explicit)
     if num_layers < chunks:
         raise ConfigError(
-            f"{num_layers} layers cannot fill {shape}: each needs at least one layer; choose "
-            f"degrees whose product pp x virtual pp is at most {num_layers}")
+            f"{num_layers} layer{'s' if num_layers != 1 else ''} cannot fill {shape}: each needs at least "
+            f"one layer; choose degrees whose product pp x virtual pp is at most {num_layers}")
     per, extra = divmod(num_layers, chunks)
     short = ([chunks - 1] + list(range(chunks - 1)))[:chunks - extra]   # last, first, then 1, 2, ...
     return tuple(per if g in short else per + 1 for g in range(chunks)) if extra else (per,) * chunks
