@@ -1,9 +1,10 @@
 """Context parallelism (ring attention) and sep (all-to-all) train exactly like one
-process: five steps at sequence length 512 on gloo give the single-process losses
-(relative 1e-5) and parameters (layout_runner.assert_same_weights), for llama-tiny
-(GQA: 4 heads, 2 KV heads), a tiny Qwen2 (q/k/v biases) and a tiny Mistral with a
-sliding window of 200 keys (not a multiple of the 128-token chunks, so blocks are
-cut inside). Two layers and one sequence per micro-batch keep the file near 4
+process: five steps at sequence lengths 512 and 2048 on gloo give the single-process
+losses (relative 1e-5) and parameters (layout_runner.assert_same_weights), for
+llama-tiny (GQA: 4 heads, 2 KV heads), a tiny Qwen2 (q/k/v biases) and a tiny Mistral
+with a sliding window of 200 keys (not a multiple of the 128- or 512-token chunks, so
+blocks are cut inside, and at 2048 most block pairs lie wholly outside the window and
+are skipped). Two layers and one sequence per micro-batch keep the file near 5
 minutes on two busy cores. Bad layouts fail before any worker starts."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 from layout_runner import assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train, weights
 
-SEQ = ["--max_seq_length", "512", "--num_hidden_layers", "2"]
+LAYERS = ["--num_hidden_layers", "2"]
 TINY = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 8192, "max_position_embeddings": 1024, "hidden_act": "silu",
         "tie_word_embeddings": False, "initializer_range": 0.02, "bos_token_id": 1, "eos_token_id": 2}
@@ -28,13 +29,15 @@ MODELS = {
                               rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=200),
 }
 LAYOUTS = [
-    # name, model, processes, flags
-    ("cp2", "llama-tiny", 2, ["--cp", "2"]),
-    ("cp4", "llama-tiny", 4, ["--cp", "4"]),
-    ("sep2", "llama-tiny", 2, ["--sep", "2"]),
-    ("cp2xtp2", "llama-tiny", 4, ["--cp", "2", "--tp", "2"]),
-    ("qwen2-cp2", "qwen2-tiny", 2, ["--cp", "2"]),
-    ("window-cp2", "mistral-window200", 2, ["--cp", "2"]),
+    # name, model, sequence length, processes, flags
+    ("cp2", "llama-tiny", 512, 2, ["--cp", "2"]),
+    ("cp4", "llama-tiny", 512, 4, ["--cp", "4"]),
+    ("sep2", "llama-tiny", 512, 2, ["--sep", "2"]),
+    ("cp2xtp2", "llama-tiny", 512, 4, ["--cp", "2", "--tp", "2"]),
+    ("cp4-2048", "llama-tiny", 2048, 4, ["--cp", "4"]),
+    ("sep2-2048", "llama-tiny", 2048, 2, ["--sep", "2"]),
+    ("qwen2-cp2-2048", "qwen2-tiny", 2048, 2, ["--cp", "2"]),
+    ("window-cp2-2048", "mistral-window200", 2048, 2, ["--cp", "2"]),
 ]
 
 
@@ -47,9 +50,10 @@ def _model_flag(name, root) -> list:
     return ["--model", str(path)]
 
 
-def _train(out, nproc, model, flags, root):
+def _train(out, nproc, model, seq, flags, root):
     # data_ranks=4: one sequence per micro-batch (2 per step with gradient accumulation 2)
-    return train(out, nproc, *SEQ, *_model_flag(model, root), *flags, data_ranks=4)
+    return train(out, nproc, "--max_seq_length", str(seq), *LAYERS, *_model_flag(model, root), *flags,
+                 data_ranks=4)
 
 
 @pytest.fixture(scope="module")
@@ -57,20 +61,20 @@ def references(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     done = {}
 
-    def get(model):
-        if model not in done:
-            out = tmp_path_factory.mktemp(f"single-{model}")
-            _train(out, 1, model, [], root)
-            done[model] = (losses(out), weights(out))
-        return done[model]
+    def get(model, seq):
+        if (model, seq) not in done:
+            out = tmp_path_factory.mktemp(f"single-{model}-{seq}")
+            _train(out, 1, model, seq, [], root)
+            done[model, seq] = (losses(out), weights(out))
+        return done[model, seq]
     get.root = root
     return get
 
 
-@pytest.mark.parametrize("name,model,nproc,flags", LAYOUTS, ids=[l[0] for l in LAYOUTS])
-def test_sequence_split_matches_one_process(tmp_path, references, name, model, nproc, flags):
-    ref_losses, ref_weights = references(model)
-    _train(tmp_path, nproc, model, flags, references.root)
+@pytest.mark.parametrize("name,model,seq,nproc,flags", LAYOUTS, ids=[l[0] for l in LAYOUTS])
+def test_sequence_split_matches_one_process(tmp_path, references, name, model, seq, nproc, flags):
+    ref_losses, ref_weights = references(model, seq)
+    _train(tmp_path, nproc, model, seq, flags, references.root)
     got = losses(tmp_path)
     assert_same_losses(got, ref_losses)
     assert_same_weights(weights(tmp_path), ref_weights)

@@ -12,10 +12,10 @@ import pytest
 
 from layout_runner import assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train, weights
 
-CASES = {   # name: (layers, flags); 2 processes, one data rank
-    "3 layers on pp2 (2 + 1)": (3, ["--pp", "2"]),
-    "5 layers on pp2 x vpp2 (chunks 1,1,2,1)": (5, ["--pp", "2", "--vpp", "2"]),
-    "4 layers on pp2, --pipeline_layers 1,3": (4, ["--pp", "2", "--pipeline_layers", "1,3"]),
+CASES = {   # name: (layers, flags, chunks' layers as logged); 2 processes, one data rank
+    "3 layers on pp2 (2 + 1)": (3, ["--pp", "2"], "2,1"),
+    "5 layers on pp2 x vpp2 (chunks 1,1,2,1)": (5, ["--pp", "2", "--vpp", "2"], "1,1,2,1"),
+    "4 layers on pp2, --pipeline_layers 1,3": (4, ["--pp", "2", "--pipeline_layers", "1,3"], "1,3"),
 }
 STEPS = 6
 
@@ -36,11 +36,13 @@ def references(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_uneven_pipeline_matches_one_process(tmp_path, references, name):
-    layers, flags = CASES[name]
+    layers, flags, chunks = CASES[name]
     ref_losses, ref_weights = references(layers)
     save = ["--save_steps", "3"] if layers == 3 else []
     run = tmp_path / "run"
     train(run, 2, "--num_hidden_layers", str(layers), *flags, *save, steps=STEPS)
+    log = (run / "launch_logs" / "workerlog.0").read_text()
+    assert f"pipeline chunks' layers (forward order): {chunks}\n" in log
     got = losses(run)
     assert_same_losses(got, ref_losses)
     assert_same_weights(weights(run), ref_weights)

@@ -192,6 +192,9 @@ class Trainer:
         self.env = init_parallel(self.dims, timeout_s=args.distributed_timeout)
         if self.dims.world_size > 1 or self.dims.recompute:
             logger.info("layout: %s", self.dims.describe())
+        if self.dims.pp > 1:
+            counts = [len(r) for r in self.dims.chunk_layers(self.config.num_hidden_layers)]
+            logger.info("pipeline chunks' layers (forward order): %s", ",".join(map(str, counts)))
         try:
             self.engine = Engine(paddle, model, self.precision, args, self.env, loss_fn)
         finally:
