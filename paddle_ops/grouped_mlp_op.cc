@@ -139,11 +139,15 @@ std::vector<paddle::Tensor> GroupedMlpBackward(const paddle::Tensor& x_in, const
   paddle::Tensor gate = contiguous(gate_in), up = contiguous(up_in), dout = contiguous(dout_in);
   paddle::Tensor dx = new_output(x.shape(), x.dtype(), x.place());
   auto dwg = new_like(wg), dwu = new_like(wu), dwd = new_like(wd);
+  // the rows' input gradients before each token sums its own (from Paddle's allocator, which
+  // keeps freed memory: no page faults on every call)
+  paddle::Tensor workspace = idx ? paddle::empty({p.rows, p.hidden}, x.dtype(), x.place()) : paddle::Tensor();
   const auto pg = pointers(wg), pu = pointers(wu), pd = pointers(wd);
   const auto qg = mutable_pointers(dwg), qu = mutable_pointers(dwu), qd = mutable_pointers(dwd);
   run_kernel(kOp, [&] {
     k::grouped_mlp_backward(p, x.data(), idx, offsets.data<int64_t>(), pg.data(), pu.data(), pd.data(), gate.data(),
-                            up.data(), dout.data(), dx.data(), qg.data(), qu.data(), qd.data());
+                            up.data(), dout.data(), dx.data(), qg.data(), qu.data(), qd.data(),
+                            idx ? workspace.data() : nullptr);
   });
   grads.push_back(dx);
   for (auto* gs : {&dwg, &dwu, &dwd}) grads.insert(grads.end(), gs->begin(), gs->end());

@@ -10,7 +10,8 @@
 //          (each expert's own parameter buffers)
 //   out    [rows, hidden]; gate, up [rows, inter] (saved for the backward)
 //
-// The gather is part of the GEMMs' operand packing: no gathered copy of x is made. The
+// The forward gathers while the GEMMs pack their A operand: no gathered copy of x is made;
+// the backward copies one expert's rows at a time (its weight gradients read them transposed). The
 // backward's dx [tokens, hidden] is token-major: dx[t] sums the gradients of the rows
 // with index t in row order (no atomics; the same result for any thread count).
 //
@@ -38,10 +39,12 @@ void grouped_mlp_forward(const GroupedMlpParams& p, const void* x, const int64_t
                          void* up);
 
 // dx [tokens, hidden]; dwg, dwu, dwd: experts pointers to buffers shaped like wg, wu, wd
-// (experts without rows get zero weight gradients).
+// (experts without rows get zero weight gradients). With an index, workspace holds the rows'
+// input gradients before each token sums its own: rows x hidden floats (the caller's
+// allocator reuses it between calls; a fresh buffer faults its pages in on every call).
 void grouped_mlp_backward(const GroupedMlpParams& p, const void* x, const int64_t* index, const int64_t* offsets,
                           const void* const* wg, const void* const* wu, const void* const* wd, const void* gate,
                           const void* up, const void* dout, void* dx, void* const* dwg, void* const* dwu,
-                          void* const* dwd);
+                          void* const* dwd, void* workspace = nullptr);
 
 }  // namespace llmpre::kernels
