@@ -26,7 +26,7 @@ gathers its rows itself, one llmpre_moe_combine) against the per-expert loop it 
    ``MoE.routed`` patched to the loop: what the grouped experts alone change) and
    "grouped" (the code as it is); median (and minimum: the least disturbed by other jobs)
    step time of the steps after the first two.
-   The baseline commit is built once as a wheel (CPU ops, ~2-4 minutes) and cached in
+   The baseline commit is built once as a wheel (CPU ops; 8 minutes on the loaded 2-core box) and cached in
    the temp folder.
 """
 
