@@ -41,37 +41,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import golden  # noqa: E402  (tests/golden.py: curve definitions and comparison)
+from commit_build import commit_env  # noqa: E402  (tools/commit_build.py)
 
 
 def use_commit(rev: str) -> None:
-    """Make the training runs import llmpre built from commit ``rev``: export it,
-    build a wheel (CPU ops, no CUDA), unpack it, put it first on PYTHONPATH and
-    switch off this checkout's editable-install finder for the child processes."""
-    sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.strip()
-    base = Path(tempfile.gettempdir()) / f"llmpre-golden-{sha[:12]}"
-    site = base / "site"
-    if not (site / "llmpre" / "__init__.py").exists():
-        src, wheels = base / "src", base / "wheel"
-        for d in (src, wheels):
-            d.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", sha], cwd=ROOT, capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
-        print(f"building llmpre {sha[:12]} (CPU ops) in {base} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-build-isolation",
-                        "--no-deps", str(src), "-w", str(wheels)], check=True,
-                       env={**os.environ, "LLMPRE_CUDA": "OFF"})
-        import zipfile
-
-        zipfile.ZipFile(next(wheels.glob("llmpre-*.whl"))).extractall(site)
-    # scikit-build-core's editable finder steps aside for the build folders named in
-    # SKBUILD_EDITABLE_SKIP; without that it would import this checkout's sources.
-    builds = [getattr(f, "path", None) for f in sys.meta_path
-              if "llmpre" in getattr(f, "known_source_files", {})]
-    os.environ["SKBUILD_EDITABLE_SKIP"] = os.pathsep.join(b for b in builds if b)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    """Make the training runs import llmpre built from commit ``rev`` (a cached wheel of
+    it: tools/commit_build.py) instead of this checkout."""
+    sha, env = commit_env(rev, prefix="llmpre-golden")
+    os.environ.update(env)
     os.environ["LLMPRE_GOLDEN_COMMIT"] = sha
-    print(f"training with llmpre {sha[:12]} from {site}")
+    print(f"training with llmpre {sha[:12]} from {env['PYTHONPATH'].split(os.pathsep)[0]}")
 
 
 def train(curve, steps, extra, work):

@@ -161,29 +161,13 @@ def tiny_deepseek_v3(directory: str) -> None:
 
 def baseline_env(commit: str) -> dict:
     """Environment variables that make a child process import llmpre built from ``commit``
-    (a wheel of ``git archive commit``, CPU ops, cached in the temp folder) instead of this
-    checkout's editable install (whose finder steps aside for SKBUILD_EDITABLE_SKIP)."""
-    import zipfile
+    (a cached wheel of it, CPU ops: tools/commit_build.py) instead of this checkout."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
-    sha = subprocess.run(["git", "rev-parse", "--verify", f"{commit}^{{commit}}"], cwd=root,
-                         capture_output=True, text=True, check=True).stdout.strip()
-    base = Path(tempfile.gettempdir()) / f"llmpre-bench-{sha[:12]}"
-    site = base / "site"
-    if not (site / "llmpre" / "__init__.py").exists():
-        src, wheels = base / "src", base / "wheel"
-        for d in (src, wheels):
-            d.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", sha], cwd=root, capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
-        print(f"  building llmpre {sha[:12]} (CPU ops) in {base} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "--no-deps",
-                        str(src), "-w", str(wheels)], check=True, env={**os.environ, "LLMPRE_CUDA": "OFF"})
-        zipfile.ZipFile(next(wheels.glob("llmpre-*.whl"))).extractall(site)
-    builds = [getattr(f, "path", None) for f in sys.meta_path if "llmpre" in getattr(f, "known_source_files", {})]
-    return {"SKBUILD_EDITABLE_SKIP": os.pathsep.join(b for b in builds if b),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    from commit_build import commit_env
+
+    return commit_env(commit, prefix="llmpre-bench")[1]
 
 
 def train_steps(args, workdir: str, variant: str, run: int, extra_env: dict) -> list:
