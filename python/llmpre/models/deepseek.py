@@ -52,12 +52,12 @@ class MLAttention(nn.Layer):
     def forward(self, x, cos=None, sin=None, position_ids=None, alibi=None):
         q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.q_lora else self.q_proj(x)
         q = q.reshape([0, 0, self.num_heads, self.nope + self.rope])                       # [b, s, H, n+r]
-        q_nope, q_rope = q[..., : self.nope], q[..., self.nope:]
+        q_nope, q_rope = paddle.split(q, [self.nope, self.rope], axis=-1)   # one backward: a concat
         latent_rope = self.kv_a_proj_with_mqa(x)                                       # [b, s, c + r]
-        latent, k_rope = latent_rope[..., : self.kv_lora_rank], latent_rope[..., self.kv_lora_rank:]
+        latent, k_rope = paddle.split(latent_rope, [self.kv_lora_rank, self.rope], axis=-1)
         kv = self.kv_b_proj(self.kv_a_layernorm(latent))                               # [b, s, H (n+v)]
         kv = kv.reshape([0, 0, self.num_heads, self.nope + self.v_dim])                    # [b, s, H, n+v]
-        k_nope, v = kv[..., : self.nope], kv[..., self.nope:]
+        k_nope, v = paddle.split(kv, [self.nope, self.v_dim], axis=-1)
         q_rope, k_rope = self.ops.rotary(q_rope, k_rope.unsqueeze(2), cos, sin, position_ids,
                                          interleaved=self.interleaved)               # [b,s,H,r], [b,s,1,r]
         q = paddle.concat([q_nope, q_rope], axis=-1)                                   # [b, s, H, n+r]
