@@ -133,6 +133,7 @@ class ShardedAdamW:
         self.exp_avg = paddle.zeros([n], dtype="float32")
         self.exp_avg_sq = paddle.zeros([n], dtype="float32")
         self.grad_shard: paddle.Tensor | None = None
+        self._grad_buffer: paddle.Tensor | None = None   # see _flat_grad(reuse=True)
         # Stage 3: buckets whose parameters are materialised only while in use;
         # their gradients are reduced as each unit finishes its backward.
         self.released: set = set()
@@ -154,8 +155,13 @@ class ShardedAdamW:
 
     # ---- gradients -------------------------------------------------------------
     @paddle.no_grad()
-    def _flat_grad(self, b) -> paddle.Tensor:
-        """The fp32 gradients of bucket ``b`` packed into the flat layout (zeros for padding)."""
+    def _flat_grad(self, b, reuse: bool = False) -> paddle.Tensor:
+        """The fp32 gradients of bucket ``b`` packed into the flat layout (zeros for padding).
+        ``reuse``: written into one buffer kept between steps (its pages stay mapped; a fresh
+        ~100 MB concatenation faulted them in every step): only for a caller that is done
+        with the result before the next call."""
+        if reuse:
+            return self._flat_grad_into(b)
         parts, pos = [], b.start
         for i in b.params:
             _, p = self.params[i]
@@ -170,10 +176,31 @@ class ShardedAdamW:
             parts.append(paddle.zeros([b.end - pos], dtype="float32"))
         return paddle.concat(parts) if len(parts) > 1 else parts[0]
 
+    def _flat_grad_into(self, b) -> paddle.Tensor:
+        buf = self._grad_buffer
+        if buf is None or int(buf.shape[0]) != b.end - b.start:
+            buf = self._grad_buffer = paddle.zeros([b.end - b.start], dtype="float32")
+        pos = b.start
+        for i in b.params:
+            g = self.params[i][1].grad
+            off, n = self.layout.offsets[i], self.layout.numels[i]
+            if off > pos:
+                buf[pos - b.start:off - b.start].zero_()
+            view = buf[off - b.start:off - b.start + n]
+            if g is None:
+                view.zero_()
+            else:
+                view.copy_(g.astype("float32").reshape([-1]), False)
+            pos = off + n
+        if b.end > pos:
+            buf[pos - b.start:].zero_()
+        return buf
+
     @paddle.no_grad()
-    def _reduce_bucket(self, k: int) -> paddle.Tensor:
+    def _reduce_bucket(self, k: int, reuse: bool = False) -> paddle.Tensor:
         """Sum tp-replicated gradients over tp, then this rank's shard of the bucket's
-        gradient summed over every data rank (not yet averaged); frees the gradients."""
+        gradient summed over every data rank (not yet averaged); frees the gradients.
+        ``reuse``: see :meth:`_flat_grad`."""
         b = self.layout.buckets[k]
         tp = self.env.groups["tp"]
         if tp.size > 1:
@@ -181,7 +208,7 @@ class ShardedAdamW:
                 p = self.params[i][1]
                 if getattr(p, TP_GRAD_SUM, False) and p.grad is not None:
                     tp.all_reduce(p.grad)
-        part = self.sharding.reduce_scatter(self._flat_grad(b), axis=0)
+        part = self.sharding.reduce_scatter(self._flat_grad(b, reuse), axis=0)
         self.dp.all_reduce(part)
         seq = self.env.groups.get("seq")
         if seq is not None:     # sep / cp: each rank's loss is its share of the group's (a sum)
@@ -202,6 +229,9 @@ class ShardedAdamW:
         (``self.grad_shard``); the parameters' own gradients are released (stage 2
         semantics: only the shard survives)."""
         scale = 1.0 / self.env.dims.data_parallel_size
+        # one bucket, one shard: the packed gradient is the shard, spent by step()
+        # before the next reduction rewrites it
+        reuse = self.sharding.size == 1 and len(self.layout.buckets) == 1
         shards = []
         for k, b in enumerate(self.layout.buckets):
             if k in self.released:
@@ -209,7 +239,7 @@ class ShardedAdamW:
                 shards.append(part if part is not None else
                               paddle.zeros([(b.end - b.start) // self.sharding.size], "float32"))
             else:
-                shards.append(self._reduce_bucket(k))
+                shards.append(self._reduce_bucket(k, reuse))
         grad = paddle.concat(shards) if len(shards) > 1 else shards[0]
         self.grad_shard = grad.scale_(scale) if scale != 1.0 else grad   # ours: changed in place
 
