@@ -150,6 +150,20 @@ def test_multi_token_prediction_modules_sit_on_the_last_stage():
     assert pp.stages[0].params == plan_memory(one.replace(model=_tiny_v3(), pp=2)).stages[0].params
 
 
+def test_multi_token_prediction_depths_run_on_the_whole_sequence_under_sp():
+    """Under tensor sequence parallelism the decoder layers keep 1/tp of the sequence, but the
+    MTP depths shift it, so they run on all of it (plain tp): what a depth adds to the last
+    stage's activations is the same with sp as without."""
+    m, base = _tiny_v3(num_nextn_predict_layers=1), _tiny_v3()
+    added = {}
+    for sp in (False, True):
+        s = PlanSettings(model=m, seq_length=64, micro_batch=1, tp=2, sequence_parallel=sp)
+        added[sp] = plan_memory(s).stages[0].activations - plan_memory(s.replace(model=base)).stages[0].activations
+    assert added[True] == added[False] > 0
+    s = PlanSettings(model=base, seq_length=64, micro_batch=1, tp=2)
+    assert plan_memory(s.replace(sequence_parallel=True)).stages[0].activations < plan_memory(s).stages[0].activations
+
+
 def test_materialized_mtp_rank_holds_the_planned_bytes():
     pytest.importorskip("paddle")
     from llmpre.plan.materialize import materialize

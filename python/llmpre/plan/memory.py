@@ -539,8 +539,9 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
         # MTP blocks are not recomputed; each also keeps its two norms' and eh_proj's inputs
         mtp_in = (2 * _norm_saved(s, dt, m.hidden_size) + dt.act * 2 * m.hidden_size) * s.micro_batch * s.local_seq
         def kept(i):
-            return (layer_bytes(s, recomputed=i not in keep and i < m.num_hidden_layers, layer=i)
-                    + (mtp_in if i >= m.num_hidden_layers else 0))
+            if i >= m.num_hidden_layers:    # an MTP depth: the whole sequence under sp (plain tp)
+                return layer_bytes(s.replace(sequence_parallel=False), recomputed=False, layer=i) + mtp_in
+            return layer_bytes(s, recomputed=i not in keep, layer=i)
         chunks = [list(c) for c in rank_chunks(s, rank)]
         chunks[-1] += layers[len(stage_layers(s, rank)):]       # MTP depths run with the last chunk
         mb = in_flight(s, rank)
