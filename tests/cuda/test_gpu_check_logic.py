@@ -1,5 +1,5 @@
 """CPU tests of what the GPU checks rest on (bench/gpu/harness.py and
-check_{rms_norm,rotary,cross_entropy}.py): storage rounding, the error rule, the
+check_{rms_norm,rotary,cross_entropy,swiglu,moe_rows}.py): storage rounding, the error rule, the
 float64 references, and the checks' verdicts on emulated kernels: an ideal
 kernel (the truth rounded once) must pass every case, and kernels with
 typical bugs must fail. No GPU and no CUDA build are needed.
@@ -18,8 +18,10 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench" / "gpu"))
 import check_cross_entropy as cce  # noqa: E402
+import check_moe_rows as cmr  # noqa: E402
 import check_rms_norm as crms  # noqa: E402
 import check_rotary as crot  # noqa: E402
+import check_swiglu as csw  # noqa: E402
 import harness as H  # noqa: E402
 
 
@@ -265,9 +267,87 @@ def test_cross_entropy_check_catches_bugs(kind, dtype):
     assert not cce.check_case(_ce_bug(kind), 9, 300, dtype)["passed"]
 
 
+# ----------------------------------------------------------------------------- swiglu
+def test_swiglu_truth_matches_finite_differences():
+    rng = np.random.default_rng(5)
+    g, u, d = rng.standard_normal(9) * 3, rng.standard_normal(9), rng.standard_normal(9)
+    t = csw.truth({"gate": g, "up": u, "dout": d})
+    f = lambda g_, u_: csw.truth({"gate": g_, "up": u_, "dout": d})["out"]  # noqa: E731
+    h = 1e-6
+    np.testing.assert_allclose(t["dgate"], d * (f(g + h, u) - f(g - h, u)) / (2 * h), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(t["dup"], d * (f(g, u + h) - f(g, u - h)) / (2 * h), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("case", csw.CASES, ids=lambda c: c.label())
+def test_swiglu_ideal_kernel_passes(case):
+    r = csw.check_case(csw.rounded_truth_kernel, case)
+    assert r["passed"], r
+
+
+def _swiglu_bug(kind):
+    def kernel(inp, c):
+        out = csw.rounded_truth_kernel(inp, c)
+        if kind == "tail":                # the element-wise tail never written
+            out["out"][-3:] = np.nan
+        elif kind == "dgate_no_chain":    # dgate = dout * up * sigmoid(g): silu's derivative half missing
+            g = inp["gate"]
+            out["dgate"] = H.rounder(c.dtype)(inp["dout"] * inp["up"] / (1 + np.exp(-g)))
+        elif kind == "swapped":           # dgate and dup swapped
+            out["dgate"], out["dup"] = out["dup"], out["dgate"]
+        return out
+    return kernel
+
+
+@pytest.mark.parametrize("kind", ["tail", "dgate_no_chain", "swapped"])
+def test_swiglu_check_catches_bugs(kind):
+    assert not csw.check_case(_swiglu_bug(kind), csw.Case(37, "bfloat16"))["passed"]
+
+
+# ----------------------------------------------------------------------------- moe rows
+@pytest.mark.parametrize("case", cmr.CASES, ids=lambda c: c.label())
+def test_moe_rows_ideal_kernel_passes(case):
+    r = cmr.check_case(cmr.rounded_truth_kernel, case)
+    assert r["passed"], r
+
+
+def test_moe_rows_inputs_are_a_routing():
+    c = cmr.Case(30, 4, 8, "float32")
+    inp = cmr.make_inputs(np.random.default_rng(0), c)
+    index, perm, starts = inp["index"], inp["perm"], inp["starts"]
+    assert starts[0] == 0 and starts[-1] == index.size and np.all(np.diff(starts) >= 0)
+    assert starts[2] == starts[1]                                  # token 1 has no rows
+    for t in range(c.tokens):                                      # perm lists each token's rows in row order
+        rows = perm[starts[t]:starts[t + 1]]
+        assert np.all(index[rows] == t) and np.all(np.diff(rows) > 0)
+
+
+def _moe_rows_bug(kind):
+    def kernel(inp, c):
+        out = cmr.rounded_truth_kernel(inp, c)
+        if kind == "last_row_dropped":    # the loop stops one row short
+            starts = inp["starts"].copy()
+            starts[1:] = np.maximum(starts[1:] - 1, starts[:-1])
+            out["summed"] = H.rounder(c.dtype)(cmr._segment_sum(inp["drows"], inp["perm"], starts, lambda a: a,
+                                                               np.float64))
+        elif kind == "bad_clamped":       # an out-of-range index clamped instead of a NaN row
+            out["gathered"] = np.asarray(inp["src"])[np.clip(inp["index"], 0, c.tokens - 1)]
+        elif kind == "empty_unwritten":   # tokens without rows left as they were (NaN fill)
+            empty = inp["starts"][1:] == inp["starts"][:-1]
+            out["summed"][empty] = np.nan
+        return out
+    return kernel
+
+
+@pytest.mark.parametrize("kind,case", [("last_row_dropped", cmr.Case(20, 4, 16, "bfloat16")),
+                                       ("bad_clamped", cmr.Case(20, 3, 32, "float32", bad=True)),
+                                       ("empty_unwritten", cmr.Case(20, 4, 16, "float32"))])
+def test_moe_rows_check_catches_bugs(kind, case):
+    assert not cmr.check_case(_moe_rows_bug(kind), case)["passed"]
+
+
 def test_check_modules_import_without_a_gpu():
     # run_all.py imports every check/bench module; none may need the device at import
-    for name in ("check_rms_norm", "check_rotary", "check_cross_entropy", "bench_rms_norm", "bench_rotary",
-                 "bench_cross_entropy"):
+    for name in ("check_rms_norm", "check_rotary", "check_cross_entropy", "check_swiglu", "check_moe_rows",
+                 "bench_rms_norm", "bench_rotary", "bench_cross_entropy"):
         assert os.path.exists(ROOT / "bench" / "gpu" / f"{name}.py")
         __import__(name)
