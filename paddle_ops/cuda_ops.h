@@ -6,8 +6,8 @@
 // tensors here after the shared shape/dtype checks, and CPU tensors to the CPU
 // kernels. Each function takes the op's checked inputs and returns the same
 // outputs as the CPU path; it calls the raw-pointer launchers of cuda/<op>/ on
-// the tensor's stream. An op without one (swiglu) gives a GPU tensor a clear
-// error from check_cpu(). Every definition must match its declaration here:
+// the tensor's stream. An op without one (moe_combine, adamw_) gives a GPU
+// tensor a clear error from check_cpu(). Every definition must match its declaration here:
 // `make paddle-gpu-glue-check` compiles these files as a CUDA build of Paddle
 // would (no GPU needed) and fails on a definition this header lacks.
 #pragma once
@@ -49,6 +49,23 @@ std::vector<paddle::Tensor> FlashAttentionBackwardCuda(
     const paddle::optional<paddle::Tensor>& alibi_slopes, const paddle::Tensor& out,
     const paddle::Tensor& lse, const paddle::Tensor& dout, bool causal, int window, float scale, int kernel,
     int64_t q_offset = INT64_MIN);
+#endif
+
+#ifdef LLMPRE_CUDA_GROUPED_MLP
+// bfloat16 on GPU; the same inputs and outputs as the CPU functions of grouped_mlp_op.cc
+// (offsets may live on the CPU or on x's GPU).
+std::vector<paddle::Tensor> GroupedMlpForwardCuda(const paddle::Tensor& x, const paddle::Tensor& offsets,
+                                                  const std::vector<paddle::Tensor>& w_gate,
+                                                  const std::vector<paddle::Tensor>& w_up,
+                                                  const std::vector<paddle::Tensor>& w_down,
+                                                  const paddle::optional<paddle::Tensor>& index);
+std::vector<paddle::Tensor> GroupedMlpBackwardCuda(const paddle::Tensor& x, const paddle::Tensor& offsets,
+                                                   const std::vector<paddle::Tensor>& w_gate,
+                                                   const std::vector<paddle::Tensor>& w_up,
+                                                   const std::vector<paddle::Tensor>& w_down,
+                                                   const paddle::optional<paddle::Tensor>& index,
+                                                   const paddle::Tensor& gate, const paddle::Tensor& up,
+                                                   const paddle::Tensor& dout);
 #endif
 
 #ifdef LLMPRE_CUDA_CROSS_ENTROPY

@@ -8,6 +8,8 @@
 //           kernel; without it the rows are X's own, rows = tokens)
 //   outputs Out [rows, hidden]; Gate, Up [rows, inter] (pre-activations, kept for the backward)
 //   grads   X [tokens, hidden]: each token's rows summed token-major (no atomics)
+//   GPU tensors (a CUDA build): bfloat16, paddle_ops/cuda/grouped_mlp_cuda.cc, after the shape checks.
+#include "cuda_ops.h"
 #include "grouped_mlp/grouped_mlp.h"
 #include "op_common.h"
 
@@ -22,11 +24,15 @@ void check_weights(const std::vector<paddle::Tensor>& ws, const char* name, cons
     PD_CHECK(ws[e].shape() == shape, kOp, ": `", arg, "` must be ", shape_str(shape), ", got ",
              shape_str(ws[e].shape()));
     check_same_dtype(x, "x", ws[e], arg.c_str(), kOp);
-    check_cpu(ws[e], kOp, arg.c_str());
   }
 }
 
-k::GroupedMlpParams params(const paddle::Tensor& x, const paddle::Tensor& offsets,
+void check_all_cpu(const std::vector<paddle::Tensor>& ws, const char* name) {
+  for (size_t e = 0; e < ws.size(); ++e) check_cpu(ws[e], kOp, (std::string(name) + "[" + std::to_string(e) + "]").c_str());
+}
+
+// The shape checks both devices share.
+k::GroupedMlpParams shapes(const paddle::Tensor& x, const paddle::Tensor& offsets,
                            const std::vector<paddle::Tensor>& wg, const std::vector<paddle::Tensor>& wu,
                            const std::vector<paddle::Tensor>& wd, const paddle::optional<paddle::Tensor>& index) {
   PD_CHECK(x.shape().size() == 2, kOp, ": `x` must be [tokens, hidden], got ", shape_str(x.shape()));
@@ -38,7 +44,6 @@ k::GroupedMlpParams params(const paddle::Tensor& x, const paddle::Tensor& offset
   if (index) {
     PD_CHECK(index->shape().size() == 1, kOp, ": `index` must be [rows] (the row of x each row reads), got ",
              shape_str(index->shape()));
-    check_cpu(*index, kOp, "index");
     p.rows = index->shape()[0];
   }
   p.hidden = x.shape()[1];
@@ -54,11 +59,23 @@ k::GroupedMlpParams params(const paddle::Tensor& x, const paddle::Tensor& offset
            shape_str(offsets.shape()));
   PD_CHECK(offsets.dtype() == paddle::DataType::INT64, kOp, ": `offsets` must be int64, got ",
            dtype_str(offsets.dtype()));
-  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, kOp, ": `x` must be float32 (other dtypes take the "
+  return p;
+}
+
+// The CPU kernel's checks on top of the shared ones.
+k::GroupedMlpParams params(const paddle::Tensor& x, const paddle::Tensor& offsets,
+                           const std::vector<paddle::Tensor>& wg, const std::vector<paddle::Tensor>& wu,
+                           const std::vector<paddle::Tensor>& wd, const paddle::optional<paddle::Tensor>& index) {
+  k::GroupedMlpParams p = shapes(x, offsets, wg, wu, wd, index);
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, kOp, ": `x` must be float32 on CPU (other dtypes take the "
            "reference op), got ", dtype_str(x.dtype()));
   p.dtype = llmpre::DType::kFloat32;
   check_cpu(x, kOp, "x");
   check_cpu(offsets, kOp, "offsets");
+  if (index) check_cpu(*index, kOp, "index");
+  check_all_cpu(wg, "w_gate");
+  check_all_cpu(wu, "w_up");
+  check_all_cpu(wd, "w_down");
   return p;
 }
 
@@ -99,6 +116,12 @@ std::vector<paddle::Tensor> GroupedMlpForward(const paddle::Tensor& x_in, const 
                                               const std::vector<paddle::Tensor>& wu_in,
                                               const std::vector<paddle::Tensor>& wd_in,
                                               const paddle::optional<paddle::Tensor>& index_in) {
+#ifdef LLMPRE_CUDA_GROUPED_MLP
+  if (x_in.is_gpu()) {
+    shapes(x_in, offsets_in, wg_in, wu_in, wd_in, index_in);
+    return GroupedMlpForwardCuda(x_in, offsets_in, wg_in, wu_in, wd_in, index_in);
+  }
+#endif
   const k::GroupedMlpParams p = params(x_in, offsets_in, wg_in, wu_in, wd_in, index_in);
   paddle::Tensor x = contiguous(x_in), offsets = contiguous(offsets_in), index;
   const int64_t* idx = index_data(index_in, index);
@@ -121,6 +144,12 @@ std::vector<paddle::Tensor> GroupedMlpBackward(const paddle::Tensor& x_in, const
                                                const paddle::optional<paddle::Tensor>& index_in,
                                                const paddle::Tensor& gate_in, const paddle::Tensor& up_in,
                                                const paddle::Tensor& dout_in) {
+#ifdef LLMPRE_CUDA_GROUPED_MLP
+  if (x_in.is_gpu()) {
+    shapes(x_in, offsets_in, wg_in, wu_in, wd_in, index_in);
+    return GroupedMlpBackwardCuda(x_in, offsets_in, wg_in, wu_in, wd_in, index_in, gate_in, up_in, dout_in);
+  }
+#endif
   const k::GroupedMlpParams p = params(x_in, offsets_in, wg_in, wu_in, wd_in, index_in);
   paddle::Tensor x = contiguous(x_in), offsets = contiguous(offsets_in), index;
   const int64_t* idx = index_data(index_in, index);

@@ -7,7 +7,10 @@ one by one in the storage dtype (a framework's scatter-add in bf16). Outputs are
 NaN-filled first. Cases: the top-k routings of a MoE layer (each token's rows scattered by
 expert order), tokens with no rows (a zero row), tokens with many, the three storage
 dtypes, widths that are not a multiple of the 16-byte pack and shifted pointers (the
-element-wise path), and ids outside the source, which must give a NaN row.
+element-wise path), and ids outside the source, which must give a NaN row. ``bucket_starts``
+(the starts from the sorted ids, as the grouped MLP's backward makes them) must equal numpy's
+searchsorted exactly, and ``write_pointers`` (the experts' weight pointers, 300 of them: two
+argument chunks) must write every value.
 The numpy parts import without a GPU (tests/cuda/test_gpu_check_logic.py).
 """
 
@@ -49,6 +52,9 @@ CASES = [
 ]
 
 
+POINTERS = (np.arange(300, dtype=np.uint64) * np.uint64(4096) + np.uint64(0x7F0000001000))   # values, never read
+
+
 def make_inputs(rng, c: Case) -> dict:
     """src [tokens, width]; index [rows]: each (token, slot) pair's token, rows sorted by a
     random expert (the MoE order; some tokens drop slots so a few have none); perm/starts: the
@@ -78,7 +84,8 @@ def truth(inp: dict) -> dict:
     src, index, drows = inp["src"], inp["index"], inp["drows"]
     ok = _valid(index, src.shape[0])
     gathered = np.where(ok[:, None], src[np.where(ok, index, 0)], np.nan)
-    return {"gathered": gathered, "summed": _segment_sum(drows, inp["perm"], inp["starts"], lambda a: a, np.float64)}
+    return {"gathered": gathered, "summed": _segment_sum(drows, inp["perm"], inp["starts"], lambda a: a, np.float64),
+            "starts": np.searchsorted(np.sort(index), np.arange(src.shape[0] + 1)).astype(np.int64)}
 
 
 def _segment_sum(rows, perm, starts, rd, dtype):
@@ -99,7 +106,8 @@ def naive(inp: dict, dtype: str) -> dict:
 def rounded_truth_kernel(inp: dict, c: Case) -> dict:
     """An ideal kernel: exact gathers, the float64 sums rounded once."""
     t = truth(inp)
-    return {"gathered": t["gathered"], "summed": H.rounder(c.dtype)(t["summed"])}
+    return {"gathered": t["gathered"], "summed": H.rounder(c.dtype)(t["summed"]), "starts": t["starts"],
+            "pointers": POINTERS.copy()}
 
 
 class GpuKernel:
@@ -129,8 +137,18 @@ class GpuKernel:
             gathered, summed = out(rows), out(c.tokens)
             cu.gather_rows(src.ptr, index.ptr, gathered.ptr, rows, c.tokens, c.width, dt)
             cu.segment_sum_rows(drows.ptr, perm.ptr, starts.ptr, summed.ptr, rows, c.tokens, c.width, dt)
+            srt = dev(np.sort(inp["index"]), 0)
+            got_starts = H.DeviceBuffer(cu, (c.tokens + 1,), np.int64)
+            bufs.append(got_starts)
+            cu.fill(got_starts.ptr, b"\xff", got_starts.nbytes)
+            cu.bucket_starts(srt.ptr, got_starts.ptr, rows, c.tokens)
+            ptrs = H.DeviceBuffer(cu, (POINTERS.size,), np.uint64)
+            bufs.append(ptrs)
+            cu.fill(ptrs.ptr, b"\xff", ptrs.nbytes)
+            cu.write_pointers(ptrs.ptr, [int(v) for v in POINTERS])
             cu.synchronize()
-            return {"gathered": H.decode(gathered.numpy(), dt), "summed": H.decode(summed.numpy(), dt)}
+            return {"gathered": H.decode(gathered.numpy(), dt), "summed": H.decode(summed.numpy(), dt),
+                    "starts": got_starts.numpy(), "pointers": ptrs.numpy()}
         finally:
             for buf in bufs:
                 buf.free()
@@ -145,6 +163,10 @@ def check_case(kernel, c: Case, seed: int = 0) -> dict:
     exact = got["gathered"].shape == t["gathered"].shape and bool(
         np.array_equal(got["gathered"], t["gathered"], equal_nan=True))
     results.append({"name": "gathered", "passed": exact, **({} if exact else {"why": "not an exact copy (or no NaN row for a bad index)"})})
+    same = bool(np.array_equal(got["pointers"], POINTERS))
+    results.append({"name": "write_pointers", "passed": same, **({} if same else {"why": "values differ"})})
+    same = bool(np.array_equal(got["starts"], t["starts"]))
+    results.append({"name": "bucket starts", "passed": same, **({} if same else {"why": "differ from searchsorted"})})
     return {"case": c.label(), "passed": all(r["passed"] for r in results), "results": results}
 
 

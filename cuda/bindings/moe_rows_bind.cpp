@@ -1,8 +1,10 @@
 // llmpre._cuda: the MoE row gather and per-token segment sum on device pointers passed as ints.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "bindings/registry.h"
 #include "moe_rows/moe_rows_cuda.h"
@@ -50,4 +52,26 @@ LLMPRE_CUDA_BINDINGS(moe_rows, m) {
       py::arg("src"), py::arg("perm"), py::arg("starts"), py::arg("dst"), py::arg("rows"), py::arg("tokens"),
       py::arg("width"), py::arg("dtype"), py::arg("stream") = 0,
       "dst[t] = sum of src[perm[j]] for j in starts[t]..starts[t+1] (fp32, in that order); src has `rows` rows");
+  m.def(
+      "bucket_starts",
+      [](uintptr_t sorted, uintptr_t starts, int64_t rows, int64_t tokens, uintptr_t stream) {
+        MoeRowsParams p;
+        p.rows = rows;
+        p.tokens = tokens;
+        p.sorted = ptr<const int64_t>(sorted);
+        p.starts_out = ptr<int64_t>(starts);
+        llmpre::cuda::bucket_starts(p, reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::arg("sorted"), py::arg("starts"), py::arg("rows"), py::arg("tokens"), py::arg("stream") = 0,
+      "starts[t] = first j with sorted[j] >= t for t in 0..tokens (sorted: [rows] non-decreasing int64)");
+  m.def(
+      "write_pointers",
+      [](uintptr_t dst, const std::vector<uintptr_t>& values, uintptr_t stream) {
+        std::vector<const void*> host;
+        for (uintptr_t v : values) host.push_back(reinterpret_cast<const void*>(v));
+        llmpre::cuda::write_pointers(ptr<void*>(dst), host.data(), static_cast<int64_t>(host.size()),
+                                     reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::arg("dst"), py::arg("values"), py::arg("stream") = 0,
+      "dst[i] = values[i]: a device array of pointers written by kernel arguments");
 }

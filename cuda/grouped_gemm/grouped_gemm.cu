@@ -1,56 +1,26 @@
-// Grouped bf16 GEMM (grouped_gemm_cuda.h): a setup kernel turns the device offsets into
+// Grouped bf16 GEMMs (grouped_gemm_cuda.h): a setup kernel turns the device offsets into
 // CUTLASS's per-group problem sizes, pointers and strides, a second zeroes the rows past
-// offsets[experts], then CUTLASS's grouped GEMM (device scheduler) runs every group.
+// offsets[experts] (forward layouts, when not accumulating), then CUTLASS's grouped GEMM of
+// the operand layout (grouped_gemm_{nn,nt,tn}.cu) runs every group.
 #include "grouped_gemm/grouped_gemm_cuda.h"
 
 #include <cuda_bf16.h>
 
-#include <stdexcept>
-#include <string>
+#include <cstdint>
 
 #include "common/cuda_check.h"
 #include "common/kernel_args.h"
-#include "cutlass/bfloat16.h"
-#include "cutlass/cutlass.h"
-#include "cutlass/epilogue/thread/linear_combination.h"
-#include "cutlass/gemm/device/gemm_grouped.h"
-#include "cutlass/gemm/kernel/default_gemm_grouped.h"
-#include "cutlass/layout/matrix.h"
+#include "grouped_gemm/grouped_gemm_run.cuh"
 
 namespace llmpre {
 namespace cuda {
 namespace {
 
-using Element = cutlass::bfloat16_t;
-using Layout = cutlass::layout::RowMajor;
-constexpr int kAlignment = 8;  // bf16 elements per 128-bit access
-
-using GemmKernel = typename cutlass::gemm::kernel::DefaultGemmGrouped<
-    Element, Layout, cutlass::ComplexTransform::kNone, kAlignment,   // A
-    Element, Layout, cutlass::ComplexTransform::kNone, kAlignment,   // B
-    Element, Layout,                                                 // C, D
-    float,                                                           // accumulator
-    cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80,
-    cutlass::gemm::GemmShape<128, 128, 32>,                          // threadblock tile
-    cutlass::gemm::GemmShape<64, 64, 32>,                            // warp tile
-    cutlass::gemm::GemmShape<16, 8, 16>,                             // mma.sync
-    cutlass::epilogue::thread::LinearCombination<Element, kAlignment, float, float>,
-    cutlass::gemm::threadblock::GemmBatchedIdentityThreadblockSwizzle,  // unused by grouped kernels
-    4,                                                               // pipeline stages
-    cutlass::gemm::kernel::GroupScheduleMode::kDeviceOnly>::GemmKernel;
-using Gemm = cutlass::gemm::device::GemmGrouped<GemmKernel>;
-using LongIndex = typename Layout::Stride::LongIndex;
-
-// The workspace: one array of each kind, `experts` entries, each 16-byte aligned.
-struct Arrays {
-  cutlass::gemm::GemmCoord* sizes;
-  Element** a;
-  Element** b;
-  Element** c;
-  LongIndex* lda;
-  LongIndex* ldb;
-  LongIndex* ldc;
-};
+using grouped::Arrays;
+using grouped::Element;
+using grouped::kAlignment;
+using grouped::Layouts;
+using grouped::LongIndex;
 
 size_t round16(size_t x) { return (x + 15) / 16 * 16; }
 
@@ -73,8 +43,9 @@ Arrays carve(void* workspace, int64_t experts) {
   return w;
 }
 
-__global__ void setup_groups(Arrays w, const int64_t* offsets, const void* a, const void* const* b, void* c,
-                             int64_t experts, int64_t n, int64_t k) {
+// Rows offsets[e]..offsets[e+1] of a/c against b[e] ([k, n], or [n, k] read transposed).
+__global__ void setup_rows(Arrays w, const int64_t* offsets, const void* a, const void* const* b, void* c,
+                           int64_t experts, int64_t n, int64_t k, bool b_transposed) {
   const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (e >= experts) return;
   const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
@@ -83,6 +54,21 @@ __global__ void setup_groups(Arrays w, const int64_t* offsets, const void* a, co
   w.b[e] = const_cast<Element*>(static_cast<const Element*>(b[e]));
   w.c[e] = static_cast<Element*>(c) + r0 * n;
   w.lda[e] = k;
+  w.ldb[e] = b_transposed ? k : n;   // row-major [k, n], or column-major [k, n] = row-major [n, k]
+  w.ldc[e] = n;
+}
+
+// c[e] [m, n] = a[rows of e]^T @ b[rows of e]: A is a's rows read as a column-major [m, rows_e].
+__global__ void setup_weight_grad(Arrays w, const int64_t* offsets, const void* a, const void* b, void* const* c,
+                                  int64_t experts, int64_t m, int64_t n) {
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= experts) return;
+  const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
+  w.sizes[e] = cutlass::gemm::GemmCoord(int(m), int(n), int(rows));   // k = 0: the tile is written as 0
+  w.a[e] = const_cast<Element*>(static_cast<const Element*>(a)) + r0 * m;
+  w.b[e] = const_cast<Element*>(static_cast<const Element*>(b)) + r0 * n;
+  w.c[e] = static_cast<Element*>(c[e]);
+  w.lda[e] = m;
   w.ldb[e] = n;
   w.ldc[e] = n;
 }
@@ -96,11 +82,13 @@ __global__ void zero_dropped(const int64_t* offsets, int64_t experts, int64_t ro
     out[i] = make_uint4(0, 0, 0, 0);
 }
 
-void check_cutlass(cutlass::Status s, const char* what, const char* file, int line) {
-  if (s != cutlass::Status::kSuccess)
-    throw std::runtime_error(std::string(file) + ":" + std::to_string(line) + ": " + what + " failed: " +
-                             cutlassGetStatusString(s));
+void check_workspace(const void* workspace, size_t bytes, int64_t experts, const char* fn) {
+  LLMPRE_REQUIRE(workspace && aligned16(workspace), fn, ": workspace must be a 16-byte aligned device buffer");
+  LLMPRE_REQUIRE(bytes >= grouped_gemm_workspace_bytes(experts), fn, ": workspace has ", bytes,
+                 " bytes, needs grouped_gemm_workspace_bytes(experts) = ", grouped_gemm_workspace_bytes(experts));
 }
+
+constexpr int kSetupThreads = 128;
 
 }  // namespace
 
@@ -117,32 +105,45 @@ void grouped_gemm_bf16(const GroupedGemmParams& p, cudaStream_t stream) {
                  "grouped_gemm: n and k must be multiples of 8 (128-bit bf16 loads), got n ", p.n, ", k ", p.k);
   LLMPRE_REQUIRE(p.n <= INT32_MAX && p.k <= INT32_MAX && p.rows <= INT32_MAX,
                  "grouped_gemm: rows, n and k must fit in int32");
-  LLMPRE_REQUIRE(p.offsets && p.b && p.workspace, "grouped_gemm: offsets, b and workspace must be set");
+  LLMPRE_REQUIRE(p.offsets && p.b, "grouped_gemm: offsets and b must be set");
+  check_workspace(p.workspace, p.workspace_bytes, p.experts, "grouped_gemm");
   LLMPRE_REQUIRE(p.rows == 0 || (p.a && p.c), "grouped_gemm: a and c must be set");
-  LLMPRE_REQUIRE(aligned16(p.a) && aligned16(p.c) && aligned16(p.workspace),
-                 "grouped_gemm: a, c and workspace must be 16-byte aligned");
-  LLMPRE_REQUIRE(p.workspace_bytes >= grouped_gemm_workspace_bytes(p.experts), "grouped_gemm: workspace has ",
-                 p.workspace_bytes, " bytes, needs grouped_gemm_workspace_bytes(experts) = ",
-                 grouped_gemm_workspace_bytes(p.experts));
+  LLMPRE_REQUIRE(aligned16(p.a) && aligned16(p.c), "grouped_gemm: a and c must be 16-byte aligned");
   if (p.rows == 0) return;
   const Arrays w = carve(p.workspace, p.experts);
-  const int threads = 128;
-  setup_groups<<<int((p.experts + threads - 1) / threads), threads, 0, stream>>>(w, p.offsets, p.a, p.b, p.c,
-                                                                                 p.experts, p.n, p.k);
+  setup_rows<<<int((p.experts + kSetupThreads - 1) / kSetupThreads), kSetupThreads, 0, stream>>>(
+      w, p.offsets, p.a, p.b, p.c, p.experts, p.n, p.k, p.b_transposed);
   LLMPRE_CUDA_CHECK_LAUNCH();
-  zero_dropped<<<256, 256, 0, stream>>>(p.offsets, p.experts, p.rows, p.n, p.c);
-  LLMPRE_CUDA_CHECK_LAUNCH();
+  if (!p.accumulate) {
+    zero_dropped<<<256, 256, 0, stream>>>(p.offsets, p.experts, p.rows, p.n, p.c);
+    LLMPRE_CUDA_CHECK_LAUNCH();
+  }
+  const float beta = p.accumulate ? 1.0f : 0.0f;
+  if (p.b_transposed)
+    grouped::run<Layouts::kNT>(w, p.experts, beta, stream);
+  else
+    grouped::run<Layouts::kNN>(w, p.experts, beta, stream);
+}
 
-  const int blocks = Gemm::sufficient();   // one wave at full occupancy; the device scheduler hands out tiles
-  LLMPRE_REQUIRE(blocks > 0, "grouped_gemm: the device cannot run the CUTLASS grouped kernel (no occupancy)");
-  typename Gemm::EpilogueOutputOp::Params epilogue(1.0f, 0.0f);
-  typename Gemm::Arguments args(w.sizes, int(p.experts), blocks, epilogue, w.a, w.b, w.c, w.c, w.lda, w.ldb,
-                                w.ldc, w.ldc);
-  Gemm gemm;
-  // kDeviceOnly needs no CUTLASS workspace (get_workspace_size is 0): nothing is precomputed on the host.
-  check_cutlass(gemm.initialize(args, nullptr, stream), "GemmGrouped::initialize", __FILE__, __LINE__);
-  check_cutlass(gemm.run(stream), "GemmGrouped::run", __FILE__, __LINE__);
+void grouped_gemm_weight_grad_bf16(const GroupedWeightGradParams& p, cudaStream_t stream) {
+  LLMPRE_REQUIRE(p.rows >= 0 && p.experts > 0 && p.m > 0 && p.n > 0,
+                 "grouped_gemm_weight_grad: need rows >= 0 and experts, m, n > 0, got rows ", p.rows, ", experts ",
+                 p.experts, ", m ", p.m, ", n ", p.n);
+  LLMPRE_REQUIRE(p.m % kAlignment == 0 && p.n % kAlignment == 0,
+                 "grouped_gemm_weight_grad: m and n must be multiples of 8 (128-bit bf16 loads), got m ", p.m,
+                 ", n ", p.n);
+  LLMPRE_REQUIRE(p.m <= INT32_MAX && p.n <= INT32_MAX && p.rows <= INT32_MAX,
+                 "grouped_gemm_weight_grad: rows, m and n must fit in int32");
+  LLMPRE_REQUIRE(p.offsets && p.c, "grouped_gemm_weight_grad: offsets and c must be set");
+  check_workspace(p.workspace, p.workspace_bytes, p.experts, "grouped_gemm_weight_grad");
+  LLMPRE_REQUIRE(p.rows == 0 || (p.a && p.b), "grouped_gemm_weight_grad: a and b must be set");
+  LLMPRE_REQUIRE(aligned16(p.a) && aligned16(p.b), "grouped_gemm_weight_grad: a and b must be 16-byte aligned");
+  // every expert's c is written, [m, n] zeros for an expert without rows (rows == 0 included)
+  const Arrays w = carve(p.workspace, p.experts);
+  setup_weight_grad<<<int((p.experts + kSetupThreads - 1) / kSetupThreads), kSetupThreads, 0, stream>>>(
+      w, p.offsets, p.a, p.b, p.c, p.experts, p.m, p.n);
   LLMPRE_CUDA_CHECK_LAUNCH();
+  grouped::run<Layouts::kTN>(w, p.experts, 0.0f, stream);
 }
 
 }  // namespace cuda

@@ -1,5 +1,6 @@
 // Row gather and per-token segment sums (moe_rows_cuda.h): a block per output row
-// (grid-stride over rows), its threads over the row's 16-byte packs.
+// (grid-stride over rows), its threads over the row's 16-byte packs; bucket starts: a
+// binary search per bucket.
 #include "moe_rows/moe_rows_cuda.h"
 
 #include <algorithm>
@@ -78,6 +79,31 @@ __global__ void segment_sum_kernel(Args<T> a) {
   }
 }
 
+// One thread per bucket: a binary search for the first id >= t.
+__global__ void bucket_starts_kernel(const int64_t* sorted, int64_t n, int64_t buckets, int64_t* starts) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t <= buckets; t += stride) {
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (sorted[mid] < t) lo = mid + 1;
+      else hi = mid;
+    }
+    starts[t] = lo;
+  }
+}
+
+// A chunk of pointers passed by value (2 KiB of kernel arguments, under the 4 KiB limit).
+constexpr int kPointerChunk = 256;
+struct PointerChunk {
+  int64_t count;
+  const void* values[kPointerChunk];
+};
+
+__global__ void write_pointers_kernel(void** dst, PointerChunk chunk) {
+  for (int64_t i = threadIdx.x; i < chunk.count; i += blockDim.x) dst[i] = const_cast<void*>(chunk.values[i]);
+}
+
 int grid_for(int64_t rows) {
   const int64_t cap = int64_t(sm_count(current_device())) * 16;
   return int(std::max<int64_t>(1, std::min(rows, cap)));
@@ -126,6 +152,33 @@ void segment_sum_rows(const MoeRowsParams& p, cudaStream_t stream) {
   LLMPRE_REQUIRE(p.dst && p.starts, "segment_sum_rows: dst and starts must be device buffers");
   LLMPRE_REQUIRE(p.rows == 0 || (p.src && p.perm), "segment_sum_rows: src and perm must be device buffers");
   LLMPRE_DISPATCH_DTYPE(p.dtype, T, launch<T>(p, true, stream));
+}
+
+void bucket_starts(const MoeRowsParams& p, cudaStream_t stream) {
+  LLMPRE_REQUIRE(p.rows >= 0 && p.tokens >= 0, "bucket_starts: rows and tokens must be >= 0, got ", p.rows, ", ",
+                 p.tokens);
+  LLMPRE_REQUIRE(p.starts_out && (p.rows == 0 || p.sorted), "bucket_starts: sorted and starts_out must be device buffers");
+  const int threads = 128;
+  const int64_t want = (p.tokens + 1 + threads - 1) / threads;
+  const int grid = int(std::max<int64_t>(1, std::min<int64_t>(want, int64_t(sm_count(current_device())) * 8)));
+  auto kernel = bucket_starts_kernel;
+  LLMPRE_LAUNCH(kernel, grid, threads, 0, stream, p.sorted, p.rows, p.tokens, p.starts_out);
+  LLMPRE_CUDA_CHECK_LAUNCH();
+}
+
+void write_pointers(void** dst, const void* const* host, int64_t count, cudaStream_t stream) {
+  LLMPRE_REQUIRE(count >= 0, "write_pointers: count must be >= 0, got ", count);
+  if (count == 0) return;
+  LLMPRE_REQUIRE(dst && host, "write_pointers: dst (device) and host must be set");
+  for (int64_t first = 0; first < count; first += kPointerChunk) {
+    PointerChunk chunk;
+    chunk.count = std::min<int64_t>(kPointerChunk, count - first);
+    for (int64_t i = 0; i < chunk.count; ++i) chunk.values[i] = host[first + i];
+    void** out = dst + first;
+    auto kernel = write_pointers_kernel;
+    LLMPRE_LAUNCH(kernel, 1, 128, 0, stream, out, chunk);
+    LLMPRE_CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace cuda

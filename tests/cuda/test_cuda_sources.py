@@ -19,7 +19,7 @@ FUSED_OPS = ("rms_norm", "rotary", "swiglu", "cross_entropy", "flash_attention")
 # The row kernels: cuda/<op>/ holds <op>_cuda.h, <op>_kernels.cuh, <op>.cu and one file per dtype.
 OPS = ("rms_norm", "rotary", "cross_entropy")
 # Ops with a CUDA path (a LLMPRE_CUDA_<OP> block in cuda_ops.h and paddle_ops/cuda/<op>_cuda.cc).
-CUDA_OPS = (*OPS, "flash_attention")
+CUDA_OPS = (*OPS, "flash_attention", "swiglu", "grouped_mlp")
 # Other spellings the ops had before they got one name each, in identifiers and file names
 # (flash attention's kernel-internal namespace `fa` and LLMPRE_FA_* build switches stay).
 RETIRED = re.compile(r"rmsnorm|\brope\b|rope_|_rope\b|flash_attn|FlashAttn|FLASH_ATTN")
@@ -61,7 +61,9 @@ def test_gpu_scripts_call_only_bound_functions():
     defined = set()
     for f in (ROOT / "cuda" / "bindings").glob("*.cpp"):
         defined |= set(re.findall(r'm\.def\(\s*"(\w+)"', f.read_text()))
-    for name in [f"{kind}_{op}" for op in CUDA_OPS for kind in ("check", "bench")] + ["harness"]:
+    scripts = [p.stem for p in (ROOT / "bench" / "gpu").glob("*.py") if p.stem.startswith(("check_", "bench_"))]
+    assert {f"check_{op}" for op in CUDA_OPS} <= set(scripts), "every op with a CUDA path has a GPU check"
+    for name in scripts + ["harness"]:
         used = set(re.findall(r"\bcu\.(\w+)\(", (ROOT / "bench" / "gpu" / f"{name}.py").read_text()))
         assert used <= defined, f"bench/gpu/{name}.py calls {sorted(used - defined)}, which no binding defines"
 

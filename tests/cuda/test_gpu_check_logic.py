@@ -1,5 +1,5 @@
 """CPU tests of what the GPU checks rest on (bench/gpu/harness.py and
-check_{rms_norm,rotary,cross_entropy,swiglu,moe_rows}.py): storage rounding, the error rule, the
+check_{rms_norm,rotary,cross_entropy,swiglu,moe_rows,grouped_mlp}.py): storage rounding, the error rule, the
 float64 references, and the checks' verdicts on emulated kernels: an ideal
 kernel (the truth rounded once) must pass every case, and kernels with
 typical bugs must fail. No GPU and no CUDA build are needed.
@@ -18,6 +18,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench" / "gpu"))
 import check_cross_entropy as cce  # noqa: E402
+import check_grouped_mlp as cgm  # noqa: E402
 import check_moe_rows as cmr  # noqa: E402
 import check_rms_norm as crms  # noqa: E402
 import check_rotary as crot  # noqa: E402
@@ -331,6 +332,10 @@ def _moe_rows_bug(kind):
                                                                np.float64))
         elif kind == "bad_clamped":       # an out-of-range index clamped instead of a NaN row
             out["gathered"] = np.asarray(inp["src"])[np.clip(inp["index"], 0, c.tokens - 1)]
+        elif kind == "starts_upper_bound":  # the first id > t instead of >= t
+            out["starts"] = np.searchsorted(np.sort(inp["index"]), np.arange(c.tokens + 1), side="right")
+        elif kind == "second_chunk_lost":  # only the first 256 pointers written
+            out["pointers"][256:] = np.uint64(0xFFFFFFFFFFFFFFFF)
         elif kind == "empty_unwritten":   # tokens without rows left as they were (NaN fill)
             empty = inp["starts"][1:] == inp["starts"][:-1]
             out["summed"][empty] = np.nan
@@ -340,14 +345,77 @@ def _moe_rows_bug(kind):
 
 @pytest.mark.parametrize("kind,case", [("last_row_dropped", cmr.Case(20, 4, 16, "bfloat16")),
                                        ("bad_clamped", cmr.Case(20, 3, 32, "float32", bad=True)),
-                                       ("empty_unwritten", cmr.Case(20, 4, 16, "float32"))])
+                                       ("empty_unwritten", cmr.Case(20, 4, 16, "float32")),
+                                       ("starts_upper_bound", cmr.Case(20, 4, 16, "float32")),
+                                       ("second_chunk_lost", cmr.Case(20, 4, 16, "float32"))])
 def test_moe_rows_check_catches_bugs(kind, case):
     assert not cmr.check_case(_moe_rows_bug(kind), case)["passed"]
 
 
+# ----------------------------------------------------------------------------- grouped expert MLP
+GM_SMALL = [cgm.Case(24, 2, 16, 8, 4), cgm.Case(16, 0, 16, 8, 3), cgm.Case(30, 3, 16, 8, 6, dropped=7, empty=2)]
+
+
+def test_grouped_mlp_truth_matches_finite_differences():
+    c = GM_SMALL[0]
+    inp = cgm.make_inputs(np.random.default_rng(3), c)
+    t = cgm.truth(inp)
+    loss = lambda d: float(np.sum(cgm.truth(d)["out"] * inp["dout"]))  # noqa: E731
+    h = 1e-6
+    for key, pick in (("x", (5, 3)), ("wg", (2, 4, 1)), ("wu", (3, 0, 7)), ("wd", (1, 2, 5))):
+        plus, minus = ({**inp, key: [w.copy() for w in inp[key]] if key != "x" else inp["x"].copy()} for _ in range(2))
+        if key == "x":
+            plus["x"][pick] += h
+            minus["x"][pick] -= h
+            want = t["dx"][pick]
+        else:
+            e, i, j = pick
+            plus[key][e][i, j] += h
+            minus[key][e][i, j] -= h
+            want = t["d" + key][e][i, j]
+        assert (loss(plus) - loss(minus)) / (2 * h) == pytest.approx(want, rel=1e-5, abs=1e-8), key
+
+
+@pytest.mark.parametrize("case", GM_SMALL, ids=lambda c: c.label())
+def test_grouped_mlp_ideal_and_naive_kernels_pass(case):
+    assert cgm.check_case(cgm.rounded_truth_kernel, case)["passed"]
+    assert cgm.check_case(lambda inp, c: cgm.naive(inp), case)["passed"]
+
+
+def _grouped_mlp_bug(kind):
+    def kernel(inp, c):
+        out = cgm.rounded_truth_kernel(inp, c)
+        if kind == "empty_expert_unwritten":   # an expert without rows keeps its NaN-filled gradient
+            out["dwg"][0] = np.full_like(out["dwg"][0], np.nan)
+        elif kind == "da_without_up":           # the input gradient misses dup @ WUp^T
+            out["dx"] = cgm.rounded_truth_kernel({**inp, "wu": [w * 0 for w in inp["wu"]]}, c)["dx"]
+        elif kind == "first_row_only":          # each token keeps one row's gradient, not their sum
+            first = {}
+            t = cgm.truth(inp)
+            for r, tok in enumerate(inp["index"]):
+                first.setdefault(tok, r)
+            da = cgm.truth({**inp, "index": None, "x": inp["x"][inp["index"]]})["dx"]
+            dx = np.zeros_like(t["dx"])
+            for tok, r in first.items():
+                dx[tok] = da[r]
+            out["dx"] = dx
+        elif kind == "dropped_rows_kept":        # rows past offsets[E] computed by the last expert
+            last = inp["offsets"].copy()
+            last[-1] = inp["dout"].shape[0]
+            out["out"] = cgm.rounded_truth_kernel({**inp, "offsets": last}, c)["out"]
+        return out
+    return kernel
+
+
+@pytest.mark.parametrize("kind,case", [("empty_expert_unwritten", GM_SMALL[0]), ("da_without_up", GM_SMALL[1]),
+                                       ("first_row_only", GM_SMALL[0]), ("dropped_rows_kept", GM_SMALL[2])])
+def test_grouped_mlp_check_catches_bugs(kind, case):
+    assert not cgm.check_case(_grouped_mlp_bug(kind), case)["passed"]
+
+
 def test_check_modules_import_without_a_gpu():
     # run_all.py imports every check/bench module; none may need the device at import
-    for name in ("check_rms_norm", "check_rotary", "check_cross_entropy", "check_swiglu", "check_moe_rows",
+    for name in ("check_rms_norm", "check_rotary", "check_cross_entropy", "check_swiglu", "check_moe_rows", "check_grouped_mlp",
                  "bench_rms_norm", "bench_rotary", "bench_cross_entropy"):
         assert os.path.exists(ROOT / "bench" / "gpu" / f"{name}.py")
         __import__(name)

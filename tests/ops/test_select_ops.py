@@ -147,7 +147,12 @@ def _fake_tensor(device: str, dtype):
     ("rms_norm", "gpu", paddle.float16, True),
     ("rotary", "gpu", paddle.bfloat16, True),
     ("cross_entropy", "gpu", paddle.float32, True),
-    ("swiglu", "gpu", paddle.bfloat16, False),            # no CUDA swiglu kernel
+    ("swiglu", "gpu", paddle.bfloat16, True),
+    ("swiglu", "gpu", paddle.float16, False),             # the op's shared checks take fp32/bf16
+    ("grouped_mlp", "gpu", paddle.bfloat16, True),        # CUTLASS's bf16 grouped GEMM
+    ("grouped_mlp", "gpu", paddle.float32, False),
+    ("grouped_mlp", "cpu", paddle.float32, True),
+    ("grouped_mlp", "cpu", paddle.bfloat16, False),
     ("rms_norm", "cpu", paddle.float64, False),
 ])
 def test_gpu_and_cpu_rows_of_the_table_route_each_tensor(name, device, dtype, fused_expected):
@@ -181,6 +186,8 @@ def test_every_fused_function_is_in_the_table():
         assert set(row.dtypes["cpu"]) == ({"float32"} if name in ("grouped_mlp", "moe_combine", "adamw_")
                                           else {"float32", "bfloat16"})
     assert set(fused.TABLE["flash_attention"].dtypes["gpu"]) == {"bfloat16", "float16"}
+    assert set(fused.TABLE["grouped_mlp"].dtypes["gpu"]) == {"bfloat16"}        # CUTLASS's bf16 grouped GEMM
+    assert set(fused.TABLE["swiglu"].dtypes["gpu"]) == {"float32", "bfloat16"}
 
 
 @needs_ops

@@ -198,7 +198,7 @@ def swiglu(gate: paddle.Tensor, up: paddle.Tensor) -> paddle.Tensor:
     return _run("llmpre_swiglu", gate, up)[0]
 
 
-_declare(swiglu, "swiglu", "use_fused_swiglu")   # no CUDA kernel: GPU tensors take the reference
+_declare(swiglu, "swiglu", "use_fused_swiglu", gpu=CPU)   # cuda/swiglu; the op's shared checks take fp32/bf16
 
 
 def cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, ignore_index: int = -100) -> paddle.Tensor:
@@ -226,7 +226,8 @@ def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate, w_up, w_down,
     get ``down(silu(row W_gate[e]) * row W_up[e])``, rows from ``offsets[E]`` on
     (dropped by a capacity limit) get 0.
 
-    x: ``[tokens, hidden]`` float32; index: ``[m]`` int64 in ``[0, tokens)`` or None
+    x: ``[tokens, hidden]`` float32 on CPU, bfloat16 on GPU (a CUDA build; hidden and the
+    expert width multiples of 8); index: ``[m]`` int64 in ``[0, tokens)`` or None
     (the kernel gathers the rows while packing its GEMM operands: no gathered copy);
     offsets: ``[E + 1]`` int64 (read inside the kernel: no host synchronisation);
     w_gate, w_up: lists of E ``[hidden, inter]`` tensors; w_down: E ``[inter, hidden]``
@@ -239,8 +240,9 @@ def grouped_mlp(x: paddle.Tensor, offsets: paddle.Tensor, w_gate, w_up, w_down,
     return _run("llmpre_grouped_mlp", x, offsets, list(w_gate), list(w_up), list(w_down), index)[0]
 
 
-# fp32 only for now: other dtypes take the reference (Paddle's matmuls in that dtype, where it has them)
-_declare(grouped_mlp, "grouped_mlp", "use_fused_grouped_mlp", cpu=("float32",))
+# CPU: fp32 (Paddle has no bf16 CPU matmul to compare with); GPU: bf16, CUTLASS's grouped GEMM
+# (cuda/grouped_mlp). Other dtypes take the reference (Paddle's matmuls in that dtype).
+_declare(grouped_mlp, "grouped_mlp", "use_fused_grouped_mlp", cpu=("float32",), gpu=("bfloat16",))
 
 
 def moe_combine(y: paddle.Tensor, pos: paddle.Tensor, weights: paddle.Tensor) -> paddle.Tensor:
