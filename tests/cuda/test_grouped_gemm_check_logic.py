@@ -54,7 +54,7 @@ class FakeCuda:
         return 64 * experts
 
     def grouped_gemm_bf16(self, a, b_pointers, c, offsets, workspace, workspace_bytes, rows, n, k, experts,
-                          stream=0):
+                          b_transposed=False, accumulate=False, stream=0):
         if n % 8 or k % 8:
             raise ValueError("grouped_gemm: n and k must be multiples of 8")
         offs = self._view(offsets)[:8 * (experts + 1)].view(np.int64)
@@ -64,7 +64,9 @@ class FakeCuda:
         for e in range(experts):
             lo, hi = int(offs[e]), int(offs[e + 1])
             src = ptrs[(e + 1) % experts] if self.bug == "wrong expert" and hi > lo else ptrs[e]
-            b = H.from_bf16(self._view(int(src))[:2 * k * n].view(np.uint16).reshape(k, n))
+            b = H.from_bf16(self._view(int(src))[:2 * k * n].view(np.uint16).reshape((n, k) if b_transposed else (k, n)))
+            if b_transposed:
+                b = b.T if self.bug != "transpose ignored" else b.reshape(k, n)
             if self.bug == "bf16 accumulation":
                 acc = np.zeros((hi - lo, n), np.float32)
                 for j in range(0, k, 8):   # rounds the running sum every 8 terms
@@ -72,24 +74,41 @@ class FakeCuda:
                 res = acc
             else:
                 res = av[lo:hi].astype(np.float32) @ b.astype(np.float32)
+            if accumulate and self.bug != "accumulate ignored":
+                res = res + H.from_bf16(out[lo:hi]).astype(np.float32)
             out[lo:hi] = H.to_bf16(res)
-        if self.bug != "dropped rows unwritten":
+        if self.bug != "dropped rows unwritten" and not accumulate:
             out[int(offs[experts]):] = 0
+
+    def grouped_gemm_weight_grad_bf16(self, a, b, c_pointers, offsets, workspace, workspace_bytes, rows, m, n,
+                                      experts, stream=0):
+        offs = self._view(offsets)[:8 * (experts + 1)].view(np.int64)
+        ptrs = self._view(c_pointers)[:8 * experts].view(np.uint64)
+        av = H.from_bf16(self._view(a)[:2 * rows * m].view(np.uint16).reshape(rows, m)).astype(np.float32)
+        bv = H.from_bf16(self._view(b)[:2 * rows * n].view(np.uint16).reshape(rows, n)).astype(np.float32)
+        for e in range(experts):
+            lo, hi = int(offs[e]), int(offs[e + 1])
+            if hi == lo and self.bug == "empty expert unwritten":
+                continue
+            out = self._view(int(ptrs[e]))[:2 * m * n].view(np.uint16).reshape(m, n)
+            out[:] = H.to_bf16(av[lo:hi].T @ bv[lo:hi])
 
 
 @pytest.fixture
 def small_cases(monkeypatch):
     monkeypatch.setattr(cgg, "CASES", [c for c in cgg.CASES if c[3] * c[4] <= 1 << 20])   # keep it fast
+    monkeypatch.setattr(cgg, "BACKWARD_CASES", [c for c in cgg.BACKWARD_CASES if c[3] * c[4] <= 1 << 20])
 
 
 def test_ideal_kernel_passes(small_cases, tmp_path, monkeypatch):
     monkeypatch.setattr(H, "cuda_module", lambda: FakeCuda())
     res = cgg.run(str(tmp_path))
     assert res["passed"], res
-    assert len(res["cases"]) == len(cgg.CASES) + 1
+    assert len(res["cases"]) == len(cgg.CASES) + 3 * len(cgg.BACKWARD_CASES) + 1
 
 
-@pytest.mark.parametrize("bug", ["dropped rows unwritten", "wrong expert", "bf16 accumulation"])
+@pytest.mark.parametrize("bug", ["dropped rows unwritten", "wrong expert", "bf16 accumulation", "transpose ignored",
+                                 "accumulate ignored", "empty expert unwritten"])
 def test_buggy_kernels_fail(small_cases, tmp_path, monkeypatch, bug):
     monkeypatch.setattr(H, "cuda_module", lambda: FakeCuda(bug))
     res = cgg.run(str(tmp_path))
