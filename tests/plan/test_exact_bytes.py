@@ -55,3 +55,8 @@ def test_planned_bytes_equal_allocated_bytes(name):
     assert stage.weights == _bytes(params)
     assert stage.gradients == _bytes(grads)
     assert stage.optimizer == _bytes(states)
+    # one shard: the update reads the gradients packed into one fp32 buffer, kept between steps
+    optimizer.reduce_gradients()
+    assert optimizer._grad_buffer is not None and optimizer.grad_shard is optimizer._grad_buffer
+    assert stage.grad_buffer == _bytes([optimizer._grad_buffer]) == stage.params * 4
+    assert all(v >= stage.weights + stage.optimizer + stage.grad_buffer for v in stage.phases.values())

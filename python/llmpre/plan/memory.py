@@ -463,6 +463,7 @@ class StageMemory:
     logits: float
     backward_working: float
     phases: Dict[str, float] = field(default_factory=dict)
+    grad_buffer: float = 0.0   # llmpre's packed fp32 gradient, kept between steps (one shard)
 
     @property
     def peak(self) -> float:
@@ -554,7 +555,11 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
         big = max(layers, key=lambda i: layer_bytes(s.replace(recompute=False), recomputed=False, layer=i))
         one_layer = layer_bytes(s.replace(recompute=False), recomputed=False, layer=big)
         working = recompute_working_bytes(s, big) + one_layer     # rebuilt layer + its gradients
-        static = weights + gathered + optimizer
+        # on one shard llmpre's optimizer packs the gradients into one fp32 buffer that it keeps
+        # between steps (parallel/optimizer.py, reduce_gradients): it is there through the next
+        # forward and backward, beside the parameters' own gradients
+        grad_buffer = float((n - frozen) * 4) if s.sharding == 1 else 0.0
+        static = weights + gathered + optimizer + grad_buffer
         phases = {
             "end of forward (loss)": static + grads_kept + acts + head + logits,
             "backward of a layer": static + grads_kept + acts + head + working,
@@ -565,5 +570,6 @@ def plan_memory(s: PlanSettings) -> MemoryPlan:
             rank=rank, params=n, layers=len(layers), weights=weights, gradients=grads_kept,
             gradients_full=grads_full, optimizer=optimizer, stage3_gathered=gathered, activations=acts,
             layer_activation=layer_bytes(s, recomputed=True, layer=big) if s.recompute else one_layer,
-            micro_batches=mb, head=head, logits=logits, backward_working=working, phases=phases))
+            micro_batches=mb, head=head, logits=logits, backward_working=working, phases=phases,
+            grad_buffer=grad_buffer))
     return MemoryPlan(settings=s, stages=tuple(stages), total_params=total, activated_params=activated_params(m))

@@ -89,6 +89,8 @@ def render(p: MemoryPlan, gpu_gib: Optional[float] = None, suggestions: Optional
         f"  optimizer states {_gib(st.optimizer)} GiB  AdamW fp32 moments"
         + (" + fp32 master weights" if s.o2 or (s.stage >= 1 and s.sharding > 1) else "") + (f", 1/{s.sharding}" if s.stage >= 1 else "")
         + (f" (routed experts 1/{s.dp * s.sharding // s.ep})" if s.ep > 1 and s.stage >= 1 and s.sharding > 1 else ""),
+        *([f"  gradient buffer  {_gib(st.grad_buffer)} GiB  fp32, the packed gradients the update reads, kept "
+           "between steps (one shard)"] if st.grad_buffer else []),
         f"  activations      {_gib(st.activations)} GiB  {st.layers} layers x {st.micro_batches:g} micro-batch(es)"
         f" in flight, {st.layer_activation / MIB:,.0f} MiB per layer",
     ]
