@@ -6,7 +6,7 @@
 // tensors here after the shared shape/dtype checks, and CPU tensors to the CPU
 // kernels. Each function takes the op's checked inputs and returns the same
 // outputs as the CPU path; it calls the raw-pointer launchers of cuda/<op>/ on
-// the tensor's stream. An op without one (moe_combine, adamw_) gives a GPU
+// the tensor's stream. An op without one (adamw_) gives a GPU
 // tensor a clear error from check_cpu(). Every definition must match its declaration here:
 // `make paddle-gpu-glue-check` compiles these files as a CUDA build of Paddle
 // would (no GPU needed) and fails on a definition this header lacks.
@@ -66,6 +66,15 @@ std::vector<paddle::Tensor> GroupedMlpBackwardCuda(const paddle::Tensor& x, cons
                                                    const paddle::optional<paddle::Tensor>& index,
                                                    const paddle::Tensor& gate, const paddle::Tensor& up,
                                                    const paddle::Tensor& dout);
+#endif
+
+#ifdef LLMPRE_CUDA_MOE_COMBINE
+// y float32, float16 or bfloat16 on GPU; the same inputs and outputs as the CPU functions of
+// moe_combine_op.cc (pos and weights on y's GPU).
+std::vector<paddle::Tensor> MoeCombineForwardCuda(const paddle::Tensor& y, const paddle::Tensor& pos,
+                                                  const paddle::Tensor& weights);
+std::vector<paddle::Tensor> MoeCombineBackwardCuda(const paddle::Tensor& y, const paddle::Tensor& pos,
+                                                   const paddle::Tensor& weights, const paddle::Tensor& dout);
 #endif
 
 #ifdef LLMPRE_CUDA_CROSS_ENTROPY

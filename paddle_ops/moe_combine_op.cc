@@ -1,11 +1,14 @@
 // llmpre_moe_combine: an MoE layer's routing-weighted sum of each token's expert rows
 // (kernel: cpp/kernels/grouped_mlp/moe_combine.h), read where the grouped expert MLP
 // left them, token-major and without atomics.
-//   inputs  Y [rows, hidden] fp32 (rows sorted by expert), Pos [tokens, slots] int64|int32
+//   inputs  Y [rows, hidden] fp32 on CPU (rows sorted by expert), Pos [tokens, slots] int64|int32
 //           (the row of each (token, slot) pair: distinct, in [0, rows)),
 //           Weights [tokens, slots] fp32 (routing weights)
 //   outputs Out [tokens, hidden] = sum_j Weights[t, j] * Y[Pos[t, j]]
 //   grads   Y (rows no pair reads: 0), Weights; none for Pos
+//   GPU tensors (a CUDA build): Y float32, float16 or bfloat16, paddle_ops/cuda/moe_combine_cuda.cc,
+//   after the shape checks (a Pos entry outside [0, rows) gives NaN there: a device cannot throw).
+#include "cuda_ops.h"
 #include "grouped_mlp/moe_combine.h"
 #include "op_common.h"
 
@@ -13,21 +16,28 @@ namespace {
 using namespace llmpre::ops;
 constexpr const char* kOp = "llmpre_moe_combine";
 
-k::MoeCombineParams params(const paddle::Tensor& y, const paddle::Tensor& pos, const paddle::Tensor& w) {
+// The shape checks both devices share.
+k::MoeCombineParams shapes(const paddle::Tensor& y, const paddle::Tensor& pos, const paddle::Tensor& w) {
   PD_CHECK(y.shape().size() == 2, kOp, ": `y` must be [rows, hidden], got ", shape_str(y.shape()));
   PD_CHECK(pos.shape().size() == 2, kOp, ": `pos` must be [tokens, slots], got ", shape_str(pos.shape()));
   check_same_shape(pos, "pos", w, "weights", kOp);
-  PD_CHECK(y.dtype() == paddle::DataType::FLOAT32, kOp, ": `y` must be float32 (other dtypes take the "
-           "reference op), got ", dtype_str(y.dtype()));
   PD_CHECK(w.dtype() == paddle::DataType::FLOAT32, kOp, ": `weights` must be float32, got ", dtype_str(w.dtype()));
-  check_cpu(y, kOp, "y");
-  check_cpu(pos, kOp, "pos");
-  check_cpu(w, kOp, "weights");
   k::MoeCombineParams p;
   p.rows = y.shape()[0];
   p.hidden = y.shape()[1];
   p.tokens = pos.shape()[0];
   p.slots = pos.shape()[1];
+  return p;
+}
+
+// The CPU kernel's checks on top of the shared ones.
+k::MoeCombineParams params(const paddle::Tensor& y, const paddle::Tensor& pos, const paddle::Tensor& w) {
+  k::MoeCombineParams p = shapes(y, pos, w);
+  PD_CHECK(y.dtype() == paddle::DataType::FLOAT32, kOp, ": `y` must be float32 on CPU (other dtypes take the "
+           "reference op), got ", dtype_str(y.dtype()));
+  check_cpu(y, kOp, "y");
+  check_cpu(pos, kOp, "pos");
+  check_cpu(w, kOp, "weights");
   p.dtype = llmpre::DType::kFloat32;
   return p;
 }
@@ -35,6 +45,12 @@ k::MoeCombineParams params(const paddle::Tensor& y, const paddle::Tensor& pos, c
 
 std::vector<paddle::Tensor> MoeCombineForward(const paddle::Tensor& y_in, const paddle::Tensor& pos_in,
                                               const paddle::Tensor& w_in) {
+#ifdef LLMPRE_CUDA_MOE_COMBINE
+  if (y_in.is_gpu()) {
+    shapes(y_in, pos_in, w_in);
+    return MoeCombineForwardCuda(y_in, pos_in, w_in);
+  }
+#endif
   const k::MoeCombineParams p = params(y_in, pos_in, w_in);
   paddle::Tensor y = contiguous(y_in), pos = as_int64(pos_in, kOp, "pos"), w = contiguous(w_in);
   paddle::Tensor out = new_output({p.tokens, p.hidden}, y.dtype(), y.place());
@@ -44,6 +60,12 @@ std::vector<paddle::Tensor> MoeCombineForward(const paddle::Tensor& y_in, const 
 
 std::vector<paddle::Tensor> MoeCombineBackward(const paddle::Tensor& y_in, const paddle::Tensor& pos_in,
                                                const paddle::Tensor& w_in, const paddle::Tensor& dout_in) {
+#ifdef LLMPRE_CUDA_MOE_COMBINE
+  if (y_in.is_gpu()) {
+    shapes(y_in, pos_in, w_in);
+    return MoeCombineBackwardCuda(y_in, pos_in, w_in, dout_in);
+  }
+#endif
   const k::MoeCombineParams p = params(y_in, pos_in, w_in);
   if (!has_grad(dout_in))
     return {paddle::zeros(y_in.shape(), y_in.dtype(), y_in.place()),

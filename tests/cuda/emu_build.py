@@ -1,5 +1,5 @@
 """Builds ``_cuda_emu``: the CUDA sources of cuda/rms_norm, cuda/rotary,
-cuda/cross_entropy, cuda/swiglu and cuda/moe_rows, their pybind11 bindings (cuda/bindings/*_bind.cpp,
+cuda/cross_entropy, cuda/swiglu, cuda/moe_rows and cuda/moe_combine, their pybind11 bindings (cuda/bindings/*_bind.cpp,
 unchanged) and tests/cuda/emu/emu_module.cpp, compiled by the host C++
 compiler against the CPU emulator in tests/cuda/emu/include. The result has
 the same interface as ``llmpre._cuda`` for these ops, so the GPU checks'
@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 EMU = Path(__file__).resolve().parent / "emu"
-OPS = ("rms_norm", "rotary", "cross_entropy", "swiglu", "moe_rows")
+OPS = ("rms_norm", "rotary", "cross_entropy", "swiglu", "moe_rows", "moe_combine")
 
 
 def sources() -> list[Path]:

@@ -19,7 +19,7 @@ FUSED_OPS = ("rms_norm", "rotary", "swiglu", "cross_entropy", "flash_attention")
 # The row kernels: cuda/<op>/ holds <op>_cuda.h, <op>_kernels.cuh, <op>.cu and one file per dtype.
 OPS = ("rms_norm", "rotary", "cross_entropy")
 # Ops with a CUDA path (a LLMPRE_CUDA_<OP> block in cuda_ops.h and paddle_ops/cuda/<op>_cuda.cc).
-CUDA_OPS = (*OPS, "flash_attention", "swiglu", "grouped_mlp")
+CUDA_OPS = (*OPS, "flash_attention", "swiglu", "grouped_mlp", "moe_combine")
 # Other spellings the ops had before they got one name each, in identifiers and file names
 # (flash attention's kernel-internal namespace `fa` and LLMPRE_FA_* build switches stay).
 RETIRED = re.compile(r"rmsnorm|\brope\b|rope_|_rope\b|flash_attn|FlashAttn|FLASH_ATTN")

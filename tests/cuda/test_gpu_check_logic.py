@@ -1,5 +1,5 @@
 """CPU tests of what the GPU checks rest on (bench/gpu/harness.py and
-check_{rms_norm,rotary,cross_entropy,swiglu,moe_rows,grouped_mlp}.py): storage rounding, the error rule, the
+check_{rms_norm,rotary,cross_entropy,swiglu,moe_rows,moe_combine,grouped_mlp}.py): storage rounding, the error rule, the
 float64 references, and the checks' verdicts on emulated kernels: an ideal
 kernel (the truth rounded once) must pass every case, and kernels with
 typical bugs must fail. No GPU and no CUDA build are needed.
@@ -19,6 +19,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "bench" / "gpu"))
 import check_cross_entropy as cce  # noqa: E402
 import check_grouped_mlp as cgm  # noqa: E402
+import check_moe_combine as cmc  # noqa: E402
 import check_moe_rows as cmr  # noqa: E402
 import check_rms_norm as crms  # noqa: E402
 import check_rotary as crot  # noqa: E402
@@ -413,9 +414,77 @@ def test_grouped_mlp_check_catches_bugs(kind, case):
     assert not cgm.check_case(_grouped_mlp_bug(kind), case)["passed"]
 
 
+# ----------------------------------------------------------------------------- moe combine
+def test_moe_combine_truth_matches_finite_differences():
+    c = cmc.Case(7, 3, 25, 6, "float32")
+    inp = cmc.make_inputs(np.random.default_rng(4), c)
+    t = cmc.truth(inp)
+    loss = lambda d: float(np.sum(cmc.truth(d)["out"] * inp["dout"]))  # noqa: E731
+    h = 1e-6
+    read = int(inp["pos"][2, 1])
+    unread = int(np.setdiff1d(np.arange(c.rows), inp["pos"].reshape(-1))[0])
+    for key, pick in (("y", (read, 4)), ("y", (unread, 0)), ("w", (5, 2))):
+        plus, minus = ({**inp, key: inp[key].copy()} for _ in range(2))
+        plus[key][pick] += h
+        minus[key][pick] -= h
+        want = t["dy" if key == "y" else "dw"][pick]
+        assert (loss(plus) - loss(minus)) / (2 * h) == pytest.approx(want, rel=1e-6, abs=1e-9), (key, pick)
+    assert not t["dy"][unread].any()
+
+
+def test_moe_combine_inputs():
+    c = cmc.Case(20, 4, 100, 8, "float32", bad=True)
+    pos = cmc.make_inputs(np.random.default_rng(0), c)["pos"]
+    ok = pos[(pos >= 0) & (pos < c.rows)]
+    assert np.unique(ok).size == ok.size                                 # distinct rows
+    assert set(pos[0, :3]) == {0, c.rows - 1, c.rows // 2}               # token 0's rows far apart
+    assert pos[1, 0] < 0 and pos[2, -1] >= c.rows                        # the bad positions
+    assert c.rows - ok.size > 0                                          # rows no pair reads
+
+
+@pytest.mark.parametrize("case", cmc.CASES, ids=lambda c: c.label())
+def test_moe_combine_ideal_kernel_passes(case):
+    r = cmc.check_case(cmc.rounded_truth_kernel, case)
+    assert r["passed"], r
+
+
+def test_moe_combine_naive_itself_passes_the_rule():
+    for case in (cmc.CASES[0], cmc.CASES[3]):
+        assert cmc.check_case(lambda inp, c: cmc.naive(inp, c.dtype), case)["passed"]
+
+
+def _moe_combine_bug(kind):
+    def kernel(inp, c):
+        out = cmc.rounded_truth_kernel(inp, c)
+        pos = inp["pos"]
+        if kind == "unread_rows_unwritten":   # dy not zeroed first: rows no pair reads keep the NaN fill
+            unread = np.setdiff1d(np.arange(c.rows), pos.reshape(-1))
+            out["dy"][unread] = np.nan
+        elif kind == "last_slot_dropped":      # the slot loop stops one short
+            w = inp["w"].copy()
+            w[:, -1] = 0
+            out["out"] = cmc.rounded_truth_kernel({**inp, "w": w}, c)["out"]
+        elif kind == "dw_from_dy_row":          # dw dotted with the row's own gradient instead of y
+            t = cmc.truth(inp)
+            out["dw"] = np.asarray(np.einsum("th,tjh->tj", inp["dout"], t["dy"][pos]), np.float32)
+        elif kind == "bad_clamped":             # an out-of-range position clamped instead of NaN
+            clamped = np.clip(pos, 0, c.rows - 1)
+            out = cmc.rounded_truth_kernel({**inp, "pos": clamped}, c)
+        return out
+    return kernel
+
+
+@pytest.mark.parametrize("kind,case", [("unread_rows_unwritten", cmc.Case(37, 3, 120, 20, "float32")),
+                                       ("last_slot_dropped", cmc.Case(30, 4, 150, 64, "bfloat16")),
+                                       ("dw_from_dy_row", cmc.Case(23, 4, 92, 33, "float32")),
+                                       ("bad_clamped", cmc.Case(20, 3, 70, 32, "float32", bad=True))])
+def test_moe_combine_check_catches_bugs(kind, case):
+    assert not cmc.check_case(_moe_combine_bug(kind), case)["passed"]
+
+
 def test_check_modules_import_without_a_gpu():
     # run_all.py imports every check/bench module; none may need the device at import
-    for name in ("check_rms_norm", "check_rotary", "check_cross_entropy", "check_swiglu", "check_moe_rows", "check_grouped_mlp",
+    for name in ("check_rms_norm", "check_rotary", "check_cross_entropy", "check_swiglu", "check_moe_rows", "check_moe_combine", "check_grouped_mlp",
                  "bench_rms_norm", "bench_rotary", "bench_cross_entropy"):
         assert os.path.exists(ROOT / "bench" / "gpu" / f"{name}.py")
         __import__(name)

@@ -1,5 +1,5 @@
 """The real CUDA sources of cuda/rms_norm, cuda/rotary, cuda/cross_entropy,
-cuda/swiglu and cuda/moe_rows,
+cuda/swiglu, cuda/moe_rows and cuda/moe_combine,
 and their pybind11 bindings, run on the CPU emulator (tests/cuda/emu,
 built by emu_build.py) through the GPU checks' own wrappers: every case the
 GPU run will check (bench/gpu/check_*.py CASES) must pass here first.
@@ -25,6 +25,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "bench" / "gpu"))
 sys.path.insert(0, str(ROOT / "tests" / "cuda"))
 import check_cross_entropy as cce  # noqa: E402
+import check_moe_combine as cmc  # noqa: E402
 import check_moe_rows as cmr  # noqa: E402
 import check_rms_norm as crms  # noqa: E402
 import check_rotary as crot  # noqa: E402
@@ -48,8 +49,8 @@ def _failures(summary):
     return "\n".join(f"{f['case']}: {f['results']}" for f in summary["failures"])
 
 
-@pytest.mark.parametrize("check", [crms, crot, cce, csw, cmr],
-                         ids=["rms_norm", "rotary", "cross_entropy", "swiglu", "moe_rows"])
+@pytest.mark.parametrize("check", [crms, crot, cce, csw, cmr, cmc],
+                         ids=["rms_norm", "rotary", "cross_entropy", "swiglu", "moe_rows", "moe_combine"])
 def test_every_gpu_case_passes_on_the_emulator(cu, check):
     summary = check.run(None, kernel=check.GpuKernel(cu))
     assert summary["passed"], _failures(summary)

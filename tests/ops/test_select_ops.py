@@ -153,6 +153,10 @@ def _fake_tensor(device: str, dtype):
     ("grouped_mlp", "gpu", paddle.float32, False),
     ("grouped_mlp", "cpu", paddle.float32, True),
     ("grouped_mlp", "cpu", paddle.bfloat16, False),
+    ("moe_combine", "gpu", paddle.bfloat16, True),        # cuda/moe_combine: fp32/fp16/bf16 storage
+    ("moe_combine", "gpu", paddle.float16, True),
+    ("moe_combine", "gpu", paddle.float64, False),
+    ("moe_combine", "cpu", paddle.bfloat16, False),       # the CPU kernel is fp32 only
     ("rms_norm", "cpu", paddle.float64, False),
 ])
 def test_gpu_and_cpu_rows_of_the_table_route_each_tensor(name, device, dtype, fused_expected):
@@ -188,6 +192,7 @@ def test_every_fused_function_is_in_the_table():
     assert set(fused.TABLE["flash_attention"].dtypes["gpu"]) == {"bfloat16", "float16"}
     assert set(fused.TABLE["grouped_mlp"].dtypes["gpu"]) == {"bfloat16"}        # CUTLASS's bf16 grouped GEMM
     assert set(fused.TABLE["swiglu"].dtypes["gpu"]) == {"float32", "bfloat16"}
+    assert set(fused.TABLE["moe_combine"].dtypes["gpu"]) == {"float32", "float16", "bfloat16"}
 
 
 @needs_ops

@@ -248,16 +248,23 @@ _declare(grouped_mlp, "grouped_mlp", "use_fused_grouped_mlp", cpu=("float32",), 
 def moe_combine(y: paddle.Tensor, pos: paddle.Tensor, weights: paddle.Tensor) -> paddle.Tensor:
     """The MoE combine ``out[t] = sum_j weights[t, j] * y[pos[t, j]]``, token-major.
 
-    y: ``[rows, hidden]`` float32 (the grouped MLP's output, rows sorted by expert);
-    pos: ``[n, k]`` int64, the row of each (token, slot) pair, distinct and in
-    ``[0, rows)``; weights: ``[n, k]`` float32. Returns ``[n, hidden]``; gradients flow
-    to y (each row is one pair's: written once, no atomics) and weights (a dot product
-    per pair, accumulated in float64). Reference: :func:`llmpre.ops.reference.moe_combine`.
+    y: ``[rows, hidden]`` (the grouped MLP's output, rows sorted by expert), float32 on
+    CPU; float32, float16 or bfloat16 on GPU (a CUDA build: ``cuda/moe_combine``, fp32
+    math, the output rounded once to y's dtype); pos: ``[n, k]`` int64, the row of each
+    (token, slot) pair, distinct and in ``[0, rows)`` (the CPU op checks this; on a GPU an
+    entry outside ``[0, rows)`` gives NaN for its token's output and its weight's gradient,
+    and distinctness is the caller's promise); weights: ``[n, k]`` float32, on y's device.
+    Returns ``[n, hidden]`` in y's dtype; gradients flow to y (each row is one pair's:
+    written once, no atomics; rows no pair reads get 0) and weights (a dot product per
+    pair, accumulated in float64 on CPU, in fp32 with a fixed-order block reduction on
+    GPU). Bitwise reproducible. Reference: :func:`llmpre.ops.reference.moe_combine`.
     """
     return _run("llmpre_moe_combine", y, pos, weights if weights.dtype == paddle.float32 else weights.astype("float32"))[0]
 
 
-_declare(moe_combine, "moe_combine", "use_fused_moe_combine", cpu=("float32",))
+# CPU: fp32; GPU: the three storage dtypes (cuda/moe_combine; the op's shared checks take any y dtype
+# and the GPU half takes fp32/fp16/bf16). Other dtypes take the reference.
+_declare(moe_combine, "moe_combine", "use_fused_moe_combine", cpu=("float32",), gpu=GPU)
 
 
 def adamw_(param: paddle.Tensor, grad: paddle.Tensor, exp_avg: paddle.Tensor, exp_avg_sq: paddle.Tensor, *,
