@@ -205,12 +205,7 @@ def run(out_dir: str, kernel=None, cases=None) -> dict:
                                               "headers: pip install nvidia-cutlass, or -DLLMPRE_CUTLASS_INCLUDE=...)"}
         kernel = GpuKernel(cu)
     checked = [check_case(kernel, c) for c in (CASES if cases is None else cases)]
-    summary = {"passed": all(c["passed"] for c in checked), "cases": len(checked),
-               "failures": [{"case": c["case"], "results": [r for r in c["results"] if not r["passed"]]}
-                            for c in checked if not c["passed"]]}
-    if out_dir:
-        H.write_json(os.path.join(out_dir, "check_grouped_mlp.json"), {**summary, "details": checked})
-    return summary
+    return H.summarize("grouped_mlp", checked, out_dir)
 
 
 if __name__ == "__main__":

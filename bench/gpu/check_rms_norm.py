@@ -143,9 +143,4 @@ def run(out_dir: str, kernel=None, cases=None) -> dict:
     if kernel is None:
         kernel = GpuKernel(H.cuda_module())
     checked = [check_case(kernel, *c) for c in (CASES if cases is None else cases)]
-    summary = {"passed": all(c["passed"] for c in checked), "cases": len(checked),
-               "failures": [{"case": c["case"], "results": [r for r in c["results"] if not r["passed"]]}
-                            for c in checked if not c["passed"]]}
-    if out_dir:
-        H.write_json(os.path.join(out_dir, "check_rms_norm.json"), {**summary, "details": checked})
-    return summary
+    return H.summarize("rms_norm", checked, out_dir)

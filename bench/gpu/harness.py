@@ -181,6 +181,18 @@ def rule_result(name: str, got, truth, naive, ulps: float = 2.0) -> dict:
     return out
 
 
+def summarize(name: str, checked: list, out_dir: str | None) -> dict:
+    """The verdict of one op's GPU check over its checked cases (each ``{"case", "passed",
+    "results"}``): passed, the case count and the failed results; with ``out_dir`` the whole
+    record goes to ``<out_dir>/check_<name>.json``."""
+    summary = {"passed": all(c["passed"] for c in checked), "cases": len(checked),
+               "failures": [{"case": c["case"], "results": [r for r in c["results"] if not r["passed"]]}
+                            for c in checked if not c["passed"]]}
+    if out_dir:
+        write_json(os.path.join(out_dir, f"check_{name}.json"), {**summary, "details": checked})
+    return summary
+
+
 class ShiftedBuffer(DeviceBuffer):
     """A DeviceBuffer whose data starts `shift` bytes past a fresh (256-byte aligned)
     allocation, to drive the kernels' unaligned paths."""
