@@ -3,11 +3,15 @@ with a timeout that kills the whole process group, and read the results."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -28,17 +32,23 @@ COMMON = ["--model", "llama-tiny", "--num_hidden_layers", "4", "--max_seq_length
 GLOBAL_BATCH = 4      # sequences per micro-batch over all data-parallel ranks
 
 
-def train(output_dir, nproc: int, *extra, steps: int = 5, data_ranks: int = 1):
-    """Train ``steps`` steps in ``nproc`` processes (1: in one process, no launcher);
-    returns the finished process (its output in ``.output``).
-    Per-device batch = GLOBAL_BATCH / data_ranks."""
+def _command(output_dir, nproc: int, extra, steps: int, data_ranks: int) -> tuple[list, dict]:
+    """The command line and environment ``train`` runs."""
     argv = [sys.executable, "-m", "llmpre.cli", "train", *COMMON, "--max_steps", str(steps),
             "--per_device_train_batch_size", str(GLOBAL_BATCH // data_ranks),
-            "--output_dir", str(output_dir), *extra]
+            "--output_dir", str(output_dir), *map(str, extra)]
     if nproc > 1:
         argv += ["--nproc-per-node", str(nproc)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PADDLE_TRAINER_ID", None)
+    return argv, env
+
+
+def train(output_dir, nproc: int, *extra, steps: int = 5, data_ranks: int = 1):
+    """Train ``steps`` steps in ``nproc`` processes (1: in one process, no launcher);
+    returns the finished process (its output in ``.output``).
+    Per-device batch = GLOBAL_BATCH / data_ranks."""
+    argv, env = _command(output_dir, nproc, extra, steps, data_ranks)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True)
     try:
@@ -53,6 +63,71 @@ def train(output_dir, nproc: int, *extra, steps: int = 5, data_ranks: int = 1):
         raise AssertionError(f"training failed (exit {proc.returncode}):\n{out[-3000:]}\n{tail}")
     proc.output = out
     return proc
+
+
+_OUTPUT = "<output_dir>"
+
+
+def _files_digest(path: str) -> str:
+    """sha256 over the relative names and bytes of a file or of every file under a directory."""
+    h = hashlib.sha256()
+    files = [("", path)] if os.path.isfile(path) else sorted(
+        (os.path.relpath(os.path.join(d, f), path), os.path.join(d, f))
+        for d, _, names in os.walk(path) for f in names)
+    for rel, full in files:
+        h.update(rel.encode() + b"\0")
+        with open(full, "rb") as fh:
+            h.update(hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
+
+
+def shared_run(tmp_path_factory, nproc: int, *extra, steps: int = 5, data_ranks: int = 1) -> Path:
+    """The output directory of ``train(out, nproc, *extra, steps=steps, data_ranks=data_ranks)``,
+    trained once per pytest session and shared by every test that asks for the same run (the
+    single-process references several files compare their layouts with, a checkpoint that
+    several resume tests start from). Treat it as read-only: resume in a copy (``copy_checkpoint``).
+
+    The key is everything the run depends on that a test chooses: the whole command line
+    (every flag, the step count, the per-device batch, the process count), the environment
+    the workers get, and the contents (names and bytes) of every file or directory an argument
+    names (a model directory's config.json, a tokenizer), so a run is never reused for another
+    configuration, even one written to the same path. The run trains into a temporary
+    directory beside the cache and is renamed into place only once it finished, so a failed or
+    interrupted run is never found."""
+    argv, env = _command(_OUTPUT, nproc, extra, steps, data_ranks)
+    env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}   # names the asking test
+    files = {a: _files_digest(a) for a in argv[4:] if a != _OUTPUT and os.path.exists(a)}
+    key = json.dumps({"argv": argv, "env": env, "files": files}, sort_keys=True)
+    root = Path(tmp_path_factory.getbasetemp()) / "shared-runs"
+    root.mkdir(exist_ok=True)
+    final = root / hashlib.sha256(key.encode()).hexdigest()[:24]
+    if (final / "key.json").exists():
+        assert json.loads((final / "key.json").read_text()) == json.loads(key), f"hash collision at {final}"
+        return final
+    partial = Path(tempfile.mkdtemp(dir=root, prefix=f"{final.name}.partial-"))
+    train(partial, nproc, *extra, steps=steps, data_ranks=data_ranks)
+    (partial / "key.json").write_text(key)
+    try:
+        os.rename(partial, final)
+    except OSError:                 # another process sharing this basetemp finished it first
+        if not (final / "key.json").exists():
+            raise
+        shutil.rmtree(partial)
+    return final
+
+
+def copy_checkpoint(run: Path, step: int, dst) -> None:
+    """Make ``dst`` the run directory ``run`` was after step ``step``, to resume from there:
+    its checkpoint-<step>, its run identity and its metrics up to that step. A longer run's
+    checkpoint-<step> holds the same model, optimizer and random states, byte for byte, as the
+    final checkpoint of a run that stops at ``step`` (the learning-rate schedule runs to
+    decay_steps and the batches do not depend on max_steps; trainer_state.json differs in the
+    output_dir and max_steps it records), so resume tests start from the layout tests' runs."""
+    os.makedirs(str(dst), exist_ok=True)
+    shutil.copytree(run / f"checkpoint-{step}", os.path.join(str(dst), f"checkpoint-{step}"))
+    shutil.copy2(run / "run_config.json", os.path.join(str(dst), "run_config.json"))
+    with open(run / "metrics.jsonl") as src, open(os.path.join(str(dst), "metrics.jsonl"), "w") as out:
+        out.writelines(line for line in src if json.loads(line).get("step", 0) <= step)
 
 
 def write_configs(root, configs: dict) -> dict:

@@ -6,16 +6,20 @@ from __future__ import annotations
 import pytest
 
 import golden
-from layout_runner import assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train, weights
+from layout_runner import (assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, shared_run,
+                           weights)
 
+# The runs are layout_runner.shared_run's: test_checkpoint_layouts.py resumes from checkpoint-3
+# (--save_steps 3) of tp2, pp2 and sharding stage 1 and exports tp2 x pp2's final checkpoint.
+SAVE_3 = ["--save_steps", "3"]
 LAYOUTS = [
     # name, processes, data-parallel ranks, flags
     ("dp2", 2, 2, []),
-    ("tp2", 2, 1, ["--tp", "2"]),
+    ("tp2", 2, 1, ["--tp", "2", *SAVE_3]),
     ("tp2+sp", 2, 1, ["--tp", "2", "--sp", "true"]),
-    ("pp2-1f1b", 2, 1, ["--pp", "2"]),
+    ("pp2-1f1b", 2, 1, ["--pp", "2", *SAVE_3]),
     ("pp2-interleaved", 2, 1, ["--pp", "2", "--vpp", "2"]),
-    ("sharding2-stage1", 2, 2, ["--sharding", "2"]),
+    ("sharding2-stage1", 2, 2, ["--sharding", "2", *SAVE_3]),
     ("sharding2-stage2", 2, 2, ["--sharding", "stage2"]),
     ("sharding2-stage3", 2, 2, ["--sharding", "stage3"]),
     ("dp2xtp2", 4, 2, ["--tp", "2"]),
@@ -31,8 +35,7 @@ LAYOUTS = [
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single")
-    train(out, 1)
+    out = shared_run(tmp_path_factory, 1)     # test_layouts_cp_compose.py's reference too
     record("single process", out, 1)
     return losses(out), weights(out)
 
@@ -47,10 +50,10 @@ def test_one_process_follows_the_golden_curve(reference):
 
 
 @pytest.mark.parametrize("name,nproc,data_ranks,flags", LAYOUTS, ids=[l[0] for l in LAYOUTS])
-def test_layout_matches_one_process(tmp_path, reference, name, nproc, data_ranks, flags):
+def test_layout_matches_one_process(tmp_path_factory, reference, name, nproc, data_ranks, flags):
     ref_losses, ref_weights = reference
-    train(tmp_path, nproc, *flags, data_ranks=data_ranks)
-    got = losses(tmp_path)
+    run = shared_run(tmp_path_factory, nproc, *flags, data_ranks=data_ranks)
+    got = losses(run)
     assert_same_losses(got, ref_losses)
-    assert_same_weights(weights(tmp_path), ref_weights)
-    record(name, tmp_path, nproc, loss_deviation=max_loss_deviation(got, ref_losses))
+    assert_same_weights(weights(run), ref_weights)
+    record(name, run, nproc, loss_deviation=max_loss_deviation(got, ref_losses))

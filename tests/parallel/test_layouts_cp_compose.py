@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from layout_runner import assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train, weights
+from layout_runner import (assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, shared_run,
+                           train, weights)
 
 LAYOUTS = [
     # name, processes, data-parallel ranks, flags
@@ -21,8 +22,7 @@ LAYOUTS = [
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single")
-    train(out, 1)
+    out = shared_run(tmp_path_factory, 1)     # test_layouts.py's reference too
     return losses(out), weights(out)
 
 
@@ -41,8 +41,7 @@ def test_checkpoints_stay_layout_independent(tmp_path, tmp_path_factory):
     continues as one process would (six steps, saved at step 3)."""
     import shutil
 
-    single = tmp_path_factory.mktemp("single6")
-    train(single, 1, steps=6)
+    single = shared_run(tmp_path_factory, 1, steps=6)   # test_checkpoint_layouts.py's reference too
     train(tmp_path, 4, "--cp", "2", "--tp", "2", "--save_steps", "3", steps=3)
     assert sorted(p.name for p in (tmp_path / "checkpoint-3").glob("model-*")) == \
         ["model-tp0-pp0.safetensors", "model-tp1-pp0.safetensors"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from layout_runner import (assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train,
-                           weights, write_configs)
+from layout_runner import (assert_same_losses, assert_same_weights, copy_checkpoint, losses, max_loss_deviation,
+                           record, shared_run, train, weights, write_configs)
 
 VOCAB = 8192   # the bundled corpus's token ids reach 8191
 COMMON = {"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 64, "vocab_size": VOCAB,
@@ -41,9 +41,12 @@ FAMILIES = {
 # The auxiliary losses are not additive over data ranks (each rank balances its own tokens, as in
 # PaddleNLP and HF), so a layout with two data ranks is held to two plain data-parallel ranks.
 REFERENCES = {"one process": (1, 1, []), "dp2": (2, 2, [])}
+# The layout runs are layout_runner.shared_run's; DeepSeek-V3's tp2+sp run's checkpoint-3 is where
+# test_a_tp2_sp_checkpoint_resumes_on_pp2_as_one_process starts.
+SAVE_3 = ["--save_steps", "3"]
 LAYOUTS = {   # name: (processes, data-parallel ranks, flags, reference)
     "tp2": (2, 1, ["--tp", "2"], "one process"),
-    "tp2+sp": (2, 1, ["--tp", "2", "--sp", "true"], "one process"),
+    "tp2+sp": (2, 1, ["--tp", "2", "--sp", "true", *SAVE_3], "one process"),
     "pp2": (2, 1, ["--pp", "2"], "one process"),
     "recompute-full": (1, 1, ["--recompute", "true"], "one process"),
     "sharding2-stage3": (2, 2, ["--sharding", "stage3"], "dp2"),
@@ -98,14 +101,14 @@ def references(tmp_path_factory, model_dirs):
 
 
 @pytest.mark.parametrize("family,layout", CASES, ids=[f"{f}-{layout}" for f, layout in CASES])
-def test_moe_layout_matches_one_process(tmp_path, model_dirs, references, family, layout):
+def test_moe_layout_matches_one_process(tmp_path_factory, model_dirs, references, family, layout):
     nproc, data_ranks, flags, reference = LAYOUTS[layout]
     ref_losses, ref_weights = references(family, reference)
-    train(tmp_path, nproc, "--model", model_dirs[family], *flags, data_ranks=data_ranks)
-    got = losses(tmp_path)
+    run = shared_run(tmp_path_factory, nproc, "--model", model_dirs[family], *flags, data_ranks=data_ranks)
+    got = losses(run)
     assert_same_losses(got, ref_losses)
-    assert_same_weights(weights(tmp_path), ref_weights)
-    record(f"{family} {layout}", tmp_path, nproc, loss_deviation=max_loss_deviation(got, ref_losses))
+    assert_same_weights(weights(run), ref_weights)
+    record(f"{family} {layout}", run, nproc, loss_deviation=max_loss_deviation(got, ref_losses))
 
 
 def test_expert_widths_that_do_not_split_over_tp_are_refused_before_training():
@@ -126,18 +129,17 @@ def test_expert_widths_that_do_not_split_over_tp_are_refused_before_training():
     ParallelDims(tp=4).validate(4, base)    # 1408 and 5632 split over 4
 
 
-def test_a_tp2_sp_checkpoint_resumes_on_pp2_as_one_process(tmp_path, model_dirs):
+def test_a_tp2_sp_checkpoint_resumes_on_pp2_as_one_process(tmp_path, tmp_path_factory, model_dirs):
     """DeepSeek-V3-like (MLA, experts, routing bias, an MTP depth): three steps on tp2+sp save a
     checkpoint (experts and heads gathered from their slices), three more on pp2 read it back; the six
-    steps equal six steps in one process."""
-    import shutil
-
+    steps equal six steps in one process. The first three are the tp2+sp layout test's run."""
     model = ["--model", model_dirs["deepseek_v3"]]
     single = tmp_path / "single"
     train(single, 1, *model, steps=6)
     run = tmp_path / "run"
-    train(run, 2, *model, "--tp", "2", "--sp", "true", "--save_steps", "3", steps=3)
-    shutil.rmtree(run / "launch_logs", ignore_errors=True)
-    train(run, 2, *model, "--pp", "2", "--save_steps", "3", steps=6)
+    tp2sp = LAYOUTS["tp2+sp"]
+    copy_checkpoint(shared_run(tmp_path_factory, tp2sp[0], *model, *tp2sp[2], data_ranks=tp2sp[1]), 3, run)
+    resumed = train(run, 2, *model, "--pp", "2", "--save_steps", "3", steps=6)
+    assert "at global_step 3" in resumed.output, resumed.output[-2000:]    # resumed, not restarted
     assert_same_losses(losses(run), losses(single))
     assert_same_weights(weights(run), weights(single))

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from layout_runner import assert_same_losses, assert_same_weights, losses, max_loss_deviation, record, train, weights
+from layout_runner import (COMMON, assert_same_losses, assert_same_weights, losses, max_loss_deviation, record,
+                           shared_run, train, weights)
 
 CASES = {   # name: (layers, flags, chunks' layers as logged); 2 processes, one data rank
     "3 layers on pp2 (2 + 1)": (3, ["--pp", "2"], "2,1"),
@@ -22,13 +23,15 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
-    """One-process losses and weights of each depth, trained on first use."""
+    """One-process losses and weights of each depth, trained on first use. COMMON's own depth
+    (4) is the run without the flag: test_checkpoint_layouts.py's reference, trained once."""
     cache = {}
 
     def get(layers):
         if layers not in cache:
-            out = tmp_path_factory.mktemp(f"single{layers}")
-            train(out, 1, "--num_hidden_layers", str(layers), steps=STEPS)
+            depth = [] if str(layers) == COMMON[COMMON.index("--num_hidden_layers") + 1] else \
+                ["--num_hidden_layers", str(layers)]
+            out = shared_run(tmp_path_factory, 1, *depth, steps=STEPS)
             cache[layers] = losses(out), weights(out)
         return cache[layers]
     return get
