@@ -347,9 +347,10 @@ def test_continue_training_reads_and_writes_the_mtp_weights(tmp_path):
         np.testing.assert_array_equal(after[name], value, err_msg=name)
 
 
-def test_mtp_model_under_expert_parallelism_and_recompute_reproduces_one_process(tmp_path):
-    """The layouts MTP runs under: ep2 (dp2; the MTP block's experts split too) and recompute
-    give one process's losses (rel 1e-5), correction biases and weights."""
+def test_mtp_model_under_recompute_reproduces_one_process(tmp_path):
+    """Full recompute gives one process's losses (rel 1e-5), correction biases and weights.
+    MTP under ep2 (dp2; the MTP block's experts split too) at this bias rate with this
+    sequence-wise auxiliary loss: tests/parallel/test_layouts_ep.py's deepseekv3-ep2 and -ep2xtp2."""
     from llmpre.data.default import default_tokenizer_path
     from llmpre.models.hf_config import to_hf_dict
     from tests import layout_runner as L
@@ -366,9 +367,6 @@ def test_mtp_model_under_expert_parallelism_and_recompute_reproduces_one_process
     L.train(tmp_path / "recompute", 1, *extra, "--recompute", "true", steps=3)
     L.assert_same_losses(L.losses(tmp_path / "recompute"), want)
     L.assert_same_weights(L.weights(tmp_path / "recompute"), weights)
-    L.train(tmp_path / "ep2", 2, *extra, "--expert_parallel_degree", "2", steps=3, data_ranks=2)
-    L.assert_same_losses(L.losses(tmp_path / "ep2"), want)
-    L.assert_same_weights(L.weights(tmp_path / "ep2"), weights)
 
 
 def test_pipeline_stages_update_their_own_biases_and_report_every_layer(tmp_path):
