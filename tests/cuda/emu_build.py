@@ -1,5 +1,6 @@
 """Builds ``_cuda_emu``: the CUDA sources of cuda/rms_norm, cuda/rotary,
-cuda/cross_entropy, cuda/swiglu, cuda/moe_rows and cuda/moe_combine, their pybind11 bindings (cuda/bindings/*_bind.cpp,
+cuda/cross_entropy, cuda/swiglu, cuda/moe_rows, cuda/moe_combine and cuda/grouped_mlp (over
+a host stand-in of the CUTLASS grouped GEMMs, emu/grouped_gemm_reference.cpp), their pybind11 bindings (cuda/bindings/*_bind.cpp,
 unchanged) and tests/cuda/emu/emu_module.cpp, compiled by the host C++
 compiler against the CPU emulator in tests/cuda/emu/include. The result has
 the same interface as ``llmpre._cuda`` for these ops, so the GPU checks'
@@ -30,14 +31,20 @@ EMU = Path(__file__).resolve().parent / "emu"
 OPS = ("rms_norm", "rotary", "cross_entropy", "swiglu", "moe_rows", "moe_combine")
 
 
+# cuda/grouped_mlp's launches run too, over a host stand-in of the CUTLASS grouped GEMMs
+# (emu/grouped_gemm_reference.cpp: CUTLASS cannot be emulated).
+COMPOSED = ("grouped_mlp",)
+
+
 def sources() -> list[Path]:
-    cu = sorted(p for op in OPS for p in (ROOT / "cuda" / op).glob("*.cu"))
-    binds = [ROOT / "cuda" / "bindings" / f"{op}_bind.cpp" for op in OPS]
-    return cu + binds + [EMU / "emu_module.cpp"]
+    cu = sorted(p for op in (*OPS, *COMPOSED) for p in (ROOT / "cuda" / op).glob("*.cu"))
+    binds = [ROOT / "cuda" / "bindings" / f"{op}_bind.cpp" for op in (*OPS, *COMPOSED)]
+    return cu + binds + [EMU / "emu_module.cpp", EMU / "grouped_gemm_reference.cpp"]
 
 
 def inputs() -> list[Path]:
-    headers = [p for d in ("common", *OPS) for p in sorted((ROOT / "cuda" / d).glob("*.h*"))]
+    headers = [p for d in ("common", *OPS, *COMPOSED) for p in sorted((ROOT / "cuda" / d).glob("*.h*"))]
+    headers.append(ROOT / "cuda" / "grouped_gemm" / "grouped_gemm_cuda.h")
     shared = [ROOT / "cuda" / "bindings" / "registry.h", ROOT / "cpp" / "include" / "llmpre" / "dtype.h"]
     return sources() + headers + shared + sorted((EMU / "include").glob("*.h"))
 
