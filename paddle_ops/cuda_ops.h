@@ -4,7 +4,9 @@
 // paddle_ops/cuda/<op>_cuda.cc it finds and defines LLMPRE_CUDA_<OP> for it
 // (e.g. rms_norm_cuda.cc -> LLMPRE_CUDA_RMS_NORM); the op then sends GPU
 // tensors here after the shared shape/dtype checks, and CPU tensors to the CPU
-// kernels. Each function takes the op's checked inputs and returns the same
+// kernels (swiglu, grouped_mlp and moe_combine also answer a missing upstream
+// gradient and check its shape and dtype before the split: their GPU backward
+// gets a defined one). Each function takes the op's checked inputs and returns the same
 // outputs as the CPU path; it calls the raw-pointer launchers of cuda/<op>/ on
 // the tensor's stream. An op without one (adamw_) gives a GPU
 // tensor a clear error from check_cpu(). Every definition must match its declaration here:

@@ -144,27 +144,27 @@ std::vector<paddle::Tensor> GroupedMlpBackward(const paddle::Tensor& x_in, const
                                                const paddle::optional<paddle::Tensor>& index_in,
                                                const paddle::Tensor& gate_in, const paddle::Tensor& up_in,
                                                const paddle::Tensor& dout_in) {
-#ifdef LLMPRE_CUDA_GROUPED_MLP
-  if (x_in.is_gpu()) {
-    shapes(x_in, offsets_in, wg_in, wu_in, wd_in, index_in);
-    return GroupedMlpBackwardCuda(x_in, offsets_in, wg_in, wu_in, wd_in, index_in, gate_in, up_in, dout_in);
+  // both devices: the shapes, the answer without an upstream gradient, grad of out's shape and dtype
+  const k::GroupedMlpParams s = shapes(x_in, offsets_in, wg_in, wu_in, wd_in, index_in);
+  std::vector<paddle::Tensor> grads;   // dx, then dwg..., dwu..., dwd... (one per expert each)
+  if (!has_grad(dout_in)) {
+    grads.push_back(paddle::zeros(x_in.shape(), x_in.dtype(), x_in.place()));
+    for (const auto* ws : {&wg_in, &wu_in, &wd_in})
+      for (const auto& w : *ws) grads.push_back(paddle::zeros(w.shape(), w.dtype(), w.place()));
+    return grads;
   }
+  const std::vector<int64_t> out_shape = {s.rows, s.hidden};
+  PD_CHECK(dout_in.shape() == out_shape, kOp, ": `grad of out` must be ", shape_str(out_shape), ", got ",
+           shape_str(dout_in.shape()));
+  check_same_dtype(x_in, "x", dout_in, "grad of out", kOp);
+#ifdef LLMPRE_CUDA_GROUPED_MLP
+  if (x_in.is_gpu())
+    return GroupedMlpBackwardCuda(x_in, offsets_in, wg_in, wu_in, wd_in, index_in, gate_in, up_in, dout_in);
 #endif
   const k::GroupedMlpParams p = params(x_in, offsets_in, wg_in, wu_in, wd_in, index_in);
   paddle::Tensor x = contiguous(x_in), offsets = contiguous(offsets_in), index;
   const int64_t* idx = index_data(index_in, index);
   const auto wg = contiguous_all(wg_in), wu = contiguous_all(wu_in), wd = contiguous_all(wd_in);
-  std::vector<paddle::Tensor> grads;   // dx, then dwg..., dwu..., dwd... (one per expert each)
-  if (!has_grad(dout_in)) {
-    grads.push_back(paddle::zeros(x.shape(), x.dtype(), x.place()));
-    for (const auto* ws : {&wg, &wu, &wd})
-      for (const auto& w : *ws) grads.push_back(paddle::zeros(w.shape(), w.dtype(), w.place()));
-    return grads;
-  }
-  const std::vector<int64_t> out_shape = {p.rows, p.hidden};
-  PD_CHECK(dout_in.shape() == out_shape, kOp, ": `grad of out` must be ", shape_str(out_shape), ", got ",
-           shape_str(dout_in.shape()));
-  check_same_dtype(x, "x", dout_in, "grad of out", kOp);
   paddle::Tensor gate = contiguous(gate_in), up = contiguous(up_in), dout = contiguous(dout_in);
   paddle::Tensor dx = new_output(x.shape(), x.dtype(), x.place());
   auto dwg = new_like(wg), dwu = new_like(wu), dwd = new_like(wd);

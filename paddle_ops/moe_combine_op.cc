@@ -60,20 +60,19 @@ std::vector<paddle::Tensor> MoeCombineForward(const paddle::Tensor& y_in, const 
 
 std::vector<paddle::Tensor> MoeCombineBackward(const paddle::Tensor& y_in, const paddle::Tensor& pos_in,
                                                const paddle::Tensor& w_in, const paddle::Tensor& dout_in) {
-#ifdef LLMPRE_CUDA_MOE_COMBINE
-  if (y_in.is_gpu()) {
-    shapes(y_in, pos_in, w_in);
-    return MoeCombineBackwardCuda(y_in, pos_in, w_in, dout_in);
-  }
-#endif
-  const k::MoeCombineParams p = params(y_in, pos_in, w_in);
+  // both devices: the shapes, the answer without an upstream gradient, grad of out's shape and dtype
+  const k::MoeCombineParams s = shapes(y_in, pos_in, w_in);
   if (!has_grad(dout_in))
     return {paddle::zeros(y_in.shape(), y_in.dtype(), y_in.place()),
             paddle::zeros(w_in.shape(), w_in.dtype(), w_in.place())};
-  const std::vector<int64_t> out_shape = {p.tokens, p.hidden};
+  const std::vector<int64_t> out_shape = {s.tokens, s.hidden};
   PD_CHECK(dout_in.shape() == out_shape, kOp, ": `grad of out` must be ", shape_str(out_shape), ", got ",
            shape_str(dout_in.shape()));
   check_same_dtype(y_in, "y", dout_in, "grad of out", kOp);
+#ifdef LLMPRE_CUDA_MOE_COMBINE
+  if (y_in.is_gpu()) return MoeCombineBackwardCuda(y_in, pos_in, w_in, dout_in);
+#endif
+  const k::MoeCombineParams p = params(y_in, pos_in, w_in);
   paddle::Tensor y = contiguous(y_in), pos = as_int64(pos_in, kOp, "pos"), w = contiguous(w_in);
   paddle::Tensor dout = contiguous(dout_in);
   paddle::Tensor dy = new_output(y.shape(), y.dtype(), y.place());

@@ -34,18 +34,19 @@ std::vector<paddle::Tensor> SwiGluForward(const paddle::Tensor& gate_in, const p
 
 std::vector<paddle::Tensor> SwiGluBackward(const paddle::Tensor& gate_in, const paddle::Tensor& up_in,
                                            const paddle::Tensor& dout_in) {
+  // both devices: the shapes, the answer without an upstream gradient, grad of out's shape and dtype
   const k::SwiGluParams p = params(gate_in, up_in);
+  if (!has_grad(dout_in))
+    return {paddle::zeros(gate_in.shape(), gate_in.dtype(), gate_in.place()),
+            paddle::zeros(up_in.shape(), up_in.dtype(), up_in.place())};
+  check_same_shape(gate_in, "gate", dout_in, "grad of out", kOp);
+  check_same_dtype(gate_in, "gate", dout_in, "grad of out", kOp);
 #ifdef LLMPRE_CUDA_SWIGLU
   if (gate_in.is_gpu()) return SwiGluBackwardCuda(gate_in, up_in, dout_in);
 #endif
   check_cpu(gate_in, kOp, "gate");
   check_cpu(up_in, kOp, "up");
   paddle::Tensor gate = contiguous(gate_in), up = contiguous(up_in);
-  if (!has_grad(dout_in))
-    return {paddle::zeros(gate.shape(), gate.dtype(), gate.place()),
-            paddle::zeros(up.shape(), up.dtype(), up.place())};
-  check_same_shape(gate, "gate", dout_in, "grad of out", kOp);
-  check_same_dtype(gate, "gate", dout_in, "grad of out", kOp);
   paddle::Tensor dout = contiguous(dout_in);
   paddle::Tensor dgate = new_output(gate.shape(), gate.dtype(), gate.place());
   paddle::Tensor dup = new_output(up.shape(), up.dtype(), up.place());
